@@ -1,0 +1,167 @@
+"""The ``avatar3d`` command line.
+
+Every subcommand is a thin shell over a library function: parse, validate,
+call, print. User mistakes (bad option, missing file, bad value) print one
+line ``avatar3d <cmd>: error: ...`` and exit 2; set ``AVATAR3D_DEBUG=1`` to
+see the traceback. Heavy imports (torch, ray, diffusers) happen inside the
+handlers so ``--help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from avatar3d.config import ConfigError
+
+EPILOG_OVERRIDES = (
+    "Options not given as flags can be set as key=value overrides on top of the "
+    "--config file, with dotted names for nested options (e.g. pipeline.steps=4)."
+)
+
+
+# -- subcommands ----------------------------------------------------------------
+
+def _add_guidance(sub) -> None:
+    p = sub.add_parser(
+        "guidance",
+        help="render OpenPose / depth / normal / hybrid guidance images of the canonical head",
+        description="Render guidance images of the 3D head for evenly spaced yaws (pitch 0) plus a contact sheet.",
+    )
+    p.add_argument("--views", type=int, default=8, help="number of evenly spaced yaws over 360 deg (default 8)")
+    p.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
+    p.add_argument("--pitch", type=float, default=0.0, help="camera elevation in degrees, + is above (default 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mesh", default=None, help="optional user head mesh (any format trimesh loads)")
+    p.add_argument("--landmarks", default=None, help="landmark JSON for --mesh")
+    p.set_defaults(func=_run_guidance)
+
+
+def _run_guidance(args) -> int:
+    if args.views < 1:
+        raise ConfigError(f"--views: {args.views} must be >= 1")
+    if args.size < 16 or args.size > 4096:
+        raise ConfigError(f"--size: {args.size} is out of range; pass 16..4096")
+    if (args.mesh is None) != (args.landmarks is None):
+        raise ConfigError("--mesh and --landmarks go together: pass both or neither")
+    from avatar3d.scene.guidance import write_guidance_views
+    from avatar3d.scene.head import load_head
+
+    head = load_head(args.mesh, args.landmarks) if args.mesh else None
+    out = _writable_dir(args.out, "--out")
+    paths = write_guidance_views(out, views=args.views, size=args.size, head=head, pitch=args.pitch)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _add_prompts(sub) -> None:
+    p = sub.add_parser(
+        "prompts",
+        help="sample view- and attribute-aware prompts",
+        description="Sample prompts as dataset generation would: style + subject + attributes + view, and a negative prompt.",
+    )
+    p.add_argument("--n", type=int, default=10, help="how many samples (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="master seed (default 0); sample i depends only on (seed, i)")
+    p.add_argument("--styles", default=None, help="YAML or TXT file of styles (default: the 50 built-ins)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(func=_run_prompts)
+
+
+def _run_prompts(args) -> int:
+    if args.n < 1:
+        raise ConfigError(f"--n: {args.n} must be >= 1")
+    from avatar3d.prompts import format_prompt_table, load_styles, sample_prompts
+
+    styles = load_styles(args.styles) if args.styles else None
+    samples = sample_prompts(args.n, args.seed, styles=styles)
+    if args.json:
+        for s in samples:
+            print(json.dumps(s.to_dict()))
+    else:
+        print(format_prompt_table(samples))
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate the multi-view dataset with ControlNet on Ray Data into Parquet",
+        description="Specs -> guidance -> ControlNet (autoscaled actor pool) -> Parquet shards. Re-running resumes.",
+        epilog=EPILOG_OVERRIDES,
+    )
+    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/generate_tiny.yaml")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=16 output_dir=outputs/ds")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from avatar3d.config import load_config, to_dict
+    from avatar3d.datagen.job import GenerateConfig, run_generation
+
+    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    result = run_generation(cfg)
+    print(result.summary() if hasattr(result, "summary") else result)
+    return 0
+
+
+SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate]
+
+
+# -- entry point ----------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avatar3d",
+        description="Text prompts and example images -> stylized 3D avatars (StyleAvatar3D on Ray, DeepSpeed, MLflow).",
+    )
+    from avatar3d import __version__
+
+    parser.add_argument("--version", action="version", version=f"avatar3d {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from avatar3d.runtime import apply_local_defaults
+
+    apply_local_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("AVATAR3D_DEBUG") == "1":
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"avatar3d {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"avatar3d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _writable_dir(path: str, field: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot create folder {out} ({exc.strerror}); pass a writable path") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"{field}: folder {out} is not writable; pass a writable path")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

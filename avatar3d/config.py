@@ -1,0 +1,269 @@
+"""Typed configs: dataclasses loaded from YAML, overridden from the command line.
+
+Config is data (the NVlabs habit): every stage describes its options as a
+plain ``@dataclass`` with visible defaults, and the resolved config is dumped
+with every run. This module turns YAML + ``key=value`` overrides into such a
+dataclass and checks it against the type hints and the field metadata::
+
+    @dataclass
+    class TrainConfig:
+        batch: int = field(default=32, metadata={"help": "images per step", "min": 1})
+        mode: str = field(default="coarse_to_fine", metadata={"choices": ["fine", "coarse", "coarse_to_fine"]})
+
+    cfg = load_config(TrainConfig, "jobs/configs/train_tiny.yaml", ["batch=8", "model.size=tiny"])
+
+Supported types: int, float, bool, str, Optional[X], list[X], tuple[X, ...],
+tuple[X, Y], dict[str, X], Literal[...] and nested dataclasses. Mistakes raise
+:class:`ConfigError` with one line naming the field, the bad value and what is
+allowed; the CLI prints that line and exits with status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config or an option: one line, no traceback."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from an optional YAML file plus ``key=value`` overrides, validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    return from_dict(cls, data)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (pass an existing YAML file, e.g. jobs/configs/<name>.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of options, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", parsed value). Values are parsed as YAML scalars/lists."""
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. num_samples=16)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Validate a mapping against dataclass ``cls`` and build it (recursively)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of options, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = prefix + unknown[0]
+        close = _closest(unknown[0], list(fields))
+        hint = f"; did you mean {prefix + close!r}?" if close else f"; known options: {', '.join(sorted(fields))}"
+        raise ConfigError(f"unknown option {name!r}{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        kwargs[name] = _coerce(value, hints[name], prefix + name, f.metadata)
+    try:
+        obj = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain, JSON/YAML-safe data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dump_config(obj: Any, path: str | Path) -> Path:
+    """Write the resolved config beside a run's outputs (YAML, or JSON by suffix)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(obj)
+    text = json.dumps(data, indent=2) if p.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+    return p
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, help) for every option; used for ``--help`` listings."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")))
+    return rows
+
+
+# -- coercion -----------------------------------------------------------------
+
+def _coerce(value: Any, tp: Any, name: str, meta: typing.Mapping[str, Any] | None = None) -> Any:
+    meta = meta or {}
+    out = _coerce_type(value, tp, name)
+    _check_meta(out, name, meta)
+    return out
+
+
+def _coerce_type(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce_type(value, arg, name)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{name}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_dict(tp, value if value is not None else {}, prefix=name + ".")
+    if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:
+            value = [value] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r} (pass e.g. {name}=[1,2])")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)} ({value!r})")
+            return tuple(_coerce_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce_type(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): _coerce_type(v, vt, f"{name}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Path:
+        return Path(str(value))
+    raise ConfigError(f"{name}: unsupported option type {tp!r}")
+
+
+def _check_meta(value: Any, name: str, meta: typing.Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v not in choices:
+                raise ConfigError(f"{name}: {v!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            raise ConfigError(f"{name}: {value!r} is out of range; pass a value >= {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{name}: {value!r} is out of range; pass a value <= {hi}")
+    multiple = meta.get("multiple_of")
+    if multiple and isinstance(value, int) and value % multiple:
+        raise ConfigError(f"{name}: {value!r} must be a multiple of {multiple}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _closest(word: str, options: list[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return match[0] if match else None

@@ -1,0 +1,91 @@
+"""Local-run defaults: the environment a laptop or CI box needs, set once at start-up.
+
+Cluster jobs get the same code; each default yields to a value the user has
+already exported, so a cluster's runtime_env wins over these.
+
+- Ray on loopback, usage stats off (no call to an outside server).
+- ``HF_HUB_OFFLINE=1`` unless the user asks for hub access
+  (``AVATAR3D_HUB_ACCESS=1`` or an explicit ``HF_HUB_OFFLINE``): a hub id that
+  is not in the local cache then fails at once with a clear message instead of
+  retrying for half a minute.
+- DeepSpeed's / torch's C++ extension cache in an ignored folder (``.cache/``)
+  so the one-off JIT build is reused across runs.
+- ``DS_ACCELERATOR=cpu`` where there is no CUDA device.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_DIR_ENV = "AVATAR3D_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where local caches live: ``$AVATAR3D_CACHE_DIR`` or ``./.cache``."""
+    return Path(os.environ.get(CACHE_DIR_ENV, Path.cwd() / ".cache")).resolve()
+
+
+def apply_local_defaults() -> dict[str, str]:
+    """Set the local-run environment defaults; returns what was set."""
+    defaults = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Single-node Ray binds and advertises 127.0.0.1 with this set.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "TORCH_EXTENSIONS_DIR": str(cache_dir() / "torch_extensions"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    if os.environ.get("AVATAR3D_HUB_ACCESS", "0") != "1":
+        defaults["HF_HUB_OFFLINE"] = "1"
+        defaults["HF_DATASETS_OFFLINE"] = "1"
+        defaults["TRANSFORMERS_OFFLINE"] = "1"
+    if not _cuda_visible():
+        defaults["DS_ACCELERATOR"] = "cpu"
+    applied = {}
+    for key, value in defaults.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied
+
+
+def set_torch_threads(n: int | None = None) -> int:
+    """Pin torch's intra-op threads (``$OMP_NUM_THREADS`` or ``n``).
+
+    On a small box torch's OpenMP pool fights Ray workers and other processes;
+    one thread per process was 15-70x faster in tests there.
+    """
+    import torch
+
+    if n is None:
+        n = int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+def init_local_ray(num_cpus: int | None = None, **kwargs):
+    """Start (or join) Ray: the cluster given by ``$RAY_ADDRESS``, else an embedded local one on 127.0.0.1."""
+    import ray
+
+    apply_local_defaults()
+    if ray.is_initialized():
+        return ray
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        kwargs.setdefault("include_dashboard", False)
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+    return ray
+
+
+def _cuda_visible() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def default_device() -> str:
+    """"cuda" where a CUDA device is usable, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
