@@ -1,0 +1,45 @@
+# The two commands of the README:
+#   make demo   install from scratch, then run the main job end to end on the
+#               embedded default (local Ray, local MLflow store, tiny models)
+#   make test   install from scratch, then run the test suite
+# Everything is installed into .venv by the project's own files; nothing is
+# assumed to be on the machine but python3 (>= 3.10) and pip's registries.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.avatar3d-installed
+
+# Local-run defaults (each yields to a value already exported).
+export OMP_NUM_THREADS ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export MPLBACKEND ?= Agg
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+# torch is pinned in pyproject.toml (2.14.1 + torchvision 0.29.1); the
+# constraints file pins the rest to the set seen working together.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+demo: install
+	$(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,94 @@
+"""Typed configs: YAML + overrides -> dataclasses, with one-line errors."""
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from avatar3d.config import ConfigError, describe, dump_config, load_config, to_dict
+
+
+@dataclass
+class Inner:
+    steps: int = field(default=20, metadata={"min": 1, "max": 1000})
+    scale: float = 7.5
+    scheduler: Literal["unipc", "ddim"] = "unipc"
+
+
+@dataclass
+class Outer:
+    name: str = "run"
+    size: int = field(default=64, metadata={"multiple_of": 8, "help": "image size"})
+    styles: list[str] = field(default_factory=lambda: ["anime", "clay"])
+    box: tuple[float, float] = (2.0, 3.4)
+    lora: Optional[str] = None
+    flip: bool = True
+    mode: str = field(default="coarse_to_fine", metadata={"choices": ["fine", "coarse", "coarse_to_fine"]})
+    inner: Inner = field(default_factory=Inner)
+
+    def validate(self):
+        if self.box[0] >= self.box[1]:
+            raise ConfigError(f"box: ray start {self.box[0]} must be below ray end {self.box[1]}")
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("size: 128\ninner:\n  steps: 4\nstyles: [voxel]\n")
+    cfg = load_config(Outer, path, ["inner.scale=3", "lora=/tmp/x", "flip=false", "box=[1.5, 3]"])
+    assert cfg.size == 128 and cfg.inner.steps == 4 and cfg.inner.scale == 3.0
+    assert isinstance(cfg.inner.scale, float)
+    assert cfg.styles == ["voxel"] and cfg.lora == "/tmp/x" and cfg.flip is False
+    assert cfg.box == (1.5, 3.0) and cfg.inner.scheduler == "unipc"
+    assert load_config(Outer) == Outer()
+
+
+def test_round_trip_through_dump(tmp_path):
+    cfg = load_config(Outer, None, ["inner.steps=7", "mode=fine"])
+    path = dump_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(Outer, path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["inner"]["steps"] == 7
+    assert to_dict(cfg)["box"] == [2.0, 3.4]
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("sise=3", r"unknown option 'sise'; did you mean 'size'\?"),
+        ("inner.stepz=3", r"unknown option 'inner.stepz'"),
+        ("size=abc", r"size: expected an integer, got 'abc'"),
+        ("size=60", r"size: 60 must be a multiple of 8"),
+        ("inner.steps=0", r"inner.steps: 0 is out of range; pass a value >= 1"),
+        ("inner.scheduler=euler", r"inner.scheduler: 'euler' is not allowed; choose one of 'unipc', 'ddim'"),
+        ("mode=both", r"mode: 'both' is not allowed; choose one of fine, coarse, coarse_to_fine"),
+        ("flip=maybe", r"flip: expected true or false"),
+        ("box=[1]", r"box: expected 2 values, got 1"),
+        ("box=[3, 2]", r"box: ray start 3.0 must be below ray end 2.0"),
+        ("inner=5", r"inner: expected a mapping"),
+        ("noequals", r"not of the form key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(Outer, None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("size: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(Outer, bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Outer, listy)
+
+
+def test_describe_lists_nested_options():
+    rows = {name: (tp, default, help_) for name, tp, default, help_ in describe(Outer)}
+    assert rows["size"] == ("int", 64, "image size")
+    assert rows["inner.steps"][1] == 20
+    assert rows["inner.scheduler"][0] == "{unipc,ddim}"
