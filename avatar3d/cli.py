@@ -61,7 +61,7 @@ def _add_prompts(sub) -> None:
     p = sub.add_parser(
         "prompts",
         help="sample view- and attribute-aware prompts",
-        description="Sample prompts as dataset generation would: style + subject + attributes + view, and a negative prompt.",
+        description="Sample prompts as dataset generation would: style + subject + view + attributes, and a negative prompt.",
     )
     p.add_argument("--n", type=int, default=10, help="how many samples (default 10)")
     p.add_argument("--seed", type=int, default=0, help="master seed (default 0); sample i depends only on (seed, i)")
