@@ -1,0 +1,279 @@
+"""StyleGAN2 building blocks in pure PyTorch (no custom CUDA ops).
+
+Same maths as NVlabs' ``networks_stylegan2.py`` + ``torch_utils/ops``:
+equalized learning rate (weights stored N(0, 1) / lr_mul and scaled at run
+time), weight-demodulated modulated convolutions, the [1, 3, 3, 1] FIR
+low-pass around every resampling, bias + leaky ReLU with gain sqrt(2).
+
+Where NVlabs needs a compiled ``upfirdn2d`` / ``bias_act`` kernel we use plain
+torch ops with identical results: the FIR filter is separable, so it runs as
+two depthwise 1-D convolutions, which is what makes it cheap on CPU.
+
+Everything follows the dtype and device of its input, so the modules run on
+CPU or GPU, in float32 or under autocast.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_GAIN = math.sqrt(2.0)
+FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+def fir_1d(taps=FIR_TAPS) -> torch.Tensor:
+    """Normalised 1-D FIR taps (sum 1); the 2-D filter is their outer product."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    return f / f.sum()
+
+
+def fir_filter2d(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain: float = 1.0,
+                 down: int = 1) -> torch.Tensor:
+    """Separable FIR ``f`` (1-D taps) on every channel, zero padding ``pad`` = (before, after)
+    on both axes, optional decimation ``down``: NVlabs' ``upfirdn2d(up=1)``.
+
+    The taps are symmetric here, so convolution and correlation agree.
+    """
+    c = x.shape[1]
+    f = f.to(device=x.device, dtype=x.dtype) * math.sqrt(gain)
+    k = f.numel()
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    x = F.conv2d(x, f.view(1, 1, 1, k).expand(c, 1, 1, k), stride=(1, down), groups=c)
+    x = F.conv2d(x, f.view(1, 1, k, 1).expand(c, 1, k, 1), stride=(down, 1), groups=c)
+    return x
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """x2 upsampling with the FIR filter (zero insertion + low-pass, gain 4): NVlabs' upsample2d."""
+    b, c, h, w = x.shape
+    # Zero insertion as a strided scatter, then the low-pass with padding (2, 1).
+    z = x.new_zeros(b, c, h * 2, w * 2)
+    z[:, :, ::2, ::2] = x
+    k = f.numel()
+    return fir_filter2d(z, f, ((k + 1) // 2, (k - 2) // 2), gain=4.0)
+
+
+def resize_bilinear(x: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize to (size, size), half-pixel centres; computed in float32 for half
+    types because antialiased resampling has no bf16/fp16 kernel on every device."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return y.to(x.dtype)
+
+
+def gaussian_blur2d(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """EG3D's blur of D's input: a 1-D kernel 2**(-(t/sigma)^2), |t| <= floor(3 sigma), separable."""
+    size = math.floor(sigma * 3)
+    if size <= 0:
+        return x
+    t = torch.arange(-size, size + 1, device=x.device, dtype=torch.float32)
+    f = t.div(sigma).square().neg().exp2()
+    return fir_filter2d(x, f / f.sum(), (size, size))
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1.0,
+             clamp: float | None = None) -> torch.Tensor:
+    """Bias over the channel dim (dim 1), activation, gain, optional clamp: NVlabs' bias_act."""
+    if b is not None:
+        x = x + b.to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    elif act != "linear":
+        raise ValueError(f"activation must be 'linear' or 'lrelu', got {act!r}")
+    if gain != 1.0:
+        x = x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+class FullyConnected(nn.Module):
+    """Equalized-lr linear layer (weight N(0,1)/lr_mul, scaled by lr_mul/sqrt(fan_in))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+        self.act_gain = LRELU_GAIN if activation == "lrelu" else 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias.to(x.dtype) * self.bias_gain if self.bias is not None else None
+        if self.activation == "linear":
+            return F.linear(x, w, b)
+        x = F.linear(x, w, b)
+        return F.leaky_relu(x, 0.2) * self.act_gain
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1,
+                    padding: int = 0) -> torch.Tensor:
+    """Convolution with FIR-filtered x2 up- or down-sampling, NVlabs' ``conv2d_resample`` paths.
+
+    up=2:   transposed conv (stride 2) then FIR with gain 4.
+    down=2: FIR then strided conv (3x3), or FIR-decimate then 1x1 conv.
+    """
+    kh = w.shape[-1]
+    k = f.numel()
+    if up == 1 and down == 1:
+        return F.conv2d(x, w, padding=padding)
+    if up == 2 and down == 1:
+        p0 = padding + (k + up - 1) // 2 - (kh - 1)
+        p1 = padding + (k - up) // 2 - (kh - up)
+        # conv_transpose2d takes weights as (in, out, kh, kw); like NVlabs, no spatial flip.
+        x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+        return fir_filter2d(x, f, (p0, p1), gain=4.0)
+    if down == 2 and up == 1:
+        p0 = padding + (k - down + 1) // 2
+        p1 = padding + (k - down) // 2
+        if kh == 1:
+            x = fir_filter2d(x, f, (p0, p1), down=2)
+            return F.conv2d(x, w)
+        x = fir_filter2d(x, f, (p0, p1))
+        return F.conv2d(x, w, stride=2)
+    raise ValueError(f"conv2d_resample supports up=2 or down=2, got up={up}, down={down}")
+
+
+class Conv2dLayer(nn.Module):
+    """Equalized-lr conv with optional FIR resampling (discriminator layers)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", up: int = 1, down: int = 1, conv_clamp: float | None = None):
+        super().__init__()
+        self.activation, self.up, self.down, self.conv_clamp = activation, up, down, conv_clamp
+        self.padding = kernel_size // 2
+        self.register_buffer("resample_filter", fir_1d(), persistent=False)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.act_gain = LRELU_GAIN if activation == "lrelu" else 1.0
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        x = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, self.activation, self.act_gain * gain, clamp)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, f: torch.Tensor,
+                     noise: torch.Tensor | None = None, up: int = 1, padding: int = 0,
+                     demodulate: bool = True) -> torch.Tensor:
+    """StyleGAN2 modulated conv, the non-fused formulation (scale x, shared conv, scale out).
+
+    Demodulation coefficient of output o: rsqrt(sum_{i,k} (w_oik s_i)^2 + 1e-8). Since
+    the sum factorises as sum_i s_i^2 * (sum_k w_oik^2), it is one (B, I) x (I, O)
+    matmul instead of materialising the (B, O, I, k, k) per-sample weights.
+    """
+    weight = weight.to(x.dtype)
+    styles = styles.to(x.dtype)
+    x = x * styles[:, :, None, None]
+    x = conv2d_resample(x, weight, f, up=up, padding=padding)
+    if demodulate:
+        dcoefs = (styles.square() @ weight.square().sum([2, 3]).t() + 1e-8).rsqrt()
+        x = x * dcoefs[:, :, None, None]
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv + noise + bias + lrelu (optionally x2 upsampling)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
+                 use_noise: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.resolution, self.up, self.use_noise, self.conv_clamp = resolution, up, use_noise, conv_clamp
+        self.register_buffer("resample_filter", fir_1d(), persistent=False)
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1.0) -> torch.Tensor:
+        styles = self.affine(w)
+        noise = None
+        if self.use_noise and noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device,
+                                dtype=x.dtype) * self.noise_strength.to(x.dtype)
+        elif self.use_noise and noise_mode == "const":
+            noise = self.noise_const.to(x.dtype) * self.noise_strength.to(x.dtype)
+        elif noise_mode not in ("random", "const", "none"):
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        x = modulated_conv2d(x, self.weight, styles, self.resample_filter, noise, up=self.up, padding=1)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, "lrelu", LRELU_GAIN * gain, clamp)
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 conv without demodulation (to the output channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", fir_1d(), persistent=False)
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1.0 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, self.resample_filter, demodulate=False)
+        return bias_act(x, self.bias, "linear", 1.0, self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """StyleGAN2 'skip' block: [const | up-conv] + conv + toRGB, image upsampled and summed.
+
+    ``up=False`` is EG3D's SynthesisBlockNoUp (used in 2x/4x super-resolution).
+    ``num_ws`` = number of w vectors the block consumes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 up: bool = True, use_noise: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels, self.resolution, self.up = in_channels, resolution, up
+        self.register_buffer("resample_filter", fir_1d(), persistent=False)
+        self.num_conv = 0
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2 if up else 1,
+                                        use_noise=use_noise, conv_clamp=conv_clamp)
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, use_noise=use_noise,
+                                    conv_clamp=conv_clamp)
+        self.num_conv += 1
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.num_ws = self.num_conv + 1
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                noise_mode: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+        else:
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+        if img is not None and self.up:
+            img = upsample2d(img, self.resample_filter)
+        y = self.torgb(x, next(w_iter))
+        img = y if img is None else img + y.to(img.dtype)
+        return x, img

@@ -1,0 +1,51 @@
+"""Tri-plane feature lookup with EG3D's corrected plane axes.
+
+Plane k holds features over two world axes, in ``grid_sample`` order (u ->
+plane width, v -> plane height):
+
+    plane 0: XY  (u = x, v = y)
+    plane 1: XZ  (u = x, v = z)
+    plane 2: ZY  (u = z, v = y)   -- the "YZ" plane
+
+EG3D's first release built the third plane from a matrix that projected to
+(z, x) again, so two planes saw XZ and none saw YZ; its later
+``generate_planes`` fix gives the axes above. World points are scaled by
+2 / box_warp so the planes span [-box_warp/2, box_warp/2]^3; outside, the
+zero padding of ``grid_sample`` returns zero features.
+
+The features of the three planes are averaged (EG3D's decoder does the mean).
+We average right after the lookup, keeping channels first, so the result is
+(N, C, ...) without the permute/reshape copies EG3D makes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# (u, v) world-axis indices of each plane: XY, XZ, ZY.
+PLANE_AXES = ((0, 1), (0, 2), (2, 1))
+
+
+def project_onto_planes(points: torch.Tensor) -> torch.Tensor:
+    """points (..., 3) -> plane coordinates (..., 3, 2), one (u, v) per plane."""
+    idx = torch.tensor(PLANE_AXES, device=points.device)
+    return points[..., idx]
+
+
+def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float = 1.0) -> torch.Tensor:
+    """Mean tri-plane features at world points.
+
+    planes: (N, 3, C, H, W); points: (N, A, B, 3) (any two point dims, e.g. rays x samples).
+    Returns (N, C, A, B) in the planes' dtype.
+    """
+    if planes.ndim != 5 or planes.shape[1] != 3:
+        raise ValueError(f"planes must have shape (N, 3, C, H, W), got {tuple(planes.shape)}")
+    if points.ndim != 4 or points.shape[-1] != 3 or points.shape[0] != planes.shape[0]:
+        raise ValueError(f"points must have shape (N={planes.shape[0]}, A, B, 3), got {tuple(points.shape)}")
+    n, _, c, h, w = planes.shape
+    a, b = points.shape[1:3]
+    grid = project_onto_planes(points.to(planes.dtype) * (2.0 / box_warp))  # (N, A, B, 3, 2)
+    grid = grid.permute(0, 3, 1, 2, 4).reshape(n * 3, a, b, 2)
+    feats = F.grid_sample(planes.reshape(n * 3, c, h, w), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)  # (N*3, C, A, B)
+    return feats.view(n, 3, c, a, b).mean(1)
