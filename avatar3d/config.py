@@ -97,13 +97,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         name = prefix + unknown[0]
-        close = _closest(unknown[0], list(fields))
+        close = closest(unknown[0], list(fields))
         hint = f"; did you mean {prefix + close!r}?" if close else f"; known options: {', '.join(sorted(fields))}"
         raise ConfigError(f"unknown option {name!r}{hint}")
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
-        kwargs[name] = _coerce(value, hints[name], prefix + name, f.metadata)
+        kwargs[name] = coerce(value, hints[name], prefix + name, f.metadata)
     try:
         obj = cls(**kwargs)
     except ConfigError:
@@ -158,7 +158,7 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
 
 # -- coercion -----------------------------------------------------------------
 
-def _coerce(value: Any, tp: Any, name: str, meta: typing.Mapping[str, Any] | None = None) -> Any:
+def coerce(value: Any, tp: Any, name: str, meta: typing.Mapping[str, Any] | None = None) -> Any:
     meta = meta or {}
     out = _coerce_type(value, tp, name)
     _check_meta(out, name, meta)
@@ -262,7 +262,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _closest(word: str, options: list[str]) -> str | None:
+def closest(word: str, options: list[str]) -> str | None:
     import difflib
 
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)

@@ -93,6 +93,15 @@ class GANLoss:
     def accumulate_gradients(self, phase: str, real_img: torch.Tensor, real_c: torch.Tensor,
                              gen_z: torch.Tensor, gen_c: torch.Tensor, gain: float, cur_nimg: float) -> LossStats:
         """Run one phase's forward + backward (gradients accumulate into .grad). Returns scalars."""
+        loss, stats = self.phase_loss(phase, real_img, real_c, gen_z, gen_c, gain, cur_nimg)
+        if loss is not None:
+            loss.backward()
+        return stats
+
+    def phase_loss(self, phase: str, real_img: torch.Tensor, real_c: torch.Tensor, gen_z: torch.Tensor,
+                   gen_c: torch.Tensor, gain: float, cur_nimg: float) -> tuple[torch.Tensor | None, LossStats]:
+        """One phase's forward: the loss to backpropagate (already times ``gain``; None if the phase is off)
+        and its scalars. The caller backpropagates, e.g. through a DeepSpeed engine."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         cfg = self.cfg
@@ -107,13 +116,13 @@ class GANLoss:
             cond = self.selector(gen_c, self.generator)
             logits = self.run_D(gen.image, gen.image_raw, cond.label, blur_sigma)
             loss = F.softplus(-logits).mean()
-            loss.mul(gain).backward()
+            total = loss.mul(gain)
             stats.update(loss_G=loss.item(), logits_fake=logits.mean().item(),
                          frac_fine=cond.use_fine.float().mean().item())
 
         elif phase == "Greg":
             if cfg.density_reg <= 0:
-                return stats
+                return None, stats
             ws = self.G.mapping(gen_z, self._conditioning(gen_c, swap_prob))
             planes = self.G.synthesize_planes(ws)
             n = ws.shape[0]
@@ -121,7 +130,7 @@ class GANLoss:
             pts = torch.cat([pts, pts + torch.randn_like(pts) * cfg.density_reg_p_dist], 1)
             sigma = self.G.sample_density(planes, pts).sigma
             loss = F.l1_loss(sigma[:, :1000], sigma[:, 1000:]) * cfg.density_reg
-            loss.mul(gain).backward()
+            total = loss.mul(gain)
             stats["loss_G_density_reg"] = loss.item()
 
         elif phase == "Dmain":
@@ -131,18 +140,18 @@ class GANLoss:
             cond = self.selector(gen_c, self.generator)
             logits = self.run_D(gen.image, gen.image_raw, cond.label, blur_sigma)
             loss_fake = F.softplus(logits).mean()
-            loss_fake.mul(gain).backward()
             real_raw = self._real_raw(real_img, resolution, blur_sigma)
             cond_r = self.selector(real_c, self.generator)
             logits_r = self.run_D(real_img, real_raw, cond_r.label, blur_sigma)
             loss_real = F.softplus(-logits_r).mean()
-            loss_real.mul(gain).backward()
+            # One backward for both terms (same gradient as two): engines step once per backward.
+            total = (loss_fake + loss_real).mul(gain)
             stats.update(loss_D_fake=loss_fake.item(), loss_D_real=loss_real.item(),
                          logits_fake=logits.mean().item(), logits_real=logits_r.mean().item())
 
         elif phase == "Dreg":
             if cfg.r1_gamma <= 0:
-                return stats
+                return None, stats
             img = real_img.detach().requires_grad_(True)
             raw = self._real_raw(real_img, resolution, blur_sigma).detach().requires_grad_(True)
             cond_r = self.selector(real_c, self.generator)
@@ -150,9 +159,9 @@ class GANLoss:
             g_img, g_raw = torch.autograd.grad(logits.sum(), [img, raw], create_graph=True)
             penalty = g_img.square().sum([1, 2, 3]) + g_raw.square().sum([1, 2, 3])
             loss = (penalty * (cfg.r1_gamma / 2)).mean()
-            loss.mul(gain).backward()
+            total = loss.mul(gain)
             stats["loss_D_r1"] = loss.item()
-        return stats
+        return total, stats
 
     def _real_raw(self, real_img: torch.Tensor, resolution: int, blur_sigma: float) -> torch.Tensor:
         raw = resize_raw(real_img, resolution)

@@ -42,11 +42,11 @@ def test_one_step_on_a_fixed_batch_moves_both_losses_the_right_way():
     z = torch.randn(4, cfg.z_dim)
     g0, d0 = _losses(tr, img, c, z)
     torch.manual_seed(123)
-    tr._phase("Gmain", tr.G, tr.opt_G, img, c, z, c, 1.0)
+    tr._phase("Gmain", tr.G_engine, img, c, z, c, 1.0)
     g1, d1 = _losses(tr, img, c, z)
     assert g1 < g0 - 1e-4
     torch.manual_seed(123)
-    tr._phase("Dmain", tr.D, tr.opt_D, img, c, z, c, 1.0)
+    tr._phase("Dmain", tr.D_engine, img, c, z, c, 1.0)
     g2, d2 = _losses(tr, img, c, z)
     assert d2 < d1 - 1e-4
 

@@ -1,0 +1,103 @@
+"""Pickle-free storage of nested state, written atomically.
+
+A "tree" is nested dicts / lists / tuples of tensors and plain values
+(numbers, strings, bools, None): optimiser states, RNG states, counters. It
+is stored as one safetensors file (the tensors) plus one JSON file (the
+structure), so reading it back never runs code from the file.
+
+Folders are written under a temporary name and renamed into place: a crash
+mid-write leaves the previous version intact and nothing half-written under
+the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TREE_TENSORS = "tensors.safetensors"
+TREE_STRUCTURE = "structure.json"
+
+
+def save_tree(tree: Any, folder: str | Path) -> Path:
+    """Write a nested structure of tensors / numbers / strings / lists / dicts, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = node.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(node, dict):
+            return {"__dict__": [[encode(k), encode(v)] for k, v in node.items()]}
+        if isinstance(node, tuple):
+            return {"__tuple__": [encode(v) for v in node]}
+        if isinstance(node, list):
+            return [encode(v) for v in node]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(f"save_tree: cannot store a {type(node).__name__} (only tensors and plain values)")
+
+    structure = encode(tree)
+    with atomic_folder(folder) as tmp:
+        save_file(tensors, str(tmp / TREE_TENSORS))
+        (tmp / TREE_STRUCTURE).write_text(json.dumps(structure))
+    return Path(folder)
+
+
+def load_tree(folder: str | Path, device: str = "cpu") -> Any:
+    """Read what :func:`save_tree` wrote."""
+    folder = Path(folder)
+    if not (folder / TREE_STRUCTURE).is_file():
+        raise FileNotFoundError(f"no checkpoint data in {folder} (missing {TREE_STRUCTURE})")
+    tensors = load_file(str(folder / TREE_TENSORS), device=device)
+    structure = json.loads((folder / TREE_STRUCTURE).read_text())
+
+    def decode(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "__tensor__" in node:
+                return tensors[node["__tensor__"]]
+            if "__tuple__" in node:
+                return tuple(decode(v) for v in node["__tuple__"])
+            return {decode(k): decode(v) for k, v in node["__dict__"]}
+        if isinstance(node, list):
+            return [decode(v) for v in node]
+        return node
+
+    return decode(structure)
+
+
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success replace ``folder`` with it."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.rglob("*"):
+        if child.is_file():
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
