@@ -1,0 +1,578 @@
+"""The dataset generation job on Ray Data (METHOD.md section 2).
+
+    specs (driver, persisted) -> guidance images (CPU tasks)
+      -> ControlNet painting (autoscaling actor pool, GPUs per actor)
+      -> driver: join with specs, Parquet shards of <= rows_per_file rows (atomic)
+
+Why the driver writes the shards: it already holds the specs (the exact rows
+minus the pixels), so workers only ship ``id`` + PNG back, the stored spec
+columns are bit-for-bit the planned ones, and each shard is renamed into
+place atomically, which is what makes resume exact. On a cluster the output
+folder only has to be visible to the driver. The driver's share of the work
+is small: at ~1 s of GPU time per 512x512 image, 16 GPUs produce ~16 PNGs/s
+(~6 MB/s).
+
+Resume: re-running the same job (same ``output_dir``) skips every id found in
+a readable shard; leftover ``.tmp`` files and unreadable shards are removed
+first. Rows that define the content (seed, styles, models, ...) are
+fingerprinted in ``job.json``; a re-run with different ones is refused
+before any work, so a folder never mixes two datasets. ``num_samples`` may
+grow (sample i depends on (seed, i) only), not shrink.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from avatar3d.config import ConfigError, to_dict
+from avatar3d.datagen.pipeline import GUIDANCE_TYPES, PipelineConfig
+from avatar3d.datagen.shards import (
+    CARD_FILE,
+    JOB_FILE,
+    SPECS_FILE,
+    ShardWriter,
+    build_card,
+    scan_for_resume,
+    write_atomic_json,
+    write_atomic_table,
+)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking for the job (the model code never sees it)."""
+
+    enabled: bool = field(default=True, metadata={"help": "log config, counts and throughput to MLflow"})
+    tracking_uri: str | None = field(
+        default=None, metadata={"help": "MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db"})
+    experiment: str = field(default="avatar3d-datagen", metadata={"help": "MLflow experiment name"})
+    run_name: str | None = field(default=None, metadata={"help": "MLflow run name (default: generate-<output folder>)"})
+
+
+@dataclass
+class GenerateConfig:
+    """``avatar3d generate``: styles x views x attributes -> multi-view Parquet dataset."""
+
+    num_samples: int = field(default=16, metadata={"help": "images in the dataset (N)", "min": 1})
+    seed: int = field(default=0, metadata={"help": "master seed; sample i depends on (seed, i) only", "min": 0})
+    styles: list[str] | None = field(
+        default=None, metadata={"help": "style names to use (default: all styles of styles_file / the 50 built-ins)"})
+    styles_file: str | None = field(
+        default=None, metadata={"help": "your own styles: .yaml list or .txt with one style per line"})
+    attributes_file: str | None = field(default=None, metadata={"help": "your own attribute categories (.yaml)"})
+    num_attributes: int = field(default=5, metadata={"help": "attribute categories sampled per image", "min": 0})
+    guidance: Literal["openpose", "depth", "hybrid"] = field(
+        default="hybrid", metadata={"help": "pose guidance: openpose, depth, or both (hybrid)", "choices": list(GUIDANCE_TYPES)})
+    resolution: int = field(default=512, metadata={"help": "image size in pixels (square, multiple of 8)", "min": 8})
+    yaw_range: tuple[float, float] = field(default=(-180.0, 180.0), metadata={"help": "camera yaw range, degrees"})
+    pitch_range: tuple[float, float] = field(default=(-30.0, 30.0), metadata={"help": "camera elevation range, degrees"})
+    output_dir: str = field(default="outputs/datagen", metadata={"help": "dataset folder (re-run to resume)"})
+    rows_per_file: int = field(default=1000, metadata={"help": "max rows per Parquet shard", "min": 1})
+    batch_size: int = field(default=8, metadata={"help": "images per ControlNet call", "min": 1})
+    min_actors: int = field(default=1, metadata={"help": "ControlNet actor pool: minimum size", "min": 1})
+    max_actors: int = field(default=1, metadata={"help": "ControlNet actor pool: maximum size (autoscaling)", "min": 1})
+    gpus_per_actor: float = field(default=0.0, metadata={"help": "GPUs per ControlNet actor (0 = CPU)", "min": 0.0})
+    cpus_per_actor: float = field(default=1.0, metadata={"help": "CPUs per ControlNet actor", "min": 0.0})
+    guidance_batch_size: int = field(default=16, metadata={"help": "views per guidance-rendering task", "min": 1})
+    guidance_cpus: float = field(default=1.0, metadata={"help": "CPUs per guidance-rendering task", "min": 0.0})
+    progress_interval_s: float = field(default=10.0, metadata={"help": "seconds between progress lines", "min": 0.0})
+    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: $RAY_ADDRESS or a local Ray)"})
+    ray_progress_bars: bool = field(default=False, metadata={"help": "show Ray Data's own progress bars"})
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> "GenerateConfig":
+        """Cross-field checks; raises ConfigError (one line). Reads files, writes nothing."""
+        _check_int("num_samples", self.num_samples, 1)
+        _check_int("resolution", self.resolution, 8)
+        if self.resolution % 8:
+            raise ConfigError(f"resolution={self.resolution} is not a multiple of 8 (the VAE's scale): pass e.g. "
+                              f"{max(8, self.resolution // 8 * 8)} or {self.resolution // 8 * 8 + 8}")
+        if self.guidance not in GUIDANCE_TYPES:
+            raise ConfigError(f"guidance={self.guidance!r} is not known: pass one of {', '.join(GUIDANCE_TYPES)}")
+        # The job's guidance drives the pipeline; a different explicit pipeline.guidance is a contradiction.
+        if self.pipeline.guidance != self.guidance:
+            if self.pipeline.guidance != PipelineConfig.guidance:
+                raise ConfigError(f"pipeline.guidance={self.pipeline.guidance!r} disagrees with guidance={self.guidance!r}: "
+                                  f"set only guidance={self.pipeline.guidance}")
+            self.pipeline = replace(self.pipeline, guidance=self.guidance)
+        try:
+            self.pipeline.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        for name in ("rows_per_file", "batch_size", "min_actors", "max_actors", "guidance_batch_size"):
+            _check_int(name, getattr(self, name), 1)
+        if self.max_actors < self.min_actors:
+            raise ConfigError(f"max_actors={self.max_actors} < min_actors={self.min_actors}: pass max_actors >= min_actors")
+        for name in ("yaw_range", "pitch_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ConfigError(f"{name}={[lo, hi]} is empty: pass [low, high] with low < high")
+        if not (-90.0 < self.pitch_range[0] and self.pitch_range[1] < 90.0):
+            raise ConfigError(f"pitch_range={list(self.pitch_range)}: elevations must stay inside (-90, 90)")
+        self.resolved_styles()
+        self._check_attributes()
+        check_writable_dir(self.output_dir, "output_dir")
+        return self
+
+    def resolved_styles(self):
+        """The Style list this job uses; unknown or empty selections raise ConfigError."""
+        from avatar3d.prompts import load_styles
+
+        try:
+            available = load_styles(self.styles_file) if self.styles_file else load_styles()
+        except ValueError as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+        if self.styles is None:
+            return available
+        if len(self.styles) == 0:
+            raise ConfigError("styles=[] is empty: pass style names (e.g. styles=[pixar,anime]) or leave styles unset for all")
+        by_name = {s.name: s for s in available}
+        chosen = []
+        for name in self.styles:
+            if name not in by_name:
+                close = difflib.get_close_matches(name, list(by_name), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known styles: {', '.join(list(by_name)[:8])}, ..."
+                raise ConfigError(f"styles: unknown style {name!r}; {hint}")
+            chosen.append(by_name[name])
+        if len({s.name for s in chosen}) != len(chosen):
+            raise ConfigError(f"styles={self.styles} names a style twice: pass each style once")
+        return chosen
+
+    def _check_attributes(self):
+        if self.attributes_file is None:
+            return
+        from avatar3d.prompts import load_attributes
+
+        try:
+            categories = load_attributes(self.attributes_file)
+        except ValueError as err:
+            raise ConfigError(str(err).splitlines()[0]) from None
+        if self.num_attributes > len(categories):
+            raise ConfigError(f"num_attributes={self.num_attributes} > the {len(categories)} categories in "
+                              f"{self.attributes_file}: pass num_attributes <= {len(categories)}")
+
+    def content_fingerprint(self) -> dict:
+        """Everything that fixes what row i looks like (not N, not how it is executed)."""
+        styles = [[s.name, s.text] for s in self.resolved_styles()]
+        attributes = None
+        if self.attributes_file:
+            attributes = hashlib.sha256(Path(self.attributes_file).read_bytes()).hexdigest()
+        p = self.pipeline
+        return {
+            "seed": self.seed, "styles": styles, "attributes_file_sha256": attributes,
+            "num_attributes": self.num_attributes, "guidance": self.guidance, "resolution": self.resolution,
+            "yaw_range": list(self.yaw_range), "pitch_range": list(self.pitch_range),
+            "model_ids": p.model_ids(), "lora_scale": p.lora_scale, "scheduler": p.scheduler, "steps": p.steps,
+            "guidance_scale": p.guidance_scale, "conditioning_scales": list(p.conditioning_scales), "dtype": p.dtype,
+        }
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is not valid: pass an integer >= {minimum}")
+
+
+def check_writable_dir(path: str, field_name: str) -> None:
+    """The folder exists and is writable, or can be created (without creating it)."""
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{field_name}={path!r} cannot be created: {probe} is a file; pass a writable folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field_name}={path!r} is not writable ({probe}); pass a writable folder")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class GenerationResult:
+    """What one run did. ``num_rows`` counts the whole dataset, ``generated`` this run only."""
+
+    output_dir: str
+    num_samples: int
+    num_rows: int
+    generated: int
+    skipped: int
+    shards_written: int
+    wall_s: float
+    images_per_s: float
+    card_path: str
+    mlflow_run_id: str | None
+    timings: dict
+
+    def summary(self) -> str:
+        return (f"{self.num_rows}/{self.num_samples} rows in {self.output_dir} "
+                f"({self.generated} generated this run, {self.skipped} already there; "
+                f"{self.images_per_s:.2f} images/s over {self.wall_s:.1f} s; card: {self.card_path})")
+
+
+# --------------------------------------------------------------------------- Ray stages
+
+
+def render_guidance_batch(batch: dict, resolution: int, kinds: tuple[str, ...]) -> dict:
+    """CPU stage: camera labels -> one control image (H, W, 3) uint8 per ControlNet kind."""
+    from avatar3d.scene.guidance import render_guidance
+
+    start = time.perf_counter()
+    cameras = np.stack([np.asarray(c, dtype=np.float64) for c in batch["camera"]])
+    images = {k: [] for k in kinds}
+    for label in cameras:
+        rendered = render_guidance(label, resolution, kinds=kinds)
+        for k in kinds:
+            images[k].append(_control_image(rendered, k))
+    out = {name: batch[name] for name in ("id", "seed", "prompt", "negative_prompt")}
+    for k in kinds:
+        out[f"control_{k}"] = np.stack(images[k])
+    out["guidance_s"] = np.full(len(cameras), (time.perf_counter() - start) / max(1, len(cameras)))
+    return out
+
+
+def _control_image(rendered, kind: str) -> np.ndarray:
+    image = rendered[kind] if isinstance(rendered, dict) else getattr(rendered, kind)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return image
+
+
+class ControlNetPainter:
+    """Actor: builds the pipeline once, then paints batches -> ``id`` + PNG bytes."""
+
+    def __init__(self, pipeline: dict, resolution: int):
+        import torch
+        from diffusers.utils import logging as diffusers_logging
+
+        from avatar3d.datagen.pipeline import build_pipeline
+
+        diffusers_logging.disable_progress_bar()
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch should follow it.
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        pipeline = dict(pipeline)
+        pipeline["conditioning_scales"] = tuple(pipeline["conditioning_scales"])
+        self.cfg = PipelineConfig(**pipeline)
+        self.pipe = build_pipeline(self.cfg)
+        self.resolution = resolution
+
+    def __call__(self, batch: dict) -> dict:
+        from avatar3d.datagen.pipeline import generate_from_config
+
+        start = time.perf_counter()
+        controls = [list(batch[f"control_{k}"]) for k in self.cfg.controlnet_kinds]
+        images = generate_from_config(
+            self.pipe, self.cfg, [str(p) for p in batch["prompt"]], [str(p) for p in batch["negative_prompt"]],
+            controls, [int(s) for s in batch["seed"]], self.resolution, self.resolution,
+        )
+        painted = time.perf_counter()
+        pngs = [encode_png(im) for im in images]
+        end = time.perf_counter()
+        n = len(images)
+        return {
+            "id": batch["id"],
+            "image_png": np.array(pngs, dtype=object),
+            "guidance_s": batch["guidance_s"],
+            "diffusion_s": np.full(n, (painted - start) / n),
+            "png_s": np.full(n, (end - painted) / n),
+        }
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG, fixed settings (same pixels -> same bytes)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _console(msg: str) -> None:
+    print(f"[avatar3d generate] {msg}", file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    days, rem = divmod(seconds, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    if days:
+        return f"{days}d{hours:02d}h{minutes:02d}m"
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class Progress:
+    """Console progress: rows done, images/s of this run, ETA for the rest."""
+
+    def __init__(self, total: int, already: int, interval_s: float, printer=_console):
+        self.total, self.already, self.interval_s, self.printer = total, already, interval_s, printer
+        self.start = time.perf_counter()
+        self.done = 0
+        self._printed = -1
+        self._last = -np.inf
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def update(self, n: int, force: bool = False) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if (force and self.done != self._printed) or now - self._last >= self.interval_s:
+            self._last, self._printed = now, self.done
+            have = self.already + self.done
+            left = self.total - have
+            eta = left / self.rate if self.rate > 0 else float("inf")
+            self.printer(f"{have}/{self.total} images ({100.0 * have / self.total:.1f}%) | "
+                         f"{self.rate:.2f} images/s | ETA {format_duration(eta)}")
+
+
+def _spec_chunk(args) -> "object":
+    """Specs for indices [start, start + n) as an Arrow table (runs in a Ray task for big N)."""
+    from avatar3d.datagen.specs import sample_specs, specs_to_table
+
+    start, n, kwargs = args
+    return specs_to_table(sample_specs(n, start=start, **kwargs))
+
+
+def plan_specs(cfg: GenerateConfig, parallel_chunk: int = 20_000):
+    """All N specs as an Arrow table in index order; big N is sampled in parallel Ray tasks."""
+    import pyarrow as pa
+
+    from avatar3d.scene.cameras import CameraSampler
+
+    kwargs = dict(seed=cfg.seed, guidance=cfg.guidance, styles=cfg.resolved_styles(),
+                  attributes=cfg.attributes_file, num_attributes=cfg.num_attributes,
+                  camera_sampler=CameraSampler(yaw_range=tuple(cfg.yaw_range), pitch_range=tuple(cfg.pitch_range)))
+    chunks = [(s, min(parallel_chunk, cfg.num_samples - s), kwargs) for s in range(0, cfg.num_samples, parallel_chunk)]
+    if len(chunks) == 1:
+        return _spec_chunk(chunks[0])
+    import ray
+
+    task = ray.remote(num_cpus=1)(_spec_chunk)
+    return pa.concat_tables(ray.get([task.remote(c) for c in chunks]))
+
+
+def _load_or_plan_specs(cfg: GenerateConfig, out: Path, fingerprint: dict):
+    import pyarrow.parquet as pq
+
+    path = out / SPECS_FILE
+    if path.exists():
+        try:
+            table = pq.read_table(path)
+            meta = json.loads((table.schema.metadata or {}).get(b"avatar3d_fingerprint", b"null"))
+            if meta == fingerprint and table.num_rows == cfg.num_samples:
+                return table
+        except Exception:  # noqa: BLE001 - a damaged plan is simply re-drawn
+            pass
+    table = plan_specs(cfg)
+    table = table.replace_schema_metadata({b"avatar3d_fingerprint": json.dumps(fingerprint).encode()})
+    write_atomic_table(table, path)
+    return table
+
+
+def _check_resume_compatible(out: Path, fingerprint: dict, num_samples: int, done_ids: set[str]) -> None:
+    job = out / JOB_FILE
+    if job.exists():
+        previous = json.loads(job.read_text()).get("fingerprint")
+        if previous is not None and previous != fingerprint:
+            key = next(k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k))
+            raise ConfigError(
+                f"output_dir={str(out)!r} holds rows made with {key}={previous.get(key)!r}, this run has "
+                f"{key}={fingerprint.get(key)!r}: pass a new output_dir or the same settings")
+    beyond = [i for i in done_ids if not i.isdigit() or int(i) >= num_samples]
+    if beyond:
+        raise ConfigError(f"output_dir={str(out)!r} already holds rows beyond num_samples={num_samples} "
+                          f"(e.g. id {sorted(beyond)[0]}): pass num_samples >= {num_samples + len(beyond)} or a new output_dir")
+
+
+def _init_ray(cfg: GenerateConfig):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    from avatar3d.runtime import init_local_ray
+
+    if cfg.ray_address:
+        os.environ["RAY_ADDRESS"] = cfg.ray_address
+    return init_local_ray()
+
+
+def build_dataset(cfg: GenerateConfig, specs):
+    """The lazy Ray Data plan: specs -> guidance (tasks) -> ControlNet (actor pool)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray_progress_bars
+    kinds = cfg.pipeline.controlnet_kinds
+    columns = specs.select(["id", "seed", "prompt", "negative_prompt", "camera"])
+    # Many small blocks so guidance and painting overlap (streaming) from the first batch.
+    block_rows = max(cfg.batch_size, min(4 * cfg.batch_size, 256))
+    blocks = [columns.slice(i, block_rows) for i in range(0, columns.num_rows, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        render_guidance_batch, fn_kwargs={"resolution": cfg.resolution, "kinds": kinds},
+        batch_size=cfg.guidance_batch_size, batch_format="numpy", num_cpus=cfg.guidance_cpus,
+    )
+    ds = ds.map_batches(
+        ControlNetPainter,
+        fn_constructor_kwargs={"pipeline": cfg.pipeline.to_dict(), "resolution": cfg.resolution},
+        batch_size=cfg.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
+    )
+    return ds
+
+
+def _rows_for(specs, generated, model_ids: dict, resolution: int):
+    """Join painted ``id`` + PNG with the planned spec rows (spec row i has index i)."""
+    import pyarrow as pa
+
+    from avatar3d.datagen.schema import ROW_SCHEMA
+
+    ids = [str(i) for i in generated["id"]]
+    rows = specs.take(pa.array([int(i) for i in ids], type=pa.int64()))
+    n = len(ids)
+    extra = {
+        "image_png": pa.array(list(generated["image_png"]), type=pa.binary()),
+        "width": pa.array([resolution] * n, type=pa.int32()),
+        "height": pa.array([resolution] * n, type=pa.int32()),
+        "base_model": pa.array([model_ids["base_model"]] * n, type=pa.string()),
+        "controlnets": pa.array([model_ids["controlnets"]] * n, type=pa.list_(pa.string())),
+        "lora": pa.array([model_ids["lora"]] * n, type=pa.string()),
+    }
+    table = rows.select([f.name for f in ROW_SCHEMA if f.name not in extra])
+    for name, column in extra.items():
+        table = table.append_column(name, column)
+    return table.select([f.name for f in ROW_SCHEMA]).cast(ROW_SCHEMA).replace_schema_metadata(None)
+
+
+def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | None = None) -> GenerationResult:
+    """Generate (or finish) the dataset described by ``cfg``. Validates everything before any work.
+
+    ``on_shard(path, rows_so_far)`` is called after each shard is in place
+    (tests use it to simulate a crash; jobs can use it for notifications).
+    """
+    t0 = time.perf_counter()
+    cfg.validate()
+    from avatar3d.datagen.pipeline import check_models_available
+
+    try:
+        check_models_available(cfg.pipeline)
+    except Exception as err:  # one line, before any work
+        raise ConfigError(str(err)) from None
+    out = Path(cfg.output_dir).expanduser()
+    fingerprint = cfg.content_fingerprint()
+    resume = scan_for_resume(out, clean=False)
+    _check_resume_compatible(out, fingerprint, cfg.num_samples, resume.done_ids)
+
+    # ---- all checks passed: from here on we do work
+    out.mkdir(parents=True, exist_ok=True)
+    resume = scan_for_resume(out, clean=True)
+    for path in resume.removed_tmp + resume.removed_unreadable:
+        _console(f"removed unfinished shard {path.name}")
+    write_atomic_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, out / JOB_FILE)
+    _init_ray(cfg)
+    t_specs = time.perf_counter()
+    specs = _load_or_plan_specs(cfg, out, fingerprint)
+    t_specs = time.perf_counter() - t_specs
+    done = resume.done_ids
+    todo_mask = [i not in done for i in specs.column("id").to_pylist()]
+    todo = specs.filter(todo_mask)
+    model_ids = cfg.pipeline.model_ids()
+    _console(f"{cfg.num_samples} samples over {len(cfg.resolved_styles())} styles, guidance={cfg.guidance}, "
+             f"{cfg.resolution}px; {len(done)} already in {out}, {todo.num_rows} to generate")
+    if cfg.gpus_per_actor > 0:
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < cfg.gpus_per_actor * cfg.min_actors:
+            _console(f"warning: the cluster shows {gpus:g} GPUs, the pool needs {cfg.gpus_per_actor * cfg.min_actors:g} "
+                     "to start; waiting for the autoscaler")
+
+    stage = {"guidance_s": 0.0, "diffusion_s": 0.0, "png_s": 0.0}
+    writer = ShardWriter(out, cfg.rows_per_file, run_tag=time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    progress = Progress(cfg.num_samples, len(done), cfg.progress_interval_s)
+    t_gen = time.perf_counter()
+    if todo.num_rows:
+        ds = build_dataset(cfg, todo)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for key in stage:
+                stage[key] += float(np.sum(batch[key]))
+            writer.add(_rows_for(specs, batch, model_ids, cfg.resolution), on_written=on_shard)
+            progress.update(len(batch["id"]))
+        writer.flush(on_written=on_shard)
+        progress.update(0, force=True)
+    t_gen = time.perf_counter() - t_gen
+
+    generated = writer.rows_written
+    timings = {
+        "specs_s": round(t_specs, 3),
+        "generation_wall_s": round(t_gen, 3),
+        "images_per_s": round(generated / t_gen, 4) if generated and t_gen > 0 else 0.0,
+        "per_image_s": {k.removesuffix("_s"): round(v / generated, 5) for k, v in stage.items()} if generated else {},
+        "total_wall_s": None,
+    }
+    card = build_card(out, to_dict(cfg), model_ids, timings, cfg.num_samples)
+    timings["total_wall_s"] = round(time.perf_counter() - t0, 3)
+    card["timings"] = timings
+    card_path = write_atomic_json(card, out / CARD_FILE)
+    if card["num_rows"] != card["num_unique_ids"]:
+        _console(f"warning: {card['num_rows'] - card['num_unique_ids']} duplicate ids in {out}")
+    run_id = log_to_mlflow(cfg, card, card_path, generated)
+    result = GenerationResult(
+        output_dir=str(out), num_samples=cfg.num_samples, num_rows=card["num_rows"], generated=generated,
+        skipped=len(done), shards_written=len(writer.written), wall_s=timings["total_wall_s"],
+        images_per_s=timings["images_per_s"], card_path=str(card_path), mlflow_run_id=run_id, timings=timings,
+    )
+    _console(result.summary())
+    return result
+
+
+def log_to_mlflow(cfg: GenerateConfig, card: dict, card_path: Path, generated: int) -> str | None:
+    """The job's only MLflow contact: resolved config, counts, throughput, the card."""
+    if not cfg.tracking.enabled:
+        return None
+    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_config, log_file, log_metrics, start_run
+
+    uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
+    name = cfg.tracking.run_name or f"generate-{Path(cfg.output_dir).name}"
+    t = card["timings"]
+    with start_run(uri, cfg.tracking.experiment, name, tags={"avatar3d.stage": "datagen"}) as run:
+        log_config(to_dict(cfg))
+        metrics = {
+            "num_rows": card["num_rows"], "num_unique_ids": card["num_unique_ids"], "generated_this_run": generated,
+            "images_per_s": t["images_per_s"], "generation_wall_s": t["generation_wall_s"], "specs_s": t["specs_s"],
+            "total_wall_s": t["total_wall_s"], "num_styles": len(card["counts"]["style"]),
+        }
+        metrics.update({f"per_image_{k}_s": v for k, v in t["per_image_s"].items()})
+        log_metrics(metrics)
+        log_file(card_path)
+        return run.info.run_id

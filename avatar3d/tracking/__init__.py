@@ -1,0 +1,1 @@
+"""Experiment tracking (MLflow), kept at the edges: model code never imports it."""

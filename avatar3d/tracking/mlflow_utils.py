@@ -1,0 +1,85 @@
+"""Small MLflow helpers for jobs: start a run, log a nested config, metrics and files.
+
+Only job entry points call these. The default store is a local SQLite file
+(``sqlite:///<folder>/mlflow.db``): it works offline and supports everything
+MLflow offers (the plain-file store is deprecated in MLflow 3).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator, Mapping
+
+# MLflow caps a param value at 6000 characters (older servers: 500).
+_MAX_PARAM_LEN = 500
+
+
+def default_tracking_uri(folder) -> str:
+    path = Path(folder).resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+@contextlib.contextmanager
+def start_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator:
+    """Context manager: an active MLflow run in ``experiment`` (created if missing)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+        yield run
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """{"pipeline": {"steps": 4}} -> {"pipeline.steps": "4"} (lists as JSON)."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            out[name] = text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
+    return out
+
+
+def log_config(config: Mapping, artifact_name: str = "config.json") -> None:
+    """Flattened params (searchable) plus the full config as a JSON artifact."""
+    import mlflow
+
+    mlflow.log_params(flatten(config))
+    mlflow.log_dict(dict(config), artifact_name)
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_file(path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+RUN_NAME_TAG = "avatar3d.run_name"
+
+
+@contextlib.contextmanager
+def resume_or_start_run(tracking_uri: str, experiment: str, run_name: str) -> Iterator:
+    """Re-open the latest MLflow run tagged with ``run_name`` (a resumed job logs on), else start one."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.set_experiment(experiment)
+    found = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if found:
+        with mlflow.start_run(run_id=found[0].info.run_id) as run:
+            yield run
+    else:
+        with mlflow.start_run(run_name=run_name, tags={RUN_NAME_TAG: run_name}) as run:
+            yield run

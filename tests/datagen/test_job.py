@@ -1,0 +1,212 @@
+"""The Ray Data generation job on a local 2-CPU Ray with the tiny preset.
+
+One module-scoped Ray and one reference dataset (16 rows, 2 styles, hybrid);
+the other tests compare against it: same seed -> same PNG bytes, kill and
+resume -> exactly N unique rows, export -> EG3D layout.
+"""
+import io
+import json
+import os
+import re
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from PIL import Image  # noqa: E402
+
+from avatar3d.config import ConfigError, load_config  # noqa: E402
+from avatar3d.datagen.job import GenerateConfig, run_generation  # noqa: E402
+from avatar3d.datagen.schema import ROW_SCHEMA  # noqa: E402
+from avatar3d.datagen.shards import export_eg3d, list_shards, read_dataset  # noqa: E402
+from avatar3d.datagen.specs import sample_specs  # noqa: E402
+
+TINY_YAML = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs", "generate_tiny.yaml")
+SD15_YAML = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs", "generate_sd15.yaml")
+N = 16
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_config(output_dir, *overrides):
+    return load_config(GenerateConfig, TINY_YAML, [f"output_dir={output_dir}", "progress_interval_s=0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, tmp_path_factory):
+    """16 rows, 2 styles, hybrid guidance, 3 shards (rows_per_file=6), MLflow on."""
+    out = tmp_path_factory.mktemp("reference")
+    cfg = tiny_config(out, f"num_samples={N}", "rows_per_file=6")
+    result = run_generation(cfg)
+    return cfg, result, read_dataset(out)
+
+
+def _png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
+
+
+def test_rows_schema_and_counts(reference):
+    cfg, result, table = reference
+    assert result.num_rows == result.generated == N and result.skipped == 0
+    assert table.schema.remove_metadata() == ROW_SCHEMA
+    assert table.num_rows == N and len(set(table.column("id").to_pylist())) == N
+    assert table.column("index").to_pylist() == list(range(N))
+    assert sorted(set(table.column("style").to_pylist())) == ["anime", "pixar"]
+    assert table.column("style").to_pylist().count("pixar") == N // 2
+    assert set(table.column("guidance").to_pylist()) == {"hybrid"}
+    assert set(table.column("base_model").to_pylist()) == {"avatar3d/tiny-random-sd"}
+    assert table.column("controlnets").to_pylist()[0] == [
+        "avatar3d/tiny-random-controlnet-openpose", "avatar3d/tiny-random-controlnet-depth"]
+    shard_rows = [pq.ParquetFile(p).metadata.num_rows for p in list_shards(cfg.output_dir)]
+    assert sorted(shard_rows) == [4, 6, 6] and result.shards_written == 3
+
+
+def test_images_decode_at_configured_size_and_differ(reference):
+    _, _, table = reference
+    images = [_png(b) for b in table.column("image_png").to_pylist()]
+    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in images)
+    assert set(table.column("width").to_pylist()) == {64} == set(table.column("height").to_pylist())
+    # Different seeds/prompts/cameras paint different images.
+    assert len({im.tobytes() for im in images}) == N
+
+
+def test_stored_specs_equal_planned_specs(reference):
+    cfg, _, table = reference
+    specs = sample_specs(N, seed=cfg.seed, guidance="hybrid", styles=cfg.resolved_styles())
+    rows = table.to_pylist()
+    for spec, row in zip(specs, rows):
+        for key, value in spec.to_dict().items():
+            assert row[key] == value, (spec.id, key)
+        assert len(row["camera"]) == 25
+        assert isinstance(json.loads(row["attributes"]), dict)
+    assert pq.read_table(os.path.join(cfg.output_dir, "specs.parquet")).num_rows == N
+
+
+def test_dataset_card_and_mlflow_run(reference):
+    cfg, result, _ = reference
+    card = json.loads(open(result.card_path).read())
+    assert card["num_rows"] == card["num_unique_ids"] == N and card["complete"]
+    assert card["counts"]["style"] == {"anime": N // 2, "pixar": N // 2}
+    assert sum(card["counts"]["coarse_bin"].values()) == N == sum(card["counts"]["view"].values())
+    assert card["config"]["pipeline"]["preset"] == "tiny" and card["model_ids"]["base_model"] == "avatar3d/tiny-random-sd"
+    assert card["timings"]["images_per_s"] > 0 and card["timings"]["per_image_s"]["diffusion"] > 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{os.path.abspath(cfg.output_dir)}/mlflow.db")
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.metrics["num_rows"] == N and run.data.metrics["images_per_s"] > 0
+    assert run.data.params["pipeline.preset"] == "tiny" and run.data.params["num_samples"] == str(N)
+
+
+def test_same_seed_same_png_bytes_with_other_batching(reference, tmp_path):
+    # Fewer samples, other batch size and shard size: rows 0..5 must be byte-identical.
+    _, _, table = reference
+    cfg = tiny_config(tmp_path, "num_samples=6", "batch_size=3", "rows_per_file=100", "tracking.enabled=false")
+    run_generation(cfg)
+    again = read_dataset(tmp_path)
+    assert again.column("image_png").to_pylist() == table.column("image_png").to_pylist()[:6]
+
+
+def test_kill_and_resume_gives_exactly_n_unique_rows(reference, tmp_path):
+    _, _, table = reference
+    n = 12
+    cfg = tiny_config(tmp_path, f"num_samples={n}", "rows_per_file=4", "tracking.enabled=false")
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first_shard(path, rows):
+        raise Killed(path)
+
+    with pytest.raises(Killed):
+        run_generation(cfg, on_shard=die_after_first_shard)
+    shards = list_shards(tmp_path)
+    assert len(shards) == 1 and pq.read_table(shards[0]).num_rows == 4
+    # What a hard kill can leave behind: a half-written temp file and a truncated shard.
+    (tmp_path / "shards" / "part-x-00009.parquet.tmp").write_bytes(b"PAR1 half")
+    data = shards[0].read_bytes()
+    (tmp_path / "shards" / "part-x-00010.parquet").write_bytes(data[: len(data) // 2])
+
+    result = run_generation(cfg)
+    assert result.skipped == 4 and result.generated == n - 4
+    assert not list((tmp_path / "shards").glob("*.tmp"))
+    ids = []
+    for path in list_shards(tmp_path):
+        ids += pq.read_table(path).column("id").to_pylist()  # every file readable
+    assert len(ids) == n == len(set(ids))
+    resumed = read_dataset(tmp_path)
+    assert resumed.column("image_png").to_pylist() == table.column("image_png").to_pylist()[:n]
+
+    # A third run has nothing left to do.
+    assert run_generation(cfg).generated == 0
+
+
+def test_export_eg3d_layout(reference, tmp_path):
+    cfg, _, table = reference
+    export = export_eg3d(cfg.output_dir, tmp_path)
+    labels = json.loads((tmp_path / "dataset.json").read_text())["labels"]
+    assert export.num_images == len(labels) == N
+    by_name = dict((name, cam) for name, cam in labels)
+    for row in table.select(["id", "camera", "image_png"]).to_pylist():
+        name = f"img{row['id']}.png"
+        assert by_name[name] == row["camera"] and len(by_name[name]) == 25
+        assert (tmp_path / name).read_bytes() == row["image_png"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("styles=[pixar,no_such_style]", "unknown style 'no_such_style'"),
+    ("styles=[]", "styles=[] is empty"),
+    ("guidance=canny", "guidance"),
+    ("resolution=60", "not a multiple of 8"),
+    ("num_samples=0", "num_samples"),
+    ("max_actors=0", "max_actors"),
+])
+def test_bad_input_fails_before_any_work(tmp_path, override, message):
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        cfg = tiny_config(out, override)
+        run_generation(cfg)
+    assert not out.exists()
+
+
+def test_unwritable_output_dir_fails(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="output_dir"):
+        tiny_config(blocker / "sub")
+
+
+def test_changed_seed_on_existing_dataset_is_refused(reference):
+    cfg, _, _ = reference
+    with pytest.raises(ConfigError, match="seed"):
+        run_generation(tiny_config(cfg.output_dir, f"num_samples={N}", "seed=1"))
+    with pytest.raises(ConfigError, match="beyond num_samples"):
+        run_generation(tiny_config(cfg.output_dir, "num_samples=4", "rows_per_file=6"))
+
+
+def test_sd15_config_loads_and_missing_models_fail_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(GenerateConfig, SD15_YAML, [f"output_dir={tmp_path / 'sd'}"])
+    assert cfg.num_samples == 500_000 and cfg.resolution == 512 and cfg.max_actors == 16
+    assert cfg.pipeline.dtype == "float16" and len(cfg.resolved_styles()) == 50
+    with pytest.raises(ConfigError) as err:
+        run_generation(cfg)
+    assert "\n" not in str(err.value) and "stable-diffusion-v1-5" in str(err.value) and "HF_HUB_OFFLINE=0" in str(err.value)
+    assert not (tmp_path / "sd").exists()
