@@ -27,13 +27,29 @@ from avatar3d.gan.layers import FullyConnected
 from avatar3d.gan.triplane import sample_triplane
 
 
+# MipNeRF's widened sigmoid, features = sigmoid(x) * (1 + 2 eps) - eps, keeps 0 and 1 reachable.
+_SIG_SCALE = 1 + 2 * 0.001
+_SIG_SHIFT = 0.001
+
+
 @dataclass
 class DecoderOutput:
     """Decoder output at points, channels first: raw density ``sigma`` (N, 1, ...) before
-    the softplus(sigma - 1) activation, features (N, C, ...) whose first 3 channels are colour."""
+    the softplus(sigma - 1) activation, and ``unit`` = sigmoid of the feature logits
+    (N, C, ...). The features proper are the affine :attr:`features`; the renderer
+    composites ``unit`` and applies the affine to the (much smaller) composited image,
+    which is the same sum because compositing is linear in the colours."""
 
     sigma: torch.Tensor
-    features: torch.Tensor
+    unit: torch.Tensor
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.unit * _SIG_SCALE - _SIG_SHIFT
+
+    @classmethod
+    def from_features(cls, sigma: torch.Tensor, features: torch.Tensor) -> "DecoderOutput":
+        return cls(sigma=sigma, unit=(features + _SIG_SHIFT) / _SIG_SCALE)
 
 
 @dataclass
@@ -46,7 +62,8 @@ class RenderOutput:
 class OSGDecoder(nn.Module):
     """Mean tri-plane feature -> (sigma, features): FC(C->hidden), softplus, FC(hidden->1+out).
 
-    Runs as a channels-first matmul on (N, C, points) so no transposes are needed.
+    Runs channels first as batched matmuls on (N, C, points), so neither the
+    tri-plane lookup's output nor the decoder's needs a transpose.
     """
 
     def __init__(self, in_features: int = 32, hidden: int = 64, out_features: int = 32):
@@ -57,13 +74,9 @@ class OSGDecoder(nn.Module):
     def forward(self, feats: torch.Tensor) -> DecoderOutput:
         shape = feats.shape
         x = feats.reshape(shape[0], shape[1], -1)  # (N, C, P)
-        x = _channel_linear(x, self.fc0)
-        x = F.softplus(x)
-        x = _channel_linear(x, self.fc1)
-        x = x.view(shape[0], -1, *shape[2:])
-        # MipNeRF's widened sigmoid keeps colours reachable at 0 and 1.
-        features = torch.sigmoid(x[:, 1:]) * (1 + 2 * 0.001) - 0.001
-        return DecoderOutput(sigma=x[:, :1], features=features)
+        x = F.softplus(_channel_linear(x, self.fc0))
+        x = _channel_linear(x, self.fc1).view(shape[0], -1, *shape[2:])
+        return DecoderOutput(sigma=x[:, :1], unit=torch.sigmoid(x[:, 1:]))
 
 
 def _channel_linear(x: torch.Tensor, fc: FullyConnected) -> torch.Tensor:
@@ -80,32 +93,42 @@ def stratified_depths(n: int, rays: int, samples: int, ray_start: float, ray_end
     return base + torch.rand(n, 1, rays, samples, device=device, dtype=dtype) * delta
 
 
-def composite(colors: torch.Tensor, sigmas: torch.Tensor, depths: torch.Tensor, white_back: bool = False,
-              want_rgb: bool = True):
-    """EG3D's MipRayMarcher2 over the last dim.
+def march(sigmas: torch.Tensor, depths: torch.Tensor):
+    """EG3D's MipRayMarcher2 weights over the last dim (sorted samples).
 
-    colors (N, C, R, S), sigmas (N, 1, R, S) raw, depths (N, 1, R, S) sorted.
-    Returns (features (N, C, R) scaled to [-1, 1] | None, depth (N, 1, R), weights (N, 1, R, S-1)).
+    sigmas (N, 1, R, S) raw, depths (N, 1, R, S). Returns (weights (N, 1, R, S-1) of the
+    S-1 intervals, depth (N, 1, R), clamped to the sampled range like EG3D's).
     """
     deltas = depths[..., 1:] - depths[..., :-1]
     sig_mid = (sigmas[..., :-1] + sigmas[..., 1:]) * 0.5
-    density_delta = F.softplus(sig_mid - 1.0) * deltas
-    alpha = 1 - torch.exp(-density_delta)
+    alpha = 1 - torch.exp(-F.softplus(sig_mid - 1.0) * deltas)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha + 1e-10], -1), -1)
     weights = alpha * trans[..., :-1]
-    weight_total = weights.sum(-1)
     depth_mid = (depths[..., :-1] + depths[..., 1:]) * 0.5
-    depth = (weights * depth_mid).sum(-1) / weight_total
+    depth = (weights * depth_mid).sum(-1) / weights.sum(-1)
     depth = torch.nan_to_num(depth, float("inf")).clamp(depths.min(), depths.max())
-    if not want_rgb:
-        return None, depth, weights
-    # sum_s w_s (c_s + c_{s+1}) / 2 == sum_s v_s c_s with v_s = (w_{s-1} + w_s) / 2: one
-    # product with the colours instead of building the midpoint colour tensor first.
+    return weights, depth
+
+
+def sample_weights(weights: torch.Tensor) -> torch.Tensor:
+    """Interval weights (..., S-1) -> per-sample weights (..., S): v_s = (w_{s-1} + w_s) / 2.
+
+    EG3D composites midpoint colours, sum_s w_s (c_s + c_{s+1}) / 2, which is sum_s v_s c_s.
+    """
     zero = torch.zeros_like(weights[..., :1])
-    v = (torch.cat([weights, zero], -1) + torch.cat([zero, weights], -1)) * 0.5
-    rgb = (colors * v).sum(-1)
+    return (torch.cat([weights, zero], -1) + torch.cat([zero, weights], -1)) * 0.5
+
+
+def composite(colors: torch.Tensor, sigmas: torch.Tensor, depths: torch.Tensor, white_back: bool = False):
+    """Reference compositing of one sorted sample set (EG3D's MipRayMarcher2).
+
+    colors (N, C, R, S) features, sigmas (N, 1, R, S) raw, depths (N, 1, R, S).
+    Returns (features (N, C, R) scaled to [-1, 1], depth (N, 1, R), weights (N, 1, R, S-1)).
+    """
+    weights, depth = march(sigmas, depths)
+    rgb = (colors * sample_weights(weights)).sum(-1)
     if white_back:
-        rgb = rgb + 1 - weight_total
+        rgb = rgb + 1 - weights.sum(-1)
     return rgb * 2 - 1, depth, weights
 
 
@@ -114,7 +137,7 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, n_importance:
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """EG3D's ``sample_importance``: new depths (N, 1, R, n_importance) from the coarse weights.
 
-    depths (N, 1, R, S) sorted coarse depths; weights (N, 1, R, S-1) from :func:`composite`.
+    depths (N, 1, R, S) sorted coarse depths; weights (N, 1, R, S-1) from :func:`march`.
     """
     n, _, r, s = depths.shape
     z = depths.reshape(n * r, s).float()
@@ -128,7 +151,7 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, n_importance:
 
 def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, eps: float = 1e-5,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Inverse-CDF sampling (NeRF / EG3D): bins (B, K+2?) edges, weights (B, K) -> (B, n_samples)."""
+    """Inverse-CDF sampling (NeRF / EG3D): bin edges (B, >K), weights (B, K) -> (B, n_samples)."""
     b, k = weights.shape
     weights = weights + eps
     pdf = weights / weights.sum(-1, keepdim=True)
@@ -176,19 +199,26 @@ class ImportanceRenderer(nn.Module):
                                      torch.float32).to(dtype)
         coarse = self.run_model(planes, o + depths_c[:, 0, :, :, None] * d)
         if self.importance_samples > 0:
-            with torch.no_grad():
-                _, _, w = composite(coarse.features.detach(), coarse.sigma.detach(), depths_c, want_rgb=False)
-            depths_f = importance_depths(depths_c, w, self.importance_samples)
+            with torch.no_grad():  # the coarse weights only steer sampling (EG3D never backprops them)
+                w_c, _ = march(coarse.sigma.detach(), depths_c)
+            depths_f = importance_depths(depths_c, w_c, self.importance_samples)
             fine = self.run_model(planes, o + depths_f[:, 0, :, :, None] * d)
-            depths = torch.cat([depths_c, depths_f], -1)
-            depths, order = torch.sort(depths, dim=-1)
-            colors = torch.cat([coarse.features, fine.features], -1)
-            sigmas = torch.cat([coarse.sigma, fine.sigma], -1)
-            colors = torch.gather(colors, -1, order.expand(-1, colors.shape[1], -1, -1))
-            sigmas = torch.gather(sigmas, -1, order)
+            depths, order = torch.sort(torch.cat([depths_c, depths_f], -1), dim=-1)
+            sigmas = torch.gather(torch.cat([coarse.sigma, fine.sigma], -1), -1, order)
+            weights, depth = march(sigmas, depths)
+            # Per-sample weights back in unsorted (coarse, fine) order: the colours are then
+            # composited where they are, without concatenating and re-sorting all C channels.
+            v = torch.zeros_like(sigmas).scatter(-1, order, sample_weights(weights))
+            sc = self.depth_samples
+            unit = (coarse.unit * v[..., :sc]).sum(-1) + (fine.unit * v[..., sc:]).sum(-1)
         else:
-            depths, colors, sigmas = depths_c, coarse.features, coarse.sigma
-        feats, depth, weights = composite(colors, sigmas, depths, white_back=self.white_back)
+            weights, depth = march(coarse.sigma, depths_c)
+            unit = (coarse.unit * sample_weights(weights)).sum(-1)
+        weight_total = weights.sum(-1)
+        feats = unit * _SIG_SCALE - _SIG_SHIFT * weight_total  # the widened sigmoid, after compositing
+        if self.white_back:
+            feats = feats + 1 - weight_total
+        feats = feats * 2 - 1
         h = w_ = resolution
         return RenderOutput(features=feats.reshape(n, -1, h, w_), depth=depth.reshape(n, 1, h, w_),
-                            weight_sum=weights.sum(-1).reshape(n, 1, h, w_))
+                            weight_sum=weight_total.reshape(n, 1, h, w_))

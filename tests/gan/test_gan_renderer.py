@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from avatar3d.gan.renderer import DecoderOutput, ImportanceRenderer, OSGDecoder, composite, importance_depths, \
+from avatar3d.gan.renderer import DecoderOutput, ImportanceRenderer, OSGDecoder, importance_depths, march, \
     stratified_depths
 from avatar3d.scene.cameras import camera_label, camera_rays
 
@@ -17,7 +17,7 @@ class SphereRenderer(ImportanceRenderer):
         inside = points.norm(dim=-1) < RADIUS  # (N, A, B)
         sigma = torch.where(inside, 60.0, -10.0).to(points.dtype)[:, None]
         feats = torch.where(inside, 1.0, 0.0).to(points.dtype)[:, None].expand(-1, 3, -1, -1)
-        return DecoderOutput(sigma=sigma, features=feats)
+        return DecoderOutput.from_features(sigma=sigma, features=feats)
 
 
 def _analytic_hits(origins, dirs):
@@ -67,7 +67,7 @@ def test_importance_samples_concentrate_at_the_surface():
     depths = stratified_depths(1, res * res, 48, 2.0, 3.4, "cpu")
     pts = o[:, :, None] + depths[:, 0, :, :, None] * d[:, :, None]
     coarse = r.run_model(None, pts)
-    _, _, w = composite(coarse.features, coarse.sigma, depths)
+    w, _ = march(coarse.sigma, depths)
     fine = importance_depths(depths, w, 64)[0, 0]  # (R, 64)
     t_hit = _analytic_hits(o, d)[0]
     hit = torch.isfinite(t_hit)
@@ -82,7 +82,7 @@ def test_empty_space_renders_transparent_and_depth_is_clamped():
     class Empty(SphereRenderer):
         def run_model(self, planes, points):
             z = torch.zeros_like(points[..., 0])[:, None]
-            return DecoderOutput(sigma=z - 30.0, features=z.expand(-1, 3, -1, -1))
+            return DecoderOutput.from_features(sigma=z - 30.0, features=z.expand(-1, 3, -1, -1))
 
     r = Empty(OSGDecoder(), 8, 8, 2.0, 3.4)
     c = torch.tensor(camera_label(30.0, 0.0)[None], dtype=torch.float32)
@@ -104,3 +104,34 @@ def test_stratified_depths_cover_the_range_in_order():
     assert dep.shape == (2, 1, 5, 10)
     assert (dep[..., 1:] >= dep[..., :-1]).all()
     assert dep.min() >= 2.0 and dep.max() <= 3.4 + 1.4 / 9
+
+
+def test_fast_compositing_equals_eg3d_cat_sort_gather_path():
+    """The renderer composites colours in unsorted order with scattered weights and applies
+    the widened sigmoid after compositing; EG3D concatenates, sorts and gathers every
+    channel first. Same numbers."""
+    from avatar3d.gan.renderer import composite
+    from avatar3d.gan.triplane import sample_triplane
+
+    torch.manual_seed(0)
+    dec = OSGDecoder(8, 16, 8)
+    r = ImportanceRenderer(dec, 12, 10, 2.0, 3.4)
+    planes = torch.randn(2, 3, 8, 16, 16) * 3
+    c = torch.tensor(camera_label([0.0, 70.0], [0.0, 10.0]), dtype=torch.float32)
+    o, d = camera_rays(c, 8)
+    torch.manual_seed(1)
+    fast = r(planes, o, d, 8)
+    torch.manual_seed(1)  # same random stream: stratified jitter, then the inverse-CDF draws
+    o4, d4 = o[:, :, None], d[:, :, None]
+    dc = stratified_depths(2, 64, 12, 2.0, 3.4, "cpu")
+    oc = dec(sample_triplane(planes, o4 + dc[:, 0, ..., None] * d4))
+    w, _ = march(oc.sigma, dc)
+    df = importance_depths(dc, w, 10)
+    of = dec(sample_triplane(planes, o4 + df[:, 0, ..., None] * d4))
+    depths, order = torch.sort(torch.cat([dc, df], -1), -1)
+    colors = torch.gather(torch.cat([oc.features, of.features], -1), -1, order.expand(-1, 8, -1, -1))
+    sigmas = torch.gather(torch.cat([oc.sigma, of.sigma], -1), -1, order)
+    ref, ref_depth, ref_w = composite(colors, sigmas, depths)
+    torch.testing.assert_close(fast.features.reshape(2, 8, 64), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.depth.reshape(2, 1, 64), ref_depth)
+    torch.testing.assert_close(fast.weight_sum.reshape(2, 1, 64), ref_w.sum(-1))
