@@ -111,7 +111,43 @@ def _run_generate(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate]
+def _add_train_gan(sub) -> None:
+    p = sub.add_parser(
+        "train-gan",
+        help="train the tri-plane GAN on a generated dataset (Ray Train + DeepSpeed, MLflow)",
+        description="Train the EG3D-style GAN with the coarse-to-fine discriminator. Running the same run_name "
+                    "again resumes it; --resume continues from a checkpoint folder; --transfer starts a new "
+                    "run from a snapshot's generator weights.",
+        epilog=EPILOG_OVERRIDES,
+    )
+    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/train_gan_tiny.yaml")
+    p.add_argument("--resume", default=None, help="checkpoint folder of a train-gan run to continue")
+    p.add_argument("--transfer", default=None, help="snapshot .safetensors to initialise G from")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=outputs/ds total_kimg=1")
+    p.set_defaults(func=_run_train_gan)
+
+
+def _run_train_gan(args) -> int:
+    from avatar3d.config import load_config, to_dict
+    from avatar3d.training.config import TrainGANConfig
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"resume={args.resume}")
+    if args.transfer:
+        overrides.append(f"transfer={args.transfer}")
+    cfg = load_config(TrainGANConfig, args.config, overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    from avatar3d.training.job import run_train_gan
+
+    print(run_train_gan(cfg).summary())
+    return 0
+
+
+SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate, _add_train_gan]
 
 
 # -- entry point ----------------------------------------------------------------

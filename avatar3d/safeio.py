@@ -33,7 +33,7 @@ def save_tree(tree: Any, folder: str | Path) -> Path:
     def encode(node: Any) -> Any:
         if isinstance(node, torch.Tensor):
             key = f"t{len(tensors)}"
-            tensors[key] = node.detach().cpu().contiguous()
+            tensors[key] = node
             return {"__tensor__": key}
         if isinstance(node, dict):
             return {"__dict__": [[encode(k), encode(v)] for k, v in node.items()]}
@@ -46,6 +46,7 @@ def save_tree(tree: Any, folder: str | Path) -> Path:
         raise TypeError(f"save_tree: cannot store a {type(node).__name__} (only tensors and plain values)")
 
     structure = encode(tree)
+    tensors = unshared(tensors)
     with atomic_folder(folder) as tmp:
         save_file(tensors, str(tmp / TREE_TENSORS))
         (tmp / TREE_STRUCTURE).write_text(json.dumps(structure))
@@ -72,6 +73,20 @@ def load_tree(folder: str | Path, device: str = "cpu") -> Any:
         return node
 
     return decode(structure)
+
+
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors, copying any that share storage with an earlier one
+    (safetensors refuses shared memory; modules often share buffers)."""
+    out, seen = {}, set()
+    for key, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():
+            t = t.clone()
+        seen.add(ptr)
+        out[key] = t
+    return out
 
 
 @contextmanager

@@ -1,0 +1,93 @@
+"""Checkpoints that describe themselves and never unpickle.
+
+Two kinds, kept apart as in NVlabs' code (``--resume`` vs ``--transfer``):
+
+- **Snapshot** (inference): the EMA generator's weights in one safetensors
+  file whose metadata holds the GAN config (JSON) and the training progress.
+  Loading needs torch + safetensors only: no Ray, no DeepSpeed, no pickle.
+- **Resume state**: everything to continue a run bit for bit: both engines'
+  weights and optimiser states, the EMA, the image counter, RNG states. The
+  engines write their own parts; the rest is a "tree" (safetensors for
+  tensors + JSON for the structure and plain values, :mod:`avatar3d.safeio`).
+
+Every folder is written under a temporary name and renamed into place, so a
+crash mid-write leaves the previous checkpoint intact and no half-written one
+that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from avatar3d.safeio import unshared
+
+
+SNAPSHOT_FORMAT = "avatar3d.gan-snapshot/1"
+
+
+# -- snapshots --------------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """A loaded inference snapshot: the EMA generator and what it was trained on."""
+
+    generator: torch.nn.Module
+    gan_config: dict[str, Any]
+    info: dict[str, Any]
+
+
+def save_snapshot(path: str | Path, G_ema: torch.nn.Module, gan_config: dict[str, Any],
+                  info: dict[str, Any] | None = None) -> Path:
+    """Write ``G_ema``'s weights + config to one safetensors file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = unshared(G_ema.state_dict())
+    metadata = {
+        "format": SNAPSHOT_FORMAT,
+        "gan_config": json.dumps(gan_config),
+        "info": json.dumps(info or {}),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_snapshot_metadata(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"snapshot not found: {path} (pass a .safetensors file written by avatar3d train-gan)")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError(f"{path} is not an avatar3d generator snapshot (format {meta.get('format')!r}, "
+                         f"expected {SNAPSHOT_FORMAT!r})")
+    return {"gan_config": json.loads(meta["gan_config"]), "info": json.loads(meta.get("info", "{}"))}
+
+
+def load_snapshot(path: str | Path, device: str | torch.device = "cpu") -> Snapshot:
+    """Rebuild the generator from a snapshot; plain PyTorch, no Ray or DeepSpeed."""
+    from avatar3d.gan.config import GANConfig
+    from avatar3d.gan.generator import TriPlaneGenerator
+
+    meta = read_snapshot_metadata(path)
+    cfg = GANConfig.from_dict(meta["gan_config"])
+    G = TriPlaneGenerator(cfg)
+    G.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    G.neural_rendering_resolution = meta["info"].get("neural_rendering_resolution", G.neural_rendering_resolution)
+    return Snapshot(generator=G.to(device).eval().requires_grad_(False), gan_config=meta["gan_config"],
+                    info=meta["info"])
