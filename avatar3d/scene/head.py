@@ -23,16 +23,17 @@ avatar3d, so the default model is procedural:
   flat at y = -0.48). With the EG3D camera (radius 2.7, focal 4.2647, looking
   at the origin) the image spans ~0.63 world units (~360 mm) at the head:
   the head fills about two thirds of the image height with the neck and the
-  tops of the shoulders below it, like a FFHQ-style portrait crop with some
-  room for 360-degree views.
+  tops of the shoulders below it (crown ~8% from the top, chin at ~73%),
+  like a FFHQ-style portrait crop with some room for 360-degree views.
 * Landmarks (see ``avatar3d.scene.landmarks`` for names and order): each is
   defined by a ray aimed at the surface from outside, and sits where the ray
   first hits the mesh, so it lies exactly on the surface; its normal is the
   mesh's interpolated vertex normal there. Face points are aimed straight
   back (-z) from their frontal (x, y) position on a 64 mm-IPD face layout
-  (eyes, brows, nose, lips, pupils); the 17 jaw points are aimed at a
-  vertical axis 30 mm behind the eyes' front from angles fanning from -75 deg
-  (subject's right) through 0 (chin) to +75 deg; ears from 50 deg off the front (their front-lateral
+  (eyes, brows, nose, lips, pupils); the 17 jaw points are aimed at the
+  vertical axis x = 0, z = 30 mm (metric frame; the eyeballs' fronts are at
+  z = 78 mm) from directions fanning from -75 deg (subject's right) through
+  0 (chin) to +75 deg; ears from 50 deg off the front (their front-lateral
   rim, which a front camera sees); shoulders from above (their top, seen
   from front and back: each is aimed where the shoulder's ridge has no
   forward tilt); the neck point is the front of the neck base (the
@@ -56,6 +57,7 @@ from avatar3d.scene.landmarks import (
     BODY_NAMES,
     LANDMARK_NAMES,
     NUM_FACE,
+    NUM_LANDMARKS,
     Landmarks,
     load_landmarks,
 )
@@ -116,21 +118,21 @@ def head_sdf_metres(x, y, z):
     d = _smooth_union(d, _capsule(ax, y, z, (0.052, -0.062, -0.015), (0.012, -0.103, 0.058), 0.016), 0.012)
     d = _smooth_union(d, _ellipsoid(x, y, z, (0.0, -0.100, 0.064), (0.022, 0.018, 0.020)), 0.010)
     d = _smooth_union(d, _ellipsoid(ax, y, z, (0.040, -0.024, 0.052), (0.022, 0.017, 0.020)), 0.012)  # cheekbones
-    d = _smooth_union(d, _ellipsoid(ax, y, z, (0.030, 0.018, 0.074), (0.024, 0.008, 0.012)), 0.008)  # brow ridges
+    d = _smooth_union(d, _ellipsoid(ax, y, z, (0.030, 0.016, 0.070), (0.026, 0.010, 0.012)), 0.012)  # brow ridges
     d = _smooth_union(d, _ellipsoid(x, y, z, (0.0, -0.066, 0.060), (0.032, 0.028, 0.026)), 0.010)  # mouth muzzle
     # Eye sockets, then the eyeballs inside them.
     d = _smooth_subtract(d, _sphere(ax, y, z, (0.032, 0.0, 0.088), 0.018), 0.006)
     d = np.minimum(d, _sphere(ax, y, z, (0.032, 0.0, 0.066), 0.0125))
     # Nose: bridge, tip, wings.
-    d = _smooth_union(d, _capsule(x, y, z, (0.0, 0.004, 0.080), (0.0, -0.034, 0.102), 0.0085), 0.008)
-    d = _smooth_union(d, _sphere(x, y, z, (0.0, -0.039, 0.104), 0.0115), 0.006)
-    d = _smooth_union(d, _sphere(ax, y, z, (0.013, -0.044, 0.094), 0.0085), 0.005)
+    d = _smooth_union(d, _capsule(x, y, z, (0.0, 0.004, 0.080), (0.0, -0.034, 0.098), 0.0085), 0.008)
+    d = _smooth_union(d, _sphere(x, y, z, (0.0, -0.039, 0.099), 0.0105), 0.006)
+    d = _smooth_union(d, _sphere(ax, y, z, (0.012, -0.044, 0.090), 0.0075), 0.006)
     # Lips, with a crease between them (mouth line at y = -0.0695).
     lips = np.minimum(
-        _ellipsoid(x, y, z, (0.0, -0.063, 0.082), (0.026, 0.0075, 0.012)),
-        _ellipsoid(x, y, z, (0.0, -0.076, 0.080), (0.023, 0.0075, 0.012)),
+        _ellipsoid(x, y, z, (0.0, -0.063, 0.081), (0.024, 0.0065, 0.010)),
+        _ellipsoid(x, y, z, (0.0, -0.076, 0.079), (0.021, 0.007, 0.010)),
     )
-    d = _smooth_union(d, lips, 0.004)
+    d = _smooth_union(d, lips, 0.006)
     # Ears: flat ellipsoids, turned a little forward, kept distinct from the skull.
     d = _smooth_union(d, _ellipsoid(ax, y, z, (0.077, -0.008, -0.012), (0.010, 0.031, 0.019)), 0.004)
     # Neck, trapezius, shoulders, top of the chest.
@@ -382,7 +384,9 @@ def _landmarks_by_aim(head: HeadModel) -> Landmarks:
 def canonical_head(resolution: int = DEFAULT_RESOLUTION) -> HeadModel:
     """The procedural head (built once per resolution per process)."""
     mesh = build_procedural_mesh(resolution)
-    head = HeadModel(mesh, Landmarks(np.zeros((78, 3)), np.tile([0.0, 0.0, 1.0], (78, 1))), source=f"procedural@{resolution}")
+    # Landmarks are found by casting rays at this very mesh, so the head exists (with placeholders) first.
+    placeholder = Landmarks(np.zeros((NUM_LANDMARKS, 3)), np.tile([0.0, 0.0, 1.0], (NUM_LANDMARKS, 1)))
+    head = HeadModel(mesh, placeholder, source=f"procedural@{resolution}")
     head.landmarks = _landmarks_by_aim(head)
     return head
 
