@@ -71,18 +71,19 @@ class OSGDecoder(nn.Module):
         self.fc0 = FullyConnected(in_features, hidden)
         self.fc1 = FullyConnected(hidden, 1 + out_features)
 
-    def forward(self, feats: torch.Tensor) -> DecoderOutput:
+    def forward(self, feats: torch.Tensor, input_scale: float = 1.0) -> DecoderOutput:
+        """feats (N, C, ...) mean plane features (or their sum with ``input_scale`` = 1/3)."""
         shape = feats.shape
         x = feats.reshape(shape[0], shape[1], -1)  # (N, C, P)
-        x = F.softplus(_channel_linear(x, self.fc0))
+        x = F.softplus(_channel_linear(x, self.fc0, input_scale))
         x = _channel_linear(x, self.fc1).view(shape[0], -1, *shape[2:])
         return DecoderOutput(sigma=x[:, :1], unit=torch.sigmoid(x[:, 1:]))
 
 
-def _channel_linear(x: torch.Tensor, fc: FullyConnected) -> torch.Tensor:
-    w = fc.weight.to(x.dtype) * fc.weight_gain
+def _channel_linear(x: torch.Tensor, fc: FullyConnected, input_scale: float = 1.0) -> torch.Tensor:
+    w = fc.weight.to(x.dtype) * (fc.weight_gain * input_scale)
     b = fc.bias.to(x.dtype) * fc.bias_gain
-    return torch.baddbmm(b.view(1, -1, 1).expand(x.shape[0], -1, x.shape[2]), w.expand(x.shape[0], -1, -1), x)
+    return torch.bmm(w.expand(x.shape[0], -1, -1), x).add_(b.view(1, -1, 1))
 
 
 def stratified_depths(n: int, rays: int, samples: int, ray_start: float, ray_end: float,
@@ -181,7 +182,7 @@ class ImportanceRenderer(nn.Module):
 
     def run_model(self, planes: torch.Tensor, points: torch.Tensor) -> DecoderOutput:
         """Decode at points (N, A, B, 3) -> DecoderOutput with (N, *, A, B) tensors."""
-        out = self.decoder(sample_triplane(planes, points, self.box_warp))
+        out = self.decoder(sample_triplane(planes, points, self.box_warp, reduce="sum"), input_scale=1.0 / 3.0)
         if self.density_noise > 0 and self.training:
             out.sigma = out.sigma + torch.randn_like(out.sigma) * self.density_noise
         return out

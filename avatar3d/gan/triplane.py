@@ -32,11 +32,13 @@ def project_onto_planes(points: torch.Tensor) -> torch.Tensor:
     return points[..., idx]
 
 
-def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float = 1.0) -> torch.Tensor:
-    """Mean tri-plane features at world points.
+def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float = 1.0,
+                    reduce: str = "mean") -> torch.Tensor:
+    """Mean (or, with ``reduce="sum"``, sum) of the tri-plane features at world points.
 
     planes: (N, 3, C, H, W); points: (N, A, B, 3) (any two point dims, e.g. rays x samples).
-    Returns (N, C, A, B) in the planes' dtype.
+    Returns (N, C, A, B) in the planes' dtype. The renderer takes the sum and folds the
+    1/3 into the decoder's first layer, saving a full pass (and its backward) per lookup.
     """
     if planes.ndim != 5 or planes.shape[1] != 3:
         raise ValueError(f"planes must have shape (N, 3, C, H, W), got {tuple(planes.shape)}")
@@ -48,4 +50,9 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float 
     grid = grid.permute(0, 3, 1, 2, 4).reshape(n * 3, a, b, 2)
     feats = F.grid_sample(planes.reshape(n * 3, c, h, w), grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False)  # (N*3, C, A, B)
-    return feats.view(n, 3, c, a, b).mean(1)
+    feats = feats.view(n, 3, c, a, b)
+    if reduce == "sum":
+        return feats[:, 0] + feats[:, 1] + feats[:, 2]
+    if reduce != "mean":
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    return feats.mean(1)

@@ -70,3 +70,33 @@ def test_bad_activation_and_noise_mode_raise():
     layer = L.SynthesisLayer(4, 4, 8, 8)
     with pytest.raises(ValueError, match="noise_mode"):
         layer(torch.zeros(1, 4, 8, 8), torch.zeros(1, 8), noise_mode="loud")
+
+
+def test_fused_layers_equal_the_reference_op_sequence():
+    """Folded gains / fused bias / bmm toRGB give NVlabs' op-by-op results."""
+    torch.manual_seed(0)
+    f = L.fir_1d()
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(2, 6)
+    for up in (1, 2):
+        layer = L.SynthesisLayer(4, 5, 6, 8 * up, up=up)
+        with torch.no_grad():
+            layer.bias.normal_()
+            layer.noise_strength.fill_(0.7)
+        styles = layer.affine(w)
+        noise = layer.noise_const * layer.noise_strength
+        ref = L.modulated_conv2d(x, layer.weight, styles, f, noise, up=up, padding=1)
+        ref = L.bias_act(ref, layer.bias, "lrelu", math.sqrt(2) * 0.5)
+        torch.testing.assert_close(layer(x, w, noise_mode="const", gain=0.5), ref, rtol=1e-4, atol=1e-5)
+    rgb = L.ToRGBLayer(4, 3, 6)
+    with torch.no_grad():
+        rgb.bias.normal_()
+    ref = L.modulated_conv2d(x, rgb.weight, rgb.affine(w) * rgb.weight_gain, f, demodulate=False)
+    torch.testing.assert_close(rgb(x, w), L.bias_act(ref, rgb.bias), rtol=1e-4, atol=1e-5)
+    for down, k in ((1, 3), (2, 3), (2, 1)):
+        conv = L.Conv2dLayer(4, 5, k, activation="lrelu", down=down)
+        with torch.no_grad():
+            conv.bias.normal_()
+        ref = L.conv2d_resample(x, conv.weight * conv.weight_gain, f, down=down, padding=k // 2)
+        torch.testing.assert_close(conv(x, gain=0.5), L.bias_act(ref, conv.bias, "lrelu", math.sqrt(2) * 0.5),
+                                   rtol=1e-4, atol=1e-5)
