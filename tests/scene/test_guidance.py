@@ -64,6 +64,17 @@ def test_profile_shows_exactly_the_near_eye_and_ear(head, yaw, side):
     assert 15 <= kp.face_visible.sum() <= 45
 
 
+@pytest.mark.parametrize("yaw, hidden, seen", [(45.0, ("face_39", "face_31"), ("face_42", "face_35")),
+                                               (-45.0, ("face_42", "face_35"), ("face_39", "face_31"))])
+def test_nose_hides_the_far_eye_corner_and_nostril(head, yaw, hidden, seen):
+    # Three-quarter view: the far inner eye corner and far nostril face the camera but sit behind the nose.
+    kp = project_landmarks(head, camera_label(yaw, 0.0), 128)
+    for name in hidden:
+        i = LANDMARK_NAMES.index(name)
+        assert kp.in_image[i] and kp.front_facing[i] and not kp.unoccluded[i] and not kp.visible[i], name
+    assert all(kp.is_visible(name) for name in seen)
+
+
 def test_nose_policy_keeps_it_past_the_silhouette_but_not_from_behind(head):
     label = camera_label(100.0, 0.0)
     nose = LANDMARK_NAMES.index("nose")
