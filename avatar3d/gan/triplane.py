@@ -52,7 +52,7 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float 
                           align_corners=False)  # (N*3, C, A, B)
     feats = feats.view(n, 3, c, a, b)
     if reduce == "sum":
-        return feats[:, 0] + feats[:, 1] + feats[:, 2]
+        return feats.sum(1)
     if reduce != "mean":
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     return feats.mean(1)
