@@ -223,7 +223,8 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
-            self.noise_strength = nn.Parameter(torch.zeros([]))
+            # Shape [1], not []: DeepSpeed broadcasts parameters as byte views, which 0-d tensors refuse.
+            self.noise_strength = nn.Parameter(torch.zeros([1]))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", gain: float = 1.0) -> torch.Tensor:
         styles = self.affine(w)

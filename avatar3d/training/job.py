@@ -101,7 +101,9 @@ def _fit(cfg: TrainGANConfig, gan_cfg, info, rows_per_worker: int, tracking_uri:
     from avatar3d.runtime import init_local_ray
     from avatar3d.training.ray_worker import train_func
 
-    init_local_ray()
+    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
+    needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999) + 2
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
     # Deterministic row order (resume skips exactly the batches already seen).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = ray.data.read_parquet([str(f) for f in info.files], columns=["image_png", "camera"])
