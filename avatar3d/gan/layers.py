@@ -35,15 +35,20 @@ def fir_filter2d(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain: f
     """Separable FIR ``f`` (1-D taps) on every channel, zero padding ``pad`` = (before, after)
     on both axes, optional decimation ``down``: NVlabs' ``upfirdn2d(up=1)``.
 
-    The taps are symmetric here, so convolution and correlation agree.
+    The taps are symmetric here, so convolution and correlation agree. Symmetric padding
+    (every call in this package) is left to the convolutions, avoiding a padded copy.
     """
     c = x.shape[1]
     f = f.to(device=x.device, dtype=x.dtype) * math.sqrt(gain)
     k = f.numel()
+    kw, kh = f.view(1, 1, 1, k).expand(c, 1, 1, k), f.view(1, 1, k, 1).expand(c, 1, k, 1)
+    if pad[0] == pad[1]:
+        p = pad[0]
+        x = F.conv2d(x, kw, stride=(1, down), padding=(0, p), groups=c)
+        return F.conv2d(x, kh, stride=(down, 1), padding=(p, 0), groups=c)
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    x = F.conv2d(x, f.view(1, 1, 1, k).expand(c, 1, 1, k), stride=(1, down), groups=c)
-    x = F.conv2d(x, f.view(1, 1, k, 1).expand(c, 1, k, 1), stride=(down, 1), groups=c)
-    return x
+    x = F.conv2d(x, kw, stride=(1, down), groups=c)
+    return F.conv2d(x, kh, stride=(down, 1), groups=c)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

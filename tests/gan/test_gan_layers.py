@@ -100,3 +100,13 @@ def test_fused_layers_equal_the_reference_op_sequence():
         ref = L.conv2d_resample(x, conv.weight * conv.weight_gain, f, down=down, padding=k // 2)
         torch.testing.assert_close(conv(x, gain=0.5), L.bias_act(ref, conv.bias, "lrelu", math.sqrt(2) * 0.5),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pad, down", [((2, 2), 1), ((1, 1), 2), ((2, 1), 1)])
+def test_fir_filter_matches_padded_2d_convolution(pad, down):
+    torch.manual_seed(0)
+    f = L.fir_1d()
+    x = torch.randn(2, 3, 9, 9)
+    k2 = torch.outer(f, f)[None, None].expand(3, 1, 4, 4)
+    ref = F.conv2d(F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), k2, stride=down, groups=3)
+    torch.testing.assert_close(L.fir_filter2d(x, f, pad, down=down), ref)
