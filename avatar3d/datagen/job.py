@@ -276,6 +276,7 @@ class ControlNetPainter:
     def __call__(self, batch: dict) -> dict:
         from avatar3d.datagen.pipeline import generate_from_config
 
+        call_start = time.time()
         start = time.perf_counter()
         controls = [list(batch[f"control_{k}"]) for k in self.cfg.controlnet_kinds]
         images = generate_from_config(
@@ -292,6 +293,9 @@ class ControlNetPainter:
             "guidance_s": batch["guidance_s"],
             "diffusion_s": np.full(n, (painted - start) / n),
             "png_s": np.full(n, (end - painted) / n),
+            # Wall-clock span of this call (same clock as the driver on one node): for benchmarks.
+            "call_start": np.full(n, call_start),
+            "call_end": np.full(n, time.time()),
         }
 
 
@@ -433,8 +437,12 @@ def build_dataset(cfg: GenerateConfig, specs):
     ctx.enable_progress_bars = cfg.ray_progress_bars
     kinds = cfg.pipeline.controlnet_kinds
     columns = specs.select(["id", "seed", "prompt", "negative_prompt", "camera"])
-    # Many small blocks so guidance and painting overlap (streaming) from the first batch.
-    block_rows = max(cfg.batch_size, min(4 * cfg.batch_size, 256))
+    # Small input blocks: an actor task returns its output block only when the
+    # whole block is painted, so the block size sets how late rows reach the
+    # driver (progress, shards, work lost on a kill). One batch per block, but
+    # at most ~2,000 blocks so a 500k-row plan does not become 60k objects.
+    per_block = -(-columns.num_rows // 2000)
+    block_rows = max(cfg.batch_size, -(-per_block // cfg.batch_size) * cfg.batch_size)
     blocks = [columns.slice(i, block_rows) for i in range(0, columns.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     ds = ds.map_batches(
@@ -474,11 +482,16 @@ def _rows_for(specs, generated, model_ids: dict, resolution: int):
     return table.select([f.name for f in ROW_SCHEMA]).cast(ROW_SCHEMA).replace_schema_metadata(None)
 
 
-def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | None = None) -> GenerationResult:
+def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | None = None,
+                   on_batch: Callable[[dict], None] | None = None) -> GenerationResult:
     """Generate (or finish) the dataset described by ``cfg``. Validates everything before any work.
 
     ``on_shard(path, rows_so_far)`` is called after each shard is in place
     (tests use it to simulate a crash; jobs can use it for notifications).
+    ``on_batch(info)`` is called for every block arriving at the driver with
+    its row count, arrival time, the wall-clock span of the painter call that
+    made each row and the seconds its rows spent in each stage inside the
+    workers (the benchmark uses it to measure Ray's idle gaps).
     """
     t0 = time.perf_counter()
     cfg.validate()
@@ -523,9 +536,15 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     t_gen = time.perf_counter()
     if todo.num_rows:
         ds = build_dataset(cfg, todo)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for key in stage:
-                stage[key] += float(np.sum(batch[key]))
+        # prefetch_batches=0: with prefetching, Ray Data hands a block to the
+        # driver only once the next one is ready (measured: one block late).
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            spent = {key: float(np.sum(batch[key])) for key in stage}
+            for key, seconds in spent.items():
+                stage[key] += seconds
+            if on_batch is not None:
+                on_batch({"rows": len(batch["id"]), "arrival": time.time(), "call_start": batch["call_start"],
+                          "call_end": batch["call_end"], **spent})
             writer.add(_rows_for(specs, batch, model_ids, cfg.resolution), on_written=on_shard)
             progress.update(len(batch["id"]))
         writer.flush(on_written=on_shard)
