@@ -8,6 +8,10 @@ import io
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -29,6 +33,7 @@ from avatar3d.datagen.shards import export_eg3d, list_shards, read_dataset  # no
 from avatar3d.datagen.specs import sample_specs  # noqa: E402
 
 TINY_YAML = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs", "generate_tiny.yaml")
+ENTRYPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "generate_dataset.py")
 SD15_YAML = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs", "generate_sd15.yaml")
 N = 16
 
@@ -124,38 +129,59 @@ def test_same_seed_same_png_bytes_with_other_batching(reference, tmp_path):
     assert again.column("image_png").to_pylist() == table.column("image_png").to_pylist()[:6]
 
 
-def test_kill_and_resume_gives_exactly_n_unique_rows(reference, tmp_path):
+def test_killed_job_resumes_to_exactly_n_unique_rows(ray_local, reference, tmp_path):
+    """SIGKILL a real job (jobs/generate_dataset.py on this Ray) after its first shard, then re-run it."""
     _, _, table = reference
-    n = 12
-    cfg = tiny_config(tmp_path, f"num_samples={n}", "rows_per_file=4", "tracking.enabled=false")
-
-    class Killed(Exception):
-        pass
-
-    def die_after_first_shard(path, rows):
-        raise Killed(path)
-
-    with pytest.raises(Killed):
-        run_generation(cfg, on_shard=die_after_first_shard)
-    shards = list_shards(tmp_path)
-    assert len(shards) == 1 and pq.read_table(shards[0]).num_rows == 4
-    # What a hard kill can leave behind: a half-written temp file and a truncated shard.
+    n = 24
+    overrides = [f"num_samples={n}", "rows_per_file=4", "batch_size=4", "tracking.enabled=false"]
+    env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
+    proc = subprocess.Popen([sys.executable, ENTRYPOINT, "--config", TINY_YAML, *overrides, f"output_dir={tmp_path}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not list((tmp_path / "shards").glob("*.parquet")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no cleanup code runs in the job
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    written = sum(pq.read_table(p, columns=["id"]).num_rows for p in list_shards(tmp_path))
+    assert 0 < written < n
+    # What a kill during a write can also leave: a temp file and a truncated shard.
     (tmp_path / "shards" / "part-x-00009.parquet.tmp").write_bytes(b"PAR1 half")
-    data = shards[0].read_bytes()
+    data = list_shards(tmp_path)[0].read_bytes()
     (tmp_path / "shards" / "part-x-00010.parquet").write_bytes(data[: len(data) // 2])
 
-    result = run_generation(cfg)
-    assert result.skipped == 4 and result.generated == n - 4
+    result = run_generation(tiny_config(tmp_path, *overrides))
+    assert result.skipped == written and result.generated == n - written
     assert not list((tmp_path / "shards").glob("*.tmp"))
     ids = []
     for path in list_shards(tmp_path):
         ids += pq.read_table(path).column("id").to_pylist()  # every file readable
     assert len(ids) == n == len(set(ids))
     resumed = read_dataset(tmp_path)
-    assert resumed.column("image_png").to_pylist() == table.column("image_png").to_pylist()[:n]
+    assert resumed.column("image_png").to_pylist()[:N] == table.column("image_png").to_pylist()
+    assert run_generation(tiny_config(tmp_path, *overrides)).generated == 0
 
-    # A third run has nothing left to do.
-    assert run_generation(cfg).generated == 0
+
+def test_resume_scan_removes_debris_and_counts_ids(tmp_path):
+    import pyarrow as pa
+
+    from avatar3d.datagen.shards import ShardWriter, scan_for_resume
+
+    schema = pa.schema([("id", pa.string())])
+    writer = ShardWriter(tmp_path, rows_per_file=3, run_tag="t", schema=schema)
+    seen = []
+    writer.add(pa.table({"id": [f"{i:08d}" for i in range(7)]}, schema=schema), on_written=lambda p, r: seen.append(r))
+    writer.flush(on_written=lambda p, r: seen.append(r))
+    assert seen == [3, 6, 7]
+    (tmp_path / "shards" / "part-t-00099.parquet.tmp").write_bytes(b"x")
+    (tmp_path / "shards" / "part-t-00098.parquet").write_bytes(b"PAR1 not parquet")
+    state = scan_for_resume(tmp_path)
+    assert state.done_ids == {f"{i:08d}" for i in range(7)} and state.duplicate_ids == 0
+    assert len(state.removed_tmp) == 1 and len(state.removed_unreadable) == 1
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "part-t-00000.parquet", "part-t-00001.parquet", "part-t-00002.parquet"]
 
 
 def test_export_eg3d_layout(reference, tmp_path):
