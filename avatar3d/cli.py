@@ -9,6 +9,7 @@ handlers so ``--help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -149,6 +150,10 @@ def _run_train_gan(args) -> int:
 
 SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate, _add_train_gan]
 
+# Stages that own their subcommands: each module has ``register(subparsers)``
+# adding parsers whose ``func(args) -> int`` does the work (heavy imports inside).
+COMMAND_MODULES: list[str] = []
+
 
 # -- entry point ----------------------------------------------------------------
 
@@ -163,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for add in SUBCOMMANDS:
         add(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

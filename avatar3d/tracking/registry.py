@@ -52,8 +52,11 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                 z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed))
                 front = torch.tensor(camera_label(0.0, 0.0), dtype=torch.float32)[None]
                 cam = torch.tensor(camera_label(yaw, pitch), dtype=torch.float32)[None]
-                ws = G.mapping(z, front, truncation_psi=psi)
-                images.append(to_uint8(G.synthesis(ws, cam, noise_mode="const").image)[0])
+                # The renderer jitters its ray samples: seed it too, so a row always gives the same image.
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    ws = G.mapping(z, front, truncation_psi=psi)
+                    images.append(to_uint8(G.synthesis(ws, cam, noise_mode="const").image)[0])
         return np.stack(images)
 
 

@@ -102,11 +102,11 @@ def _deepspeed_safe_globals() -> list:
     for name in ("LossScaler", "DynamicLossScaler", "LossScalerBase"):
         if hasattr(loss_scaler, name):
             names.append(getattr(loss_scaler, name))
-    try:
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-
-        names.append(ZeroStageEnum)
-    except ImportError:  # pragma: no cover - older DeepSpeed
-        pass
+    for module, name in (("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
+        try:
+            names.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):  # pragma: no cover - other DeepSpeed versions
+            pass
     return names
 

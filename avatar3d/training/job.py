@@ -73,7 +73,13 @@ def run_train_gan(cfg: TrainGANConfig) -> TrainResult:
 
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
     with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
-        log_config({"train": to_dict(cfg), "gan": gan_cfg.to_dict()}, artifact_name="config.json")
+        config = {"train": to_dict(cfg), "gan": gan_cfg.to_dict()}
+        if run.data.params:  # a resumed run: MLflow params are write-once, keep each resume's config apart
+            import mlflow
+
+            mlflow.log_dict(config, f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        else:
+            log_config(config, artifact_name="config.json")
         t0 = time.time()
         result = _fit(cfg, gan_cfg, info, rows_per_worker, tracking_uri, run.info.run_id, output_dir)
         snapshot = _keep_final_snapshot(result, run_dir)
@@ -105,7 +111,9 @@ def _fit(cfg: TrainGANConfig, gan_cfg, info, rows_per_worker: int, tracking_uri:
     needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999) + 2
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
     # Deterministic row order (resume skips exactly the batches already seen).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.execution_options.preserve_order = True
+    data_ctx.enable_progress_bars = False  # the loop prints kimg progress; bars per tick only add noise
     dataset = ray.data.read_parquet([str(f) for f in info.files], columns=["image_png", "camera"])
     loop = {
         "total_kimg": cfg.total_kimg, "kimg_per_tick": cfg.kimg_per_tick, "snapshot_ticks": cfg.snapshot_ticks,
