@@ -12,6 +12,11 @@ folder only has to be visible to the driver. The driver's share of the work
 is small: at ~1 s of GPU time per 512x512 image, 16 GPUs produce ~16 PNGs/s
 (~6 MB/s).
 
+On a CPU-only run (the tiny preset) the guidance and painting stages ask
+for the same resources and Ray Data fuses them into the actor; with
+``gpus_per_actor > 0`` they differ, so guidance runs as separate CPU tasks
+that overlap the GPU work.
+
 Resume: re-running the same job (same ``output_dir``) skips every id found in
 a readable shard; leftover ``.tmp`` files and unreadable shards are removed
 first. Rows that define the content (seed, styles, models, ...) are

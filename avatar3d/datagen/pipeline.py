@@ -93,8 +93,10 @@ class PipelineConfig:
         default=(1.0, 1.0), metadata={"help": "ControlNet strengths (openpose, depth)"})
 
     def validate(self) -> "PipelineConfig":
+        from avatar3d.config import ConfigError  # a ValueError with a one-line message
+
         def bad(name, value, expected):
-            raise ValueError(f"pipeline.{name}={value!r} is not valid: pass {expected}")
+            raise ConfigError(f"pipeline.{name}={value!r} is not valid: pass {expected}")
 
         if self.preset not in PRESETS:
             bad("preset", self.preset, f"one of {list(PRESETS)}")

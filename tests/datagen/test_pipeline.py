@@ -1,5 +1,4 @@
 """The pipeline factory: tiny preset, determinism, batching, save/load, LoRA, offline errors."""
-import os
 
 import numpy as np
 import pytest
