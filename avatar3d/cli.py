@@ -148,7 +148,28 @@ def _run_train_gan(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate, _add_train_gan]
+def _add_run_pipeline(sub) -> None:
+    p = sub.add_parser(
+        "run-pipeline",
+        help="run the stages end to end (guidance -> generate -> train-gan -> report), restartable",
+        description="Chain the stages under one output folder; a re-run skips finished stages, "
+                    "from_stage=<stage> re-runs from there.",
+        epilog=EPILOG_OVERRIDES,
+    )
+    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/demo_tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=outputs/demo from_stage=train_gan")
+    p.set_defaults(func=_run_run_pipeline)
+
+
+def _run_run_pipeline(args) -> int:
+    from avatar3d.chain import ChainConfig, run_chain
+    from avatar3d.config import load_config
+
+    print(run_chain(load_config(ChainConfig, args.config, args.overrides)).summary())
+    return 0
+
+
+SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate, _add_train_gan, _add_run_pipeline]
 
 # Stages that own their subcommands: each module has ``register(subparsers)``
 # adding parsers whose ``func(args) -> int`` does the work (heavy imports inside).

@@ -21,3 +21,14 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - torch is a hard dependency
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def head_dataset(tmp_path_factory):
+    """A tiny Parquet dataset of canonical-head renders in the generator's schema (see tests/training/fixtures.py)."""
+    from tests.training.fixtures import write_head_dataset
+
+    return write_head_dataset(tmp_path_factory.mktemp("head_dataset"))

@@ -1,0 +1,132 @@
+"""An HTML report of a pipeline run that a person can open: ``<output_dir>/report/index.html``.
+
+Shows what each stage produced, from its files on disk and the MLflow store:
+guidance contact sheet, prompt samples, dataset samples per view group and
+the dataset card's counts, GAN samples per view group from the final snapshot
+with the last training metrics, and the registered models.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+
+def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
+    out = Path(output_dir)
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    sections = [_guidance(out, rep), _prompts(), _dataset(out, rep), _gan(out, rep), _registry(tracking_uri)]
+    body = "\n".join(s for s in sections if s)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>avatar3d report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+img{{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}} h2{{margin-top:2em}}
+.note{{color:#666;font-size:13px}}</style></head><body>
+<h1>avatar3d pipeline report</h1><p class="note">{html.escape(str(out.resolve()))}</p>
+{body}</body></html>"""
+    path = rep / "index.html"
+    path.write_text(page)
+    return path
+
+
+def _img(name: str, caption: str) -> str:
+    return f'<figure><img src="{name}"><figcaption class="note">{html.escape(caption)}</figcaption></figure>'
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _guidance(out: Path, rep: Path) -> str:
+    sheet = out / "guidance" / "contact_sheet.png"
+    if not sheet.is_file():
+        return ""
+    shutil.copyfile(sheet, rep / "guidance.png")
+    return ("<h2>1. Guidance from the canonical head</h2>"
+            + _img("guidance.png", "OpenPose / depth / normal / hybrid guidance for evenly spaced yaws"))
+
+
+def _prompts() -> str:
+    from avatar3d.prompts import sample_prompts
+
+    rows = [{"style": s.style, "view": s.view, "yaw": f"{s.yaw:+.0f}", "prompt": s.prompt,
+             "negative (view part)": s.negative_prompt.split("text, ")[-1]} for s in sample_prompts(6, 0)]
+    return "<h2>2. View- and attribute-aware prompts (seed 0)</h2>" + _table(rows)
+
+
+def _dataset(out: Path, rep: Path) -> str:
+    import io
+
+    from PIL import Image
+
+    from avatar3d.datagen.shards import CARD_FILE, list_shards, read_dataset
+    from avatar3d.scene.pose_bins import VIEW_GROUPS
+    from avatar3d.training.samples import image_grid
+
+    ds = out / "dataset"
+    if not ds.is_dir() or not list_shards(ds):
+        return ""
+    table = read_dataset(ds, columns=["image_png", "view", "style"]).to_pydict()
+    parts = ["<h2>3. Generated multi-view dataset</h2>"]
+    card_path = ds / CARD_FILE
+    if card_path.is_file():
+        card = json.loads(card_path.read_text())
+        counts = card.get("counts", {})
+        parts.append(f"<p>{card.get('num_rows', len(table['view']))} images, {card.get('image_sizes')}; "
+                     f"models: {html.escape(json.dumps(card.get('model_ids', {})))}</p>")
+        parts.append(_table([{"count of": k, "values": json.dumps(v)} for k, v in counts.items()
+                             if k in ("style", "view", "coarse_bin")]))
+    for group in VIEW_GROUPS:
+        idx = [i for i, v in enumerate(table["view"]) if v == group][:8]
+        if not idx:
+            continue
+        tiles = np.stack([np.asarray(Image.open(io.BytesIO(table["image_png"][i])).convert("RGB")) for i in idx])
+        image_grid(tiles, 1, len(idx)).save(rep / f"dataset_{group}.png")
+        parts.append(_img(f"dataset_{group}.png", f"{group} views"))
+    return "\n".join(parts)
+
+
+def _gan(out: Path, rep: Path) -> str:
+    from avatar3d.training.checkpoint import load_snapshot
+    from avatar3d.training.job import FINAL_SNAPSHOT
+    from avatar3d.training.samples import sample_grids
+
+    snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
+    if not snaps:
+        return ""
+    snap = load_snapshot(snaps[-1])
+    from avatar3d.gan.config import GANConfig
+
+    grids = sample_grids(snap.generator, GANConfig.from_dict(snap.gan_config))
+    parts = [f"<h2>4. 3D GAN samples ({snap.info.get('kimg', 0):.3f} kimg)</h2>",
+             f'<p class="note">snapshot: {html.escape(str(snaps[-1]))}; rows = identities, columns = yaws; '
+             "identities are mapped with the front camera</p>"]
+    for group, image in grids.items():
+        image.resize((image.width * 2, image.height * 2)).save(rep / f"gan_{group}.png")
+        parts.append(_img(f"gan_{group}.png", f"{group} views"))
+    return "\n".join(parts)
+
+
+def _registry(tracking_uri: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    rows = []
+    for model in client.search_registered_models():
+        for v in client.search_model_versions(f"name='{model.name}'"):
+            rows.append({"model": model.name, "version": v.version, "uri": f"models:/{model.name}/{v.version}",
+                         "run": v.run_id})
+    if not rows:
+        return ""
+    return (f"<h2>5. Registered models</h2><p class=\"note\">MLflow store: {html.escape(tracking_uri)}</p>"
+            + _table(rows))

@@ -1,0 +1,63 @@
+"""The pipeline runner: validation, stage bookkeeping, and the HTML report."""
+import json
+
+import pytest
+
+from avatar3d.chain import ChainConfig, run_chain
+from avatar3d.config import ConfigError, load_config
+from avatar3d.report import write_report
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("stages=[train_gan, generate]", "must be in pipeline order"),
+    ("stages=[deploy]", "'deploy' is not allowed"),
+    ("from_stage=nope", "from_stage: 'nope' is not a stage"),
+])
+def test_bad_chain_options(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(ChainConfig, "jobs/configs/demo_tiny.yaml", [override])
+
+
+def test_stage_configs_are_checked_before_anything_runs(tmp_path):
+    cfg = load_config(ChainConfig, "jobs/configs/demo_tiny.yaml",
+                      [f"output_dir={tmp_path}", "train_overrides=[batch_sise=3]"])
+    with pytest.raises(ConfigError, match="unknown option 'batch_sise'"):
+        run_chain(cfg)
+    assert not (tmp_path / "guidance").exists()
+
+
+def test_guidance_and_report_stages_and_skip_on_rerun(tmp_path):
+    cfg = load_config(ChainConfig, "jobs/configs/demo_tiny.yaml",
+                      [f"output_dir={tmp_path}", "stages=[guidance, report]", "guidance_views=4", "guidance_size=32"])
+    first = run_chain(cfg)
+    assert first.ran == ["guidance", "report"] and first.report.is_file()
+    page = first.report.read_text()
+    assert "guidance.png" in page and "View- and attribute-aware prompts" in page
+    assert (tmp_path / "report" / "guidance.png").is_file()
+    again = run_chain(cfg)
+    assert again.ran == [] and again.skipped == ["guidance", "report"]
+    forced = run_chain(load_config(ChainConfig, "jobs/configs/demo_tiny.yaml", [
+        f"output_dir={tmp_path}", "stages=[guidance, report]", "guidance_views=4", "guidance_size=32",
+        "from_stage=report"]))
+    assert forced.ran == ["report"] and forced.skipped == ["guidance"]
+    assert json.loads((tmp_path / "chain_state.json").read_text()) == ["guidance", "report"]
+
+
+def test_report_shows_dataset_and_gan_samples(tmp_path, head_dataset):
+    import shutil
+
+    import torch
+
+    from avatar3d.gan import GANConfig, TriPlaneGenerator
+    from avatar3d.training.checkpoint import save_snapshot
+    from avatar3d.training.job import FINAL_SNAPSHOT
+    from tests.training.fixtures import MICRO_GAN
+
+    shutil.copytree(head_dataset, tmp_path / "dataset")
+    cfg = GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (16, 16)})
+    torch.manual_seed(0)
+    save_snapshot(tmp_path / "gan" / "run" / FINAL_SNAPSHOT, TriPlaneGenerator(cfg), cfg.to_dict(), {"kimg": 0.5})
+    page = write_report(tmp_path, f"sqlite:///{tmp_path}/mlflow.db").read_text()
+    for name in ("dataset_front.png", "dataset_side.png", "dataset_back.png", "gan_front.png", "gan_back.png"):
+        assert name in page and (tmp_path / "report" / name).is_file()
+    assert "0.500 kimg" in page
