@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml
+	$(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml $(ARGS)
 
 test: install
 	$(PY) -m pytest -q
