@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from avatar3d.config import ConfigError
+from avatar3d.config import ConfigError, writable_dir
 
 EPILOG_OVERRIDES = (
     "Options not given as flags can be set as key=value overrides on top of the "
@@ -51,7 +51,7 @@ def _run_guidance(args) -> int:
     from avatar3d.scene.head import load_head
 
     head = load_head(args.mesh, args.landmarks) if args.mesh else None
-    out = _writable_dir(args.out, "--out")
+    out = writable_dir(args.out, "--out")
     paths = write_guidance_views(out, views=args.views, size=args.size, head=head, pitch=args.pitch)
     for path in paths:
         print(path)
@@ -214,17 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"avatar3d {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _writable_dir(path: str, field: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{field}: cannot create folder {out} ({exc.strerror}); pass a writable path") from None
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"{field}: folder {out} is not writable; pass a writable path")
-    return out
 
 
 if __name__ == "__main__":

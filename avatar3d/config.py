@@ -116,6 +116,20 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return obj
 
 
+def writable_dir(path: str | Path, field: str) -> Path:
+    """Create ``path`` if needed and check it can be written to, before any work; -> the folder."""
+    import os
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{field}: cannot create folder {out} ({exc.strerror}); pass a writable path") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"{field}: folder {out} is not writable; pass a writable path")
+    return out
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain, JSON/YAML-safe data (tuples become lists)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

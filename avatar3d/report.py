@@ -82,8 +82,14 @@ def _dataset(out: Path, rep: Path) -> str:
     if card_path.is_file():
         card = json.loads(card_path.read_text())
         counts = card.get("counts", {})
+        models = json.dumps(card.get("model_ids", {}))
         parts.append(f"<p>{card.get('num_rows', len(table['view']))} images, {card.get('image_sizes')}; "
-                     f"models: {html.escape(json.dumps(card.get('model_ids', {})))}</p>")
+                     f"models: {html.escape(models)}</p>")
+        if "tiny" in models:
+            parts.append('<p class="note">The tiny preset runs the real pipeline classes with random weights '
+                         "(nothing can be downloaded here), so its images are noise by construction and the GAN "
+                         "below learns that noise: this report checks the plumbing. The sd15 config paints "
+                         "real avatars with the same code.</p>")
         parts.append(_table([{"count of": k, "values": json.dumps(v)} for k, v in counts.items()
                              if k in ("style", "view", "coarse_bin")]))
     for group in VIEW_GROUPS:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatar3d.config import ConfigError, dump_config, to_dict
+from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.training.config import TrainGANConfig
 
 FINAL_SNAPSHOT = "network-snapshot-final.safetensors"
@@ -65,7 +65,7 @@ def run_train_gan(cfg: TrainGANConfig) -> TrainResult:
         print("note: precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
-    _check_writable(output_dir)
+    writable_dir(output_dir, "output_dir")
     dump_config(cfg, run_dir / "config.yaml")
     print(f"dataset: {info.summary()}")
 
@@ -156,12 +156,3 @@ def _keep_final_snapshot(result, run_dir: Path) -> Path | None:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     return dst
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"output_dir: cannot create {folder} ({exc.strerror}); pass a writable folder") from None
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"output_dir: {folder} is not writable; pass a writable folder")

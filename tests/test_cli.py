@@ -1,0 +1,67 @@
+"""The avatar3d command: help everywhere, one-line errors with exit status 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from avatar3d.cli import build_parser, main
+
+
+def _subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)
+
+
+def test_top_level_help_lists_the_stages(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("guidance", "prompts", "generate", "train-gan", "run-pipeline"):
+        assert name in out
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: avatar3d " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["prompts", "--n", "0"], "avatar3d prompts: error: --n: 0 must be >= 1"),
+    (["generate", "--config", "jobs/configs/generate_tiny.yaml", "num_sampels=3"],
+     "avatar3d generate: error: unknown option 'num_sampels'; did you mean 'num_samples'?"),
+    (["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", "batch_size=many"],
+     "avatar3d train-gan: error: batch_size: expected an integer, got 'many'"),
+    (["train-gan", "--config", "jobs/configs/nope.yaml"], "avatar3d train-gan: error: config file not found"),
+    (["guidance", "--out", "/proc/avatar3d-test", "--views", "1", "--size", "16"],
+     "avatar3d guidance: error: --out: cannot create folder"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(argv, pattern, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(pattern) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_prompts_json_is_deterministic(capsys):
+    assert main(["prompts", "--n", "3", "--seed", "7", "--json"]) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["prompts", "--n", "3", "--seed", "7", "--json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == first
+    assert len(first) == 3 and {"prompt", "negative_prompt", "style", "view", "attributes"} <= set(first[0])
+
+
+def test_print_config_resolves_overrides(capsys):
+    assert main(["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", "--print-config",
+                 "model.overrides.d_mode=coarse", "scaling.num_workers=2"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["model"]["overrides"] == {"d_mode": "coarse"} and cfg["scaling"]["num_workers"] == 2
+
+
+def test_console_script_and_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "avatar3d", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("avatar3d ")
