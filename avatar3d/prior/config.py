@@ -1,0 +1,93 @@
+"""Options of ``avatar3d build-prior-pairs`` and ``avatar3d train-prior`` (jobs/configs/prior_*.yaml).
+
+One config serves every scale: the tiny CPU run and a GPU run differ only in
+values. The scaling options are train-gan's (same Ray Train + DeepSpeed system).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from avatar3d.config import ConfigError
+from avatar3d.prior.model import PREDICTION_TYPES, SAMPLERS
+from avatar3d.training.config import ScalingOptions
+
+
+@dataclass
+class BuildPairsConfig:
+    output_dir: str = field(default="outputs/prior_pairs", metadata={"help": "folder for the Parquet pairs"})
+    snapshot: str = field(default="", metadata={"help": "generator snapshot (.safetensors) from train-gan"})
+    image_encoder: str = field(default="tiny", metadata={
+        "help": "CLIP vision model: hub id, local folder, or 'tiny' (small random weights, offline tests)"})
+    encoder_seed: int = field(default=0, metadata={"help": "weight seed of the tiny encoder"})
+    num_pairs: int = field(default=256, metadata={"min": 1, "help": "how many (w, embedding, image) rows"})
+    seed: int = field(default=0, metadata={"help": "row i depends only on (seed, i)"})
+    truncation_psi: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
+                                                         "help": "1 = the whole W distribution"})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "rows per actor call"})
+    min_actors: int = field(default=1, metadata={"min": 1})
+    max_actors: int = field(default=2, metadata={"min": 1})
+    cpus_per_actor: float = field(default=1.0, metadata={"min": 0.1})
+    gpus_per_actor: float = field(default=0.0, metadata={"min": 0.0})
+    rows_per_file: int = field(default=4096, metadata={"min": 1})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing pairs folder"})
+
+    def validate(self) -> None:
+        if not self.snapshot:
+            raise ConfigError("snapshot: required; pass snapshot=<run>/network-snapshot-final.safetensors "
+                              "(written by avatar3d train-gan)")
+        if self.max_actors < self.min_actors:
+            raise ConfigError(f"max_actors: {self.max_actors} is below min_actors={self.min_actors}")
+
+
+@dataclass
+class PriorModelOptions:
+    size: str = field(default="tiny", metadata={"choices": ["tiny", "paper"], "help": "transformer size preset"})
+    prediction_type: str = field(default="sample", metadata={"choices": list(PREDICTION_TYPES),
+                                                             "help": "denoiser target (unCLIP: sample)"})
+    num_train_timesteps: int = field(default=1000, metadata={"min": 2})
+    cond_drop_prob: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0,
+                                                         "help": "classifier-free guidance: P(null condition)"})
+
+
+@dataclass
+class SamplingOptions:
+    """Defaults stored with the prior; image-to-avatar can override them."""
+
+    sampler: str = field(default="ddim", metadata={"choices": list(SAMPLERS)})
+    num_inference_steps: int = field(default=25, metadata={"min": 1})
+    guidance_scale: float = field(default=3.0, metadata={"min": 0.0})
+
+
+@dataclass
+class PriorTrackingOptions:
+    tracking_uri: str = field(default="", metadata={"help": "MLflow URI; empty = sqlite store in output_dir"})
+    experiment: str = "avatar3d-prior"
+    register_name: str = field(default="avatar3d-prior", metadata={"help": "registry model name; empty = skip"})
+
+
+@dataclass
+class TrainPriorConfig:
+    run_name: str = field(default="prior-tiny", metadata={"help": "same name again = resume that run"})
+    output_dir: str = field(default="outputs/prior", metadata={"help": "Ray Train storage + the prior folder"})
+    pairs: str = field(default="", metadata={"help": "pairs folder written by avatar3d build-prior-pairs"})
+    model: PriorModelOptions = field(default_factory=PriorModelOptions)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    scaling: ScalingOptions = field(default_factory=ScalingOptions)
+    tracking: PriorTrackingOptions = field(default_factory=PriorTrackingOptions)
+    batch_size: int = field(default=64, metadata={"min": 1, "help": "global batch over all workers"})
+    lr: float = field(default=3e-4, metadata={"min": 0.0})
+    total_steps: int = field(default=2000, metadata={"min": 1})
+    steps_per_tick: int = field(default=100, metadata={"min": 1, "help": "progress line + metrics every N steps"})
+    checkpoint_ticks: int = field(default=5, metadata={"min": 1, "help": "checkpoint every N ticks"})
+    seed: int = 0
+    resume: str = field(default="", metadata={"help": "checkpoint folder of a train-prior run to continue"})
+    max_failures: int = field(default=0, metadata={"min": -1, "help": "worker-group restarts (-1 = unlimited)"})
+
+    def validate(self) -> None:
+        if not self.pairs:
+            raise ConfigError("pairs: required; pass pairs=<folder written by avatar3d build-prior-pairs>")
+        if self.batch_size % self.scaling.num_workers:
+            raise ConfigError(f"batch_size: {self.batch_size} must be divisible by scaling.num_workers="
+                              f"{self.scaling.num_workers} (each worker takes an equal share)")
+        if not self.run_name or "/" in self.run_name:
+            raise ConfigError(f"run_name: {self.run_name!r} must be a non-empty name without '/'")

@@ -1,0 +1,256 @@
+"""Training pairs for the prior: z -> w -> front render -> CLIP embedding, on Ray Data.
+
+    ray.data.range(N) --map_batches(PairBuilder, actor pool)--> Parquet
+
+Each actor loads the generator snapshot and the image encoder once. Row i
+depends only on (seed, i): its z, its w, and the ray jitter of its render
+are all drawn from the row's own seed, so the pairs are the same for any
+batch size, actor count or block layout.
+
+Layout of a pairs folder::
+
+    <output_dir>/
+      shards/*.parquet   index, seed, w list<float32>, embedding list<float32>, image_png
+      pairs.json         the card: snapshot, encoder, dims, counts, config
+
+The shards are written into a temporary folder and renamed into place, so a
+crashed job leaves no half-written pairs folder that looks complete.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avatar3d.config import ConfigError, to_dict
+from avatar3d.prior.config import BuildPairsConfig
+
+SHARDS = "shards"
+CARD = "pairs.json"
+PAIRS_FORMAT = "avatar3d.prior-pairs/1"
+
+
+def pairs_schema() -> pa.Schema:
+    return pa.schema([("index", pa.int64()), ("seed", pa.int64()), ("w", pa.list_(pa.float32())),
+                      ("embedding", pa.list_(pa.float32())), ("image_png", pa.binary())])
+
+
+def row_seed(seed: int, index: int) -> int:
+    """A 31-bit seed for row ``index`` of a job seeded ``seed`` (independent streams per row)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+class PairBuilder:
+    """Ray Data actor (or plain callable): row indices -> (w, embedding, front PNG) rows."""
+
+    def __init__(self, snapshot: str, image_encoder: str, encoder_seed: int, truncation_psi: float, seed: int):
+        import torch
+
+        from avatar3d.prior.encoder import load_image_encoder
+        from avatar3d.runtime import default_device
+        from avatar3d.training.checkpoint import load_snapshot
+
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch should follow it.
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        device = default_device()
+        self.G = load_snapshot(snapshot, device).generator
+        self.encoder = load_image_encoder(image_encoder, seed=encoder_seed, device=device)
+        self.truncation_psi, self.seed = truncation_psi, seed
+
+    def __call__(self, batch: dict) -> pa.Table:
+        from avatar3d.prior.views import map_front, render_w, seeded_z
+
+        index = np.asarray(batch["id"], dtype=np.int64)
+        seeds = [row_seed(self.seed, i) for i in index]
+        mapped = map_front(self.G, seeded_z(self.G, seeds), self.truncation_psi)
+        images = render_w(self.G, mapped.w, yaws=[0.0], seeds=seeds)[:, 0]
+        emb = self.encoder.embed(images).numpy()
+        return pairs_table(index, seeds, mapped.w.float().cpu().numpy(), emb, [encode_png(im) for im in images])
+
+
+def pairs_table(index, seeds, w: np.ndarray, emb: np.ndarray, pngs: list[bytes]) -> pa.Table:
+    def lists(x: np.ndarray) -> pa.Array:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        offsets = np.arange(0, x.size + 1, x.shape[1], dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(x.reshape(-1)))
+
+    return pa.table([pa.array(np.asarray(index, np.int64)), pa.array(np.asarray(seeds, np.int64)), lists(w),
+                     lists(emb), pa.array(pngs, pa.binary())], schema=pairs_schema())
+
+
+# -- the job -------------------------------------------------------------------------------
+
+@dataclass
+class PairsResult:
+    folder: Path
+    num_pairs: int
+    w_dim: int
+    embed_dim: int
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"wrote {self.num_pairs} pairs (w {self.w_dim}-d, embedding {self.embed_dim}-d) to {self.folder} "
+                f"in {self.seconds:.1f} s")
+
+
+def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
+    """Build the pairs folder (Ray Data actor pool; ``use_ray=False``: the same builder in this process)."""
+    from avatar3d.runtime import apply_local_defaults
+    from avatar3d.training.checkpoint import read_snapshot_metadata
+
+    apply_local_defaults()
+    meta = read_snapshot_metadata(cfg.snapshot)  # fail here, not in an actor
+    if cfg.image_encoder != "tiny":
+        from avatar3d.prior.encoder import load_image_encoder
+
+        load_image_encoder(cfg.image_encoder)  # one clear line when the model is not there
+    out = Path(cfg.output_dir).resolve()
+    if (out / CARD).exists() and not cfg.overwrite:
+        raise ConfigError(f"output_dir: {out} already holds pairs; pass overwrite=true or a new output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{SHARDS}.tmp-{uuid.uuid4().hex[:8]}"
+    t0 = time.time()
+    try:
+        if use_ray:
+            _write_with_ray(cfg, tmp)
+        else:
+            builder = PairBuilder(cfg.snapshot, cfg.image_encoder, cfg.encoder_seed, cfg.truncation_psi, cfg.seed)
+            tables = [builder({"id": np.arange(i, min(i + cfg.batch_size, cfg.num_pairs))})
+                      for i in range(0, cfg.num_pairs, cfg.batch_size)]
+            tmp.mkdir()
+            pq.write_table(pa.concat_tables(tables), tmp / "part-00000.parquet")
+        (out / CARD).unlink(missing_ok=True)
+        if (out / SHARDS).exists():
+            shutil.rmtree(out / SHARDS)
+        os.replace(tmp, out / SHARDS)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = check_pairs(out, need_card=False)
+    if info.num_rows != cfg.num_pairs:
+        raise RuntimeError(f"pairs job wrote {info.num_rows} rows, expected {cfg.num_pairs}")
+    card = {"format": PAIRS_FORMAT, "snapshot": str(Path(cfg.snapshot).resolve()),
+            "gan_config": meta["gan_config"], "image_encoder": cfg.image_encoder,
+            "encoder_seed": cfg.encoder_seed, "num_pairs": info.num_rows, "w_dim": info.w_dim,
+            "embed_dim": info.embed_dim, "truncation_psi": cfg.truncation_psi, "seed": cfg.seed,
+            "config": to_dict(cfg), "seconds": round(time.time() - t0, 3)}
+    tmp_card = out / (CARD + ".tmp")
+    tmp_card.write_text(json.dumps(card, indent=2))
+    os.replace(tmp_card, out / CARD)
+    return PairsResult(folder=out, num_pairs=info.num_rows, w_dim=info.w_dim, embed_dim=info.embed_dim,
+                       seconds=time.time() - t0)
+
+
+def _write_with_ray(cfg: BuildPairsConfig, folder: Path) -> None:
+    import ray
+
+    from avatar3d.runtime import init_local_ray
+
+    init_local_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # About one batch per block: an actor returns a block only when it is done with it.
+    blocks = max(1, -(-cfg.num_pairs // cfg.batch_size))
+    ds = ray.data.range(cfg.num_pairs, override_num_blocks=blocks)
+    ds = ds.map_batches(
+        PairBuilder,
+        fn_constructor_kwargs={"snapshot": str(Path(cfg.snapshot).resolve()), "image_encoder": cfg.image_encoder,
+                               "encoder_seed": cfg.encoder_seed, "truncation_psi": cfg.truncation_psi,
+                               "seed": cfg.seed},
+        batch_size=cfg.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+    )
+    ds.write_parquet(str(folder), min_rows_per_file=min(cfg.rows_per_file, cfg.num_pairs))
+
+
+# -- reading -------------------------------------------------------------------------------
+
+@dataclass
+class PairsInfo:
+    folder: Path
+    files: list[Path]
+    num_rows: int
+    w_dim: int
+    embed_dim: int
+    card: dict
+
+    def summary(self) -> str:
+        return f"{self.num_rows} pairs (w {self.w_dim}-d, embedding {self.embed_dim}-d) in {len(self.files)} file(s)"
+
+
+@dataclass
+class Pairs:
+    """Pairs in row-index order, as arrays."""
+
+    index: np.ndarray      # (N,) int64
+    seed: np.ndarray       # (N,) int64
+    w: np.ndarray          # (N, w_dim) float32
+    embedding: np.ndarray  # (N, D) float32
+    image_png: list[bytes] | None
+
+
+def check_pairs(folder: str | Path, need_card: bool = True) -> PairsInfo:
+    """Validate a pairs folder (files, schema, dims) without reading the images."""
+    folder = Path(folder)
+    files = sorted((folder / SHARDS).glob("*.parquet")) if (folder / SHARDS).is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"pairs: no Parquet files under {folder / SHARDS}; pass a folder written by "
+                                "avatar3d build-prior-pairs")
+    card = {}
+    if need_card:
+        if not (folder / CARD).is_file():
+            raise FileNotFoundError(f"pairs: {folder / CARD} is missing (an unfinished build-prior-pairs job?); "
+                                    "run build-prior-pairs again")
+        card = json.loads((folder / CARD).read_text())
+    rows, dims = 0, None
+    for f in files:
+        pf = pq.ParquetFile(f)
+        missing = {"w", "embedding"} - set(pf.schema_arrow.names)
+        if missing:
+            raise ValueError(f"pairs: {f} lacks column(s) {sorted(missing)}; it is not a prior pairs shard")
+        rows += pf.metadata.num_rows
+        if dims is None and pf.metadata.num_rows:
+            first = pf.read_row_group(0, columns=["w", "embedding"]).slice(0, 1).to_pylist()[0]
+            dims = (len(first["w"]), len(first["embedding"]))
+    if not rows or dims is None:
+        raise ValueError(f"pairs: {folder} holds no rows; run build-prior-pairs with num_pairs >= 1")
+    return PairsInfo(folder=folder, files=files, num_rows=rows, w_dim=dims[0], embed_dim=dims[1], card=card)
+
+
+def read_pairs(folder: str | Path, with_images: bool = False) -> Pairs:
+    info = check_pairs(folder, need_card=False)
+    columns = ["index", "seed", "w", "embedding"] + (["image_png"] if with_images else [])
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in info.files])
+    table = table.sort_by("index")
+
+    def matrix(name: str, dim: int) -> np.ndarray:
+        col = table.column(name).combine_chunks()
+        return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+
+    return Pairs(index=table.column("index").to_numpy(), seed=table.column("seed").to_numpy(),
+                 w=matrix("w", info.w_dim), embedding=matrix("embedding", info.embed_dim),
+                 image_png=table.column("image_png").to_pylist() if with_images else None)
+
+
+def w_statistics(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of w over all pairs (std floored: a dead dimension must not divide by 0)."""
+    w = read_pairs(folder).w.astype(np.float64)
+    return w.mean(0).astype(np.float32), np.maximum(w.std(0), 1e-6).astype(np.float32)
