@@ -1,0 +1,171 @@
+"""``avatar3d train-prior``: the driver side of training the W-space prior on Ray Train.
+
+1. validate the options, the pairs folder and what it was built from
+   (generator snapshot, image encoder) before any worker starts,
+2. compute the w statistics the prior normalises with,
+3. open (or re-open) the MLflow run of this run name and log the config,
+4. read the pairs with Ray Data and start a ``TorchTrainer`` (DeepSpeed or
+   plain engines inside, :mod:`avatar3d.prior.ray_worker`),
+5. assemble the prior folder (denoiser + schedule + encoder + generator,
+   :class:`avatar3d.prior.pipeline.ImageToAvatarPipeline`), log it and register it.
+
+Running the same ``run_name`` again resumes it from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from avatar3d.config import ConfigError, dump_config, to_dict
+from avatar3d.prior.config import TrainPriorConfig
+
+PRIOR_DIR = "prior"
+
+
+@dataclass
+class PriorTrainResult:
+    run_dir: Path
+    prior_dir: Path | None
+    steps: int
+    metrics: dict
+    mlflow_run_id: str | None
+    registered_version: str | None
+
+    def summary(self) -> str:
+        lines = [f"trained the prior for {self.steps} steps; run folder {self.run_dir}"]
+        if self.prior_dir:
+            lines.append(f"prior: {self.prior_dir}")
+        if self.registered_version:
+            lines.append(f"registered: models:/{self.registered_version}")
+        return "\n".join(lines)
+
+
+def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
+    from avatar3d.prior.encoder import load_image_encoder
+    from avatar3d.prior.loop import STATE_TREE
+    from avatar3d.prior.model import PriorSize
+    from avatar3d.prior.pairs import check_pairs, w_statistics
+    from avatar3d.runtime import apply_local_defaults
+    from avatar3d.training.checkpoint import read_snapshot_metadata
+    from avatar3d.training.job import _check_writable
+
+    apply_local_defaults()
+    # Validate everything the workers and the final assembly will need, here.
+    info = check_pairs(cfg.pairs)
+    snapshot = info.card.get("snapshot", "")
+    read_snapshot_metadata(snapshot)
+    encoder = load_image_encoder(info.card.get("image_encoder", "tiny"), seed=int(info.card.get("encoder_seed", 0)))
+    if encoder.dim != info.embed_dim:
+        raise ConfigError(f"pairs: embeddings are {info.embed_dim}-d but the encoder {encoder.name!r} gives "
+                          f"{encoder.dim}-d; rebuild the pairs")
+    if cfg.resume and not (Path(cfg.resume) / STATE_TREE).is_dir():
+        raise ConfigError(f"resume: {cfg.resume} is not a train-prior checkpoint folder (no {STATE_TREE}/ inside)")
+    per_worker = cfg.batch_size // cfg.scaling.num_workers
+    rows_per_worker = info.num_rows // cfg.scaling.num_workers
+    if rows_per_worker < per_worker:
+        raise ConfigError(f"batch_size: each of {cfg.scaling.num_workers} worker(s) would get {rows_per_worker} "
+                          f"pairs, fewer than its batch of {per_worker}; lower batch_size or build more pairs")
+    output_dir = Path(cfg.output_dir).resolve()
+    run_dir = output_dir / cfg.run_name
+    _check_writable(output_dir)
+    dump_config(cfg, run_dir / "config.yaml")
+    print(f"pairs: {info.summary()}")
+    w_mean, w_std = w_statistics(cfg.pairs)
+    size = PriorSize.preset(cfg.model.size)
+
+    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_config, resume_or_start_run
+
+    tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
+    with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
+        import mlflow
+
+        config = {"train": to_dict(cfg), "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}}
+        if run.data.params:  # a resumed run: MLflow params are write-once
+            mlflow.log_dict(config, f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        else:
+            log_config(config, artifact_name="config.json")
+        t0 = time.time()
+        train_config = {
+            "w_dim": info.w_dim, "embed_dim": info.embed_dim, "size": vars(size),
+            "w_mean": w_mean.tolist(), "w_std": w_std.tolist(),
+            "prediction_type": cfg.model.prediction_type, "num_train_timesteps": cfg.model.num_train_timesteps,
+            "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "strategy": cfg.scaling.strategy, "zero_stage": cfg.scaling.zero_stage,
+            "rows_per_worker": rows_per_worker, "resume": cfg.resume,
+            "loop": {"total_steps": cfg.total_steps, "steps_per_tick": cfg.steps_per_tick,
+                     "checkpoint_ticks": cfg.checkpoint_ticks, "cond_drop_prob": cfg.model.cond_drop_prob,
+                     "precision": cfg.scaling.precision},
+            "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+            "tracking": {"tracking_uri": tracking_uri, "run_id": run.info.run_id},
+        }
+        result = _fit(cfg, info, train_config, output_dir)
+        mlflow.log_metric("train_wall_s", time.time() - t0)
+        prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card, run_dir / PRIOR_DIR)
+        version = None
+        if prior_dir is not None:
+            mlflow.log_artifacts(str(prior_dir), artifact_path="prior_folder")
+            if cfg.tracking.register_name:
+                from avatar3d.prior.registry import register_prior
+
+                version = register_prior(prior_dir, cfg.tracking.register_name)
+        metrics = dict(result.metrics or {})
+        return PriorTrainResult(run_dir=run_dir, prior_dir=prior_dir, steps=int(metrics.get("step", 0)),
+                                metrics=metrics, mlflow_run_id=run.info.run_id, registered_version=version)
+
+
+def _fit(cfg: TrainPriorConfig, info, train_config: dict, output_dir: Path):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from avatar3d.prior.ray_worker import train_func
+    from avatar3d.runtime import init_local_ray
+
+    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
+    needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999) + 2
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.execution_options.preserve_order = True  # resume skips exactly the batches already seen
+    data_ctx.enable_progress_bars = False
+    dataset = ray.data.read_parquet([str(f) for f in info.files], columns=["w", "embedding"])
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=train_config,
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.run_name, storage_path=str(output_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card: dict, folder: Path) -> Path | None:
+    """The final checkpoint's denoiser + schedule + encoder + generator -> one prior folder (atomically)."""
+    from diffusers import PriorTransformer
+
+    from avatar3d.prior.loop import WEIGHTS_DIR
+    from avatar3d.prior.model import train_scheduler
+    from avatar3d.prior.pipeline import ImageToAvatarPipeline
+    from avatar3d.safeio import atomic_folder
+    from avatar3d.training.checkpoint import load_snapshot
+
+    if result.checkpoint is None:
+        return None
+    with result.checkpoint.as_directory() as ckpt:
+        if not (Path(ckpt) / WEIGHTS_DIR).is_dir():
+            return None
+        prior = PriorTransformer.from_pretrained(Path(ckpt) / WEIGHTS_DIR)
+    pipe = ImageToAvatarPipeline(encoder, prior, train_scheduler(cfg.model.prediction_type,
+                                                                 cfg.model.num_train_timesteps),
+                                 load_snapshot(snapshot).generator, defaults=to_dict(cfg.sampling))
+    with atomic_folder(folder) as tmp:
+        pipe.save_pretrained(tmp, snapshot, extra={
+            "trained": {"run_name": cfg.run_name, "steps": int((result.metrics or {}).get("step", 0)),
+                        "pairs": str(Path(cfg.pairs).resolve()), "num_pairs": card.get("num_pairs"),
+                        "generator_snapshot": snapshot, "model": to_dict(cfg.model)}})
+    return folder
