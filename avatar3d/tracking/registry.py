@@ -6,6 +6,15 @@ A consumer needs nothing but MLflow and torch::
     G = mlflow.pyfunc.load_model("models:/avatar3d-gan/1")
     images = G.predict(pd.DataFrame({"seed": [0, 1], "yaw": [0.0, 90.0], "pitch": [0.0, 10.0]}))
     # -> uint8 array (2, H, W, 3)
+    out = G.predict(pd.DataFrame({"seed": [0]}), params={"mesh": True})
+    # -> {"images": uint8 (1, H, W, 3), "meshes": [GLB bytes]}
+
+Input columns: ``seed`` (required; the identity), ``yaw`` / ``pitch``
+(degrees, default 0) or ``camera`` (a 25-float EG3D label, overrides
+yaw/pitch), ``truncation_psi`` (default 0.7). Params (the model's signature
+declares them, so MLflow passes them through): ``mesh`` (bool),
+``mesh_resolution`` (grid size, default 128), ``iso`` (raw-density level,
+default 10 as EG3D), ``mesh_format`` (glb / ply / obj).
 
 The model carries the snapshot (safetensors) as an artifact and avatar3d's
 own code (``code_paths``), so it loads in a fresh process without Ray or
@@ -21,9 +30,12 @@ import numpy as np
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
+MESH_PARAMS = {"mesh": False, "mesh_resolution": 128, "iso": 10.0, "mesh_format": "glb"}
+
+
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """Renders avatars: one row per image, columns ``seed`` (required), ``yaw``, ``pitch`` (degrees, default 0),
-    ``truncation_psi`` (default 0.7). The identity depends on the seed only; the camera on yaw/pitch."""
+    """Renders avatars: one row per image (columns in the module docstring); optionally a mesh per row.
+    The identity depends on the seed (and truncation) only; the camera on yaw/pitch or ``camera``."""
 
     def load_context(self, context):
         from avatar3d.training.checkpoint import load_snapshot
@@ -40,24 +52,53 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df:
             raise ValueError("input: a 'seed' column is required (one row per image); optional: yaw, pitch, "
-                             "truncation_psi")
+                             "camera (25-float EG3D label), truncation_psi")
+        if "image" in df:
+            raise ValueError("input: image-conditioned generation needs the W-space prior, which this model "
+                             "does not carry; pass seeds")
+        opts = {**MESH_PARAMS, **(params or {})}
         G = self.snapshot.generator
-        images = []
+        images, meshes, mesh_cache = [], [], {}
         with torch.no_grad():
             for _, row in df.iterrows():
                 seed = int(row["seed"])
-                yaw = float(row.get("yaw", 0.0))
-                pitch = float(row.get("pitch", 0.0))
                 psi = float(row.get("truncation_psi", 0.7))
+                if "camera" in df and row["camera"] is not None:
+                    label = np.asarray(row["camera"], dtype=np.float64)
+                    if label.shape != (25,):
+                        raise ValueError(f"input: camera must hold 25 floats (EG3D label), got shape {label.shape}")
+                else:
+                    label = camera_label(float(row.get("yaw", 0.0)), float(row.get("pitch", 0.0)))
                 z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed))
                 front = torch.tensor(camera_label(0.0, 0.0), dtype=torch.float32)[None]
-                cam = torch.tensor(camera_label(yaw, pitch), dtype=torch.float32)[None]
+                cam = torch.tensor(label, dtype=torch.float32)[None]
                 # The renderer jitters its ray samples: seed it too, so a row always gives the same image.
                 with torch.random.fork_rng():
                     torch.manual_seed(seed)
                     ws = G.mapping(z, front, truncation_psi=psi)
                     images.append(to_uint8(G.synthesis(ws, cam, noise_mode="const").image)[0])
-        return np.stack(images)
+                if opts["mesh"]:
+                    key = (seed, psi)
+                    if key not in mesh_cache:
+                        mesh_cache[key] = _mesh_bytes(G, ws, opts)
+                    meshes.append(mesh_cache[key])
+        images = np.stack(images)
+        return {"images": images, "meshes": meshes} if opts["mesh"] else images
+
+
+def _mesh_bytes(G, ws, opts) -> bytes:
+    from avatar3d.evaluation.mesh import generator_mesh, mesh_bytes
+
+    mesh = generator_mesh(G, ws, resolution=int(opts["mesh_resolution"]), iso=float(opts["iso"]))
+    return mesh_bytes(mesh, str(opts["mesh_format"]))
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    types = {bool: "boolean", int: "long", float: "double", str: "string"}
+    return ModelSignature(params=ParamSchema([ParamSpec(k, types[type(v)], v) for k, v in MESH_PARAMS.items()]))
 
 
 def register_generator(snapshot: str | Path, name: str) -> str:
@@ -66,8 +107,9 @@ def register_generator(snapshot: str | Path, name: str) -> str:
         name="generator",
         python_model=GeneratorModel(),
         artifacts={"snapshot": str(snapshot)},
+        signature=_signature(),
         code_paths=[str(PACKAGE_DIR)],
-        pip_requirements=["torch", "safetensors", "numpy", "pandas", "pyyaml"],
+        pip_requirements=["torch", "safetensors", "numpy", "pandas", "pyyaml", "PyMCubes", "trimesh"],
         registered_model_name=name,
     )
     return f"{name}/{info.registered_model_version}"
