@@ -56,6 +56,7 @@ class ImageEncoder:
         return torch.nn.functional.normalize(emb, dim=-1).cpu()
 
     def save_pretrained(self, folder: str | Path) -> None:
+        quiet_transformers()
         folder = Path(folder)
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
@@ -87,6 +88,7 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
 
     from avatar3d.datagen.pipeline import ModelUnavailableError, check_model_available
 
+    quiet_transformers()
     path = os.path.expanduser(name_or_path)
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(path)
@@ -99,6 +101,13 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
                                     "openai/clip-vit-large-patch14 or a folder saved from it") from None
     return ImageEncoder(model=model.to(device).eval().requires_grad_(False), processor=processor,
                         name=name_or_path)
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars when saving / loading (they clutter CLI output and Ray logs)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 # -- input images -------------------------------------------------------------------------

@@ -67,8 +67,10 @@ class ImageToAvatarPipeline:
         from diffusers import DDPMScheduler, PriorTransformer
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+        from avatar3d.prior.encoder import quiet_transformers
         from avatar3d.training.checkpoint import load_snapshot
 
+        quiet_transformers()
         folder = Path(folder)
         meta = read_prior_meta(folder)
         prior = PriorTransformer.from_pretrained(folder / "prior").to(device)
