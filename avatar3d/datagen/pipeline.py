@@ -80,7 +80,7 @@ class PipelineConfig:
     guidance: Literal["openpose", "depth", "hybrid"] = field(
         default="hybrid", metadata={"help": "which ControlNet(s): hybrid = OpenPose + depth at once", "choices": list(GUIDANCE_TYPES)})
     lora: str | None = field(
-        default=None, metadata={"help": "LoRA weights (folder or .safetensors) loaded into the UNet, e.g. a character LoRA"})
+        default=None, metadata={"help": "LoRA weights (folder, .safetensors or models:/<name>/<version>) loaded into the UNet, e.g. a character LoRA"})
     lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0})
     dtype: Literal["float32", "float16", "bfloat16"] = field(
         default="float32", metadata={"help": "weights dtype; float16/bfloat16 on GPU", "choices": list(DTYPES)})
@@ -186,15 +186,26 @@ def check_model_available(model_id: str, field_name: str = "base_model") -> None
 
 def check_models_available(cfg: PipelineConfig) -> None:
     """Check every model the config needs (nothing to check for the tiny preset)."""
-    if cfg.preset == "tiny":
-        if cfg.lora and not os.path.exists(cfg.lora):
+    if cfg.preset != "tiny":
+        check_model_available(cfg.base_model, "pipeline.base_model")
+        names = {"openpose": "pipeline.controlnet_openpose", "depth": "pipeline.controlnet_depth"}
+        for kind, model_id in zip(cfg.controlnet_kinds, cfg.controlnet_ids()):
+            check_model_available(model_id, names[kind])
+    if cfg.lora:
+        _check_lora_available(cfg)
+
+
+def _check_lora_available(cfg: PipelineConfig) -> None:
+    from avatar3d.lora.resolve import is_registry_uri, resolve_lora
+
+    if is_registry_uri(cfg.lora):
+        try:
+            resolve_lora(cfg.lora)  # downloads once into the cache the actors then read
+        except ValueError as err:
+            raise ModelUnavailableError(str(err)) from None
+    elif not os.path.exists(os.path.expanduser(cfg.lora)):
+        if cfg.preset == "tiny":
             raise ModelUnavailableError(f"pipeline.lora={cfg.lora!r}: file or folder not found")
-        return
-    check_model_available(cfg.base_model, "pipeline.base_model")
-    names = {"openpose": "pipeline.controlnet_openpose", "depth": "pipeline.controlnet_depth"}
-    for kind, model_id in zip(cfg.controlnet_kinds, cfg.controlnet_ids()):
-        check_model_available(model_id, names[kind])
-    if cfg.lora and not os.path.exists(cfg.lora):
         check_model_available(cfg.lora, "pipeline.lora")
 
 
@@ -329,7 +340,10 @@ def build_pipeline(cfg: PipelineConfig):
     scheduler_cls = getattr(diffusers, SCHEDULERS[cfg.scheduler])
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     if cfg.lora:
-        pipe.load_lora_weights(os.path.expanduser(cfg.lora))
+        from avatar3d.lora.resolve import resolve_lora
+
+        # A folder, a .safetensors file, a hub id, or models:/<name>/<version> from lora-train's registry.
+        pipe.load_lora_weights(resolve_lora(cfg.lora))
         # Fusing folds the LoRA into the UNet weights: no per-step adapter cost.
         pipe.fuse_lora(lora_scale=cfg.lora_scale)
     pipe = pipe.to(device)
