@@ -115,11 +115,9 @@ def run_image_to_avatar_command(args) -> int:
     from avatar3d.prior.encoder import load_input_image
 
     image = load_input_image(args.image, "IMAGE")
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out: cannot create folder {out} ({exc.strerror}); pass a writable path") from None
+    from avatar3d.config import writable_dir
+
+    out = writable_dir(args.out, "--out")
     pipe = load_pipeline(args.prior, args.generator)
     import numpy as np
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatar3d.config import ConfigError, dump_config, to_dict
+from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.prior.config import TrainPriorConfig
 
 PRIOR_DIR = "prior"
@@ -49,7 +49,6 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     from avatar3d.prior.pairs import check_pairs, w_statistics
     from avatar3d.runtime import apply_local_defaults
     from avatar3d.training.checkpoint import read_snapshot_metadata
-    from avatar3d.training.job import _check_writable
 
     apply_local_defaults()
     # Validate everything the workers and the final assembly will need, here.
@@ -69,7 +68,7 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
                           f"pairs, fewer than its batch of {per_worker}; lower batch_size or build more pairs")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
-    _check_writable(output_dir)
+    writable_dir(output_dir, "output_dir")
     dump_config(cfg, run_dir / "config.yaml")
     print(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)

@@ -52,12 +52,21 @@ class PriorModel(mlflow.pyfunc.PythonModel):
         return np.stack(results)
 
 
+def _signature():
+    """Declares the ``output`` param: MLflow passes only params that the signature names."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(params=ParamSchema([ParamSpec("output", "string", "w")]))
+
+
 def register_prior(prior_folder: str | Path, name: str) -> str:
     """Log the prior folder as a pyfunc model in the active run and register it; returns ``name/version``."""
     info = mlflow.pyfunc.log_model(
         name="prior",
         python_model=PriorModel(),
         artifacts={"prior": str(prior_folder)},
+        signature=_signature(),
         code_paths=[str(PACKAGE_DIR)],
         pip_requirements=["torch", "diffusers", "transformers", "safetensors", "numpy", "pandas", "pillow",
                           "pyyaml"],
