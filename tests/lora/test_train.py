@@ -4,6 +4,7 @@ One session-scoped run (tests/lora/conftest.py: jobs/configs/lora_tiny.yaml,
 60 steps at 32 px, MLflow in a temporary SQLite store, registered) feeds most tests.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,49 @@ def test_unknown_target_module_is_one_line(character_images, tmp_path):
     cfg = tiny_config(character_images, tmp_path, "target_modules=[to_qq]", "tracking.enabled=false")
     with pytest.raises(ConfigError, match=r"^target_modules: no module named 'to_qq'"):
         train_lora(cfg)
+
+
+class _ZeroUNet:
+    """Predicts 0 everywhere: the loss is then the target's energy, easy to compute by hand."""
+
+    dtype = torch.float32
+
+    def __call__(self, x, t, states, return_dict=False):
+        return (torch.zeros_like(x),)
+
+
+def test_min_snr_weighting_matches_the_formula():
+    from avatar3d.lora.train import denoising_loss
+
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    gen = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([5, 400, 990])
+    states = torch.zeros(3, 77, 32)
+    plain = denoising_loss(_ZeroUNet(), scheduler, latents, states, noise, t)
+    assert float(plain) == pytest.approx(float((noise ** 2).mean()), rel=1e-6)
+    alphas = scheduler.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    per_sample = (noise ** 2).mean(dim=(1, 2, 3))
+    expected = (per_sample * torch.clamp(snr, max=5.0) / snr).mean()
+    weighted = denoising_loss(_ZeroUNet(), scheduler, latents, states, noise, t, snr_gamma=5.0)
+    assert float(weighted) == pytest.approx(float(expected), rel=1e-5)
+    assert float(weighted) < float(plain)  # the low-noise step (t=5, SNR >> 5) is down-weighted
+
+
+def test_mixed_precision_needs_a_gpu_and_auto_is_fp32_on_cpu():
+    from avatar3d.lora.train import resolve_precision
+
+    assert resolve_precision("cpu", "auto") == torch.float32
+    assert resolve_precision("cpu", "no") == torch.float32
+    with pytest.raises(ConfigError, match=r"^mixed_precision='bf16' needs a GPU"):
+        resolve_precision("cpu", "bf16")
+
+
+def test_resolve_lora_passes_paths_and_hub_ids_through(tmp_path):
+    from avatar3d.lora.resolve import is_registry_uri, resolve_lora
+
+    assert resolve_lora(str(tmp_path)) == str(tmp_path)
+    assert resolve_lora("~/x") == str(Path("~/x").expanduser())
+    assert resolve_lora("someone/cartoon-lora") == "someone/cartoon-lora"
+    assert is_registry_uri("models:/a/1") and is_registry_uri("runs:/abc/lora") and not is_registry_uri("a/b")
