@@ -41,6 +41,8 @@ JOB_CONFIGS = {
     "jobs/generate_dataset.py": ("avatar3d.datagen.job", "GenerateConfig"),
     "jobs/train_gan.py": ("avatar3d.training.config", "TrainGANConfig"),
     "jobs/run_pipeline.py": ("avatar3d.chain", "ChainConfig"),
+    "jobs/build_prior_pairs.py": ("avatar3d.prior.config", "BuildPairsConfig"),
+    "jobs/train_prior.py": ("avatar3d.prior.config", "TrainPriorConfig"),
 }
 
 
@@ -122,7 +124,7 @@ def _fits(group: dict, need: dict[str, float]) -> bool:
 
 
 def test_node_groups_fit_the_paper_jobs():
-    """Generation actors fit gpu_gen, the 8-worker training group fits one gpu_train node, and not gpu_gen."""
+    """Generation and prior-pair actors fit gpu_gen; the 8-worker GAN run fits one gpu_train node, and not gpu_gen."""
     gen = _job_config(*JOB_CONFIGS["jobs/generate_dataset.py"], "jobs/configs/generate_sd15.yaml")
     train = _job_config(*JOB_CONFIGS["jobs/train_gan.py"], "jobs/configs/train_gan_paper.yaml")
     launcher = load(LAUNCHER)["available_node_types"]
@@ -132,13 +134,17 @@ def test_node_groups_fit_the_paper_jobs():
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         return {"CPU": float(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0))}
 
+    pairs = _job_config(*JOB_CONFIGS["jobs/build_prior_pairs.py"], "jobs/configs/prior_pairs_clip.yaml",
+                        ["snapshot=/mnt/shared/gan/network-snapshot-final.safetensors"])
     actor = {"GPU": gen.gpus_per_actor, "CPU": gen.cpus_per_actor + gen.guidance_cpus}
+    pairs_actor = {"GPU": pairs.gpus_per_actor, "CPU": pairs.cpus_per_actor}
     worker = {"GPU": 1.0 if train.scaling.use_gpu else 0.0, "CPU": train.scaling.cpus_per_worker}
     whole_run = {k: v * train.scaling.num_workers for k, v in worker.items()}
     for gen_group, train_group, gen_max in (
             (launcher["gpu_gen"]["resources"], launcher["gpu_train"]["resources"], launcher["gpu_gen"]["max_workers"]),
             (kube_resources(kuberay["gpu-gen"]), kube_resources(kuberay["gpu-train"]), kuberay["gpu-gen"]["maxReplicas"])):
         assert _fits(gen_group, actor), (gen_group, actor)
+        assert _fits(gen_group, pairs_actor), (gen_group, pairs_actor)
         assert _fits(train_group, whole_run), (train_group, whole_run)   # one node, NCCL on NVLink
         assert not _fits(gen_group, worker), "a training worker would fit on a generation node"
         # The group can host the whole actor pool at full size.
@@ -392,6 +398,8 @@ def test_files_name_commands_at_all():
     assert any(c[:2] == ["python", "jobs/train_gan.py"] for c in found["cluster/kuberay/rayjob.yaml"])
     docs_jobs = {job[0] for c in found["docs/cluster.md"] for job in _python_job_invocations(c)}
     assert {"jobs/generate_dataset.py", "jobs/train_gan.py", "jobs/run_pipeline.py"} <= docs_jobs
+    docs_cli = {argv[0] for c in found["docs/cluster.md"] for argv in _cli_invocations(c)}
+    assert {"fid", "export-mesh"} <= docs_cli
 
 
 def _python_job_invocations(tokens: list[str]) -> list[list[str]]:
@@ -403,23 +411,48 @@ def _python_job_invocations(tokens: list[str]) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("source", [p.relative_to(REPO).as_posix() for p in FILES_WITH_COMMANDS])
-def test_named_commands_and_entrypoints_exist(source):
+def _cli_invocations(tokens: list[str]) -> list[list[str]]:
+    """Arguments of `avatar3d ...` / `python -m avatar3d ...`, also after `ray job submit ... --`."""
+    out = []
+    for i, tok in enumerate(tokens):
+        if tok == "avatar3d" and (i == 0 or tokens[i - 1] in ("--", "-m")):
+            out.append(tokens[i + 1:])
+    return out
+
+
+def _job_subcommand(script: str) -> str:
+    """The CLI subcommand a job entry point delegates to (same options)."""
+    match = re.search(r'main\(\[\s*"([a-z-]+)"', (REPO / script).read_text())
+    return match.group(1) if match else "generate"  # generate_dataset.py parses `generate`'s options itself
+
+
+def _parse_cli(argv: list[str], what: str) -> None:
     from avatar3d.cli import build_parser
+
+    if "--help" in argv or "-h" in argv:
+        argv = argv[:1]
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{what}: the avatar3d CLI rejects {argv} (exit {exc.code})")
+
+
+@pytest.mark.parametrize("source", [p.relative_to(REPO).as_posix() for p in FILES_WITH_COMMANDS])
+def test_named_commands_and_entrypoints_exist(source, capsys):
     from avatar3d.config import ConfigError
 
-    subcommands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)
     for tokens in _all_commands()[source]:
         if tokens[0] == "ray":
             path, flags = _ray_command(tokens[1:])
             known = _ray_options(path)
             unknown = [f for f in flags if f not in known]
             assert not unknown, f"{source}: `ray {' '.join(path)}` has no option {unknown}"
-        elif tokens[0] == "avatar3d":
-            assert tokens[1] in subcommands | {"--help", "--version"}, f"{source}: avatar3d {tokens[1]}"
+        for argv in _cli_invocations(tokens):
+            _parse_cli(argv, source)
         for job in _python_job_invocations(tokens):
             script, args = job[0], job[1:]
             assert (REPO / script).is_file(), f"{source}: {script} does not exist"
+            _parse_cli([_job_subcommand(script), *args], f"{source}: {script}")
             config = args[args.index("--config") + 1] if "--config" in args else None
             if config:
                 assert (REPO / config).is_file(), f"{source}: {config} does not exist"
@@ -429,6 +462,14 @@ def test_named_commands_and_entrypoints_exist(source):
                     _job_config(*JOB_CONFIGS[script], config, overrides)
                 except ConfigError as err:
                     pytest.fail(f"{source}: {' '.join(job)}: {err}")
+
+
+def test_docs_cover_every_job_entry_point():
+    text = DOCS.read_text()
+    entry_points = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").glob("*.py"))
+    assert entry_points
+    missing = [p for p in entry_points if p not in text]
+    assert not missing, f"docs/cluster.md does not say how to submit {missing}"
 
 
 def test_dockerfile_copies_existing_paths_on_the_pinned_ray():
