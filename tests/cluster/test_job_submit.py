@@ -2,7 +2,7 @@
 
 This is the cluster path end to end on one machine: the job is zipped from
 the working tree with the cluster's runtime environment
-(cluster/runtime_env.yaml, its two cluster-only paths pointed at a temp
+(cluster/runtime_env.yaml, its cluster-only paths pointed at a temp
 folder), uploaded to the head's job server, run by a driver that joins the
 running cluster through RAY_ADDRESS, and must leave a readable Parquet
 dataset behind.
@@ -224,7 +224,7 @@ def _logs(head: LocalHead, job_id: str) -> str:
         return JobSubmissionClient(head.address).get_job_logs(job_id)
 
 
-def test_generation_job_through_ray_job_submit(ray_head, tmp_path):
+def test_generation_job_through_ray_job_submit(ray_head):
     head, temp_root = ray_head
     out = temp_root / f"ds-{uuid.uuid4().hex[:6]}"
     job_id = f"avatar3d-smoke-{uuid.uuid4().hex[:8]}"
