@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -16,9 +17,33 @@ _MAX_PARAM_LEN = 500
 
 
 def default_tracking_uri(folder) -> str:
+    """Where runs go when a config leaves ``tracking_uri`` empty: ``$MLFLOW_TRACKING_URI`` (a
+    cluster's tracking server, set in the job's runtime env), else a sqlite store in ``folder``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
     path = Path(folder).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def use_experiment(tracking_uri: str, experiment: str):
+    """Point MLflow at ``tracking_uri`` and ``experiment``, creating it if missing.
+
+    With a local sqlite store, a new experiment keeps its artifacts beside the
+    database (``<folder>/mlartifacts``); MLflow's default would be ``./mlruns``
+    under whatever folder the job happened to start in.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None and tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        try:
+            mlflow.create_experiment(experiment, artifact_location=(db.parent / "mlartifacts").resolve().as_uri())
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            pass
+    return mlflow.set_experiment(experiment)
 
 
 @contextlib.contextmanager
@@ -26,8 +51,7 @@ def start_run(tracking_uri: str, experiment: str, run_name: str | None = None, t
     """Context manager: an active MLflow run in ``experiment`` (created if missing)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    use_experiment(tracking_uri, experiment)
     with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
         yield run
 
@@ -73,8 +97,7 @@ def resume_or_start_run(tracking_uri: str, experiment: str, run_name: str) -> It
     """Re-open the latest MLflow run tagged with ``run_name`` (a resumed job logs on), else start one."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    exp = mlflow.set_experiment(experiment)
+    exp = use_experiment(tracking_uri, experiment)
     found = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
                                order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     if found:
