@@ -13,14 +13,12 @@ margins asserted are well inside what was measured (printed with -s).
 """
 import io
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from avatar3d.cli import main
 from avatar3d.gan.optim import OptimizerSpec
 from avatar3d.prior.encoder import tiny_encoder
 from avatar3d.prior.loop import PriorLoopOptions, PriorTrainer, array_batches, training_loop
@@ -97,20 +95,20 @@ def test_guidance_scale_changes_the_result_and_seed_fixes_it(pipe, heldout_pairs
     assert torch.equal(u.w, pipe(image, seed=3, sampler="unipc", num_inference_steps=10, yaws=[0.0]).w)
 
 
-def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot, tmp_path):
+def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot, tmp_path, capsys):
     folder = pipe.save_pretrained(tmp_path / "prior", micro_snapshot)
     loaded = ImageToAvatarPipeline.from_pretrained(folder)
     image = _fronts(read_pairs(heldout_pairs, with_images=True))[1]
     a, b = pipe(image, seed=9, yaws=[0.0]), loaded(image, seed=9, yaws=[0.0])
     assert torch.allclose(a.w, b.w, atol=1e-5) and np.abs(a.views.astype(int) - b.views).max() <= 1
 
+    # The CLI, in this process (its own subprocess would spend most of its time importing torch & co).
     Image.fromarray(image).save(tmp_path / "in.png")
     out = tmp_path / "avatar"
-    cmd = [sys.executable, "-m", "avatar3d", "image-to-avatar", str(tmp_path / "in.png"), "--out", str(out),
-           "--prior", str(folder), "--seed", "9", "--views", "4", "--turntable-frames", "6", "--mesh-resolution", "32",
-           "--mesh-iso", "-1.5"]  # the untrained micro G: sigma spans about [-2, -1]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    rc = main(["image-to-avatar", str(tmp_path / "in.png"), "--out", str(out), "--prior", str(folder), "--seed", "9",
+               "--views", "4", "--turntable-frames", "6", "--mesh-resolution", "32",
+               "--mesh-iso", "-1.5"])  # the untrained micro G: sigma spans about [-2, -1]
+    assert rc == 0
     record = json.loads((out / "avatar.json").read_text())
     assert record["seed"] == 9 and record["guidance_scale"] == GUIDANCE and len(record["yaws"]) == 4
     assert np.allclose(np.load(out / "w.npy"), a.w[0].numpy(), atol=1e-5)  # same seed, same avatar as in-process
@@ -118,9 +116,14 @@ def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot,
     gif = Image.open(out / "turntable.gif")
     assert gif.n_frames == 6 and gif.size == (32, 32)
     assert record["mesh"] and (out / "mesh.ply").stat().st_size > 0
+    capsys.readouterr()
 
     # Bad input: one line, exit 2, before any model loads.
     (tmp_path / "bad.png").write_bytes(b"GIF89a broken")
-    bad = subprocess.run([sys.executable, "-m", "avatar3d", "image-to-avatar", str(tmp_path / "bad.png"), "--out",
-                          str(tmp_path / "x"), "--prior", str(folder)], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a readable image" in bad.stderr
+    rc = main(["image-to-avatar", str(tmp_path / "bad.png"), "--out", str(tmp_path / "x"), "--prior", str(folder)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "not a readable image" in err
+    rc = main(["image-to-avatar", str(tmp_path / "in.png"), "--out", str(tmp_path / "x"), "--prior",
+               str(tmp_path / "no-prior")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "not a prior folder" in err

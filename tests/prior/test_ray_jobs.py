@@ -34,7 +34,7 @@ def local_ray():
 def test_pairs_job_matches_the_in_process_builder(tmp_path, micro_snapshot, train_pairs):
     out = tmp_path / "pairs"
     rc = main(["build-prior-pairs", "--config", "jobs/configs/prior_pairs_tiny.yaml", f"snapshot={micro_snapshot}",
-               f"output_dir={out}", "num_pairs=12", "batch_size=4", "max_actors=2"])
+               f"output_dir={out}", "num_pairs=12", "batch_size=4", "max_actors=1"])
     assert rc == 0
     info = check_pairs(out)
     assert info.num_rows == 12 and info.card["num_pairs"] == 12
@@ -45,7 +45,7 @@ def test_pairs_job_matches_the_in_process_builder(tmp_path, micro_snapshot, trai
     assert np.allclose(ray_pairs.embedding, local.embedding[:12], atol=1e-4)
 
 
-def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, heldout_pairs):
+def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, heldout_pairs, monkeypatch):
     out = tmp_path / "prior"
     rc = main(["train-prior", "--config", "jobs/configs/prior_train_tiny.yaml", f"pairs={train_pairs}",
                f"output_dir={out}", "run_name=ray-tiny", "total_steps=20", "steps_per_tick=10",
@@ -89,3 +89,12 @@ def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, held
     assert served.shape == (2, 32) and np.allclose(served[0], here.w[0].numpy(), atol=1e-5)
     assert not np.allclose(served[0], served[1])  # another seed, another sample
     assert front.shape == (1, 32, 32, 3) and np.abs(front[0].astype(int) - here.views[0, 0]).max() <= 1
+
+    # image-to-avatar takes the registered prior too (--prior models:/name/version).
+    from avatar3d.prior.commands import load_pipeline
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
+    registered = load_pipeline("models:/tiny-prior/1")
+    assert torch.allclose(registered(image, seed=5, yaws=[0.0]).w, here.w, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot load models:/tiny-prior/7"):
+        load_pipeline("models:/tiny-prior/7")
