@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -22,6 +23,7 @@ from avatar3d.prior.pairs import check_pairs, read_pairs
 from avatar3d.prior.pipeline import ImageToAvatarPipeline
 
 torch.set_num_threads(1)
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,7 +35,7 @@ def local_ray():
 
 def test_pairs_job_matches_the_in_process_builder(tmp_path, micro_snapshot, train_pairs):
     out = tmp_path / "pairs"
-    rc = main(["build-prior-pairs", "--config", "jobs/configs/prior_pairs_tiny.yaml", f"snapshot={micro_snapshot}",
+    rc = main(["build-prior-pairs", "--config", str(CONFIGS / "prior_pairs_tiny.yaml"), f"snapshot={micro_snapshot}",
                f"output_dir={out}", "num_pairs=12", "batch_size=4", "max_actors=1"])
     assert rc == 0
     info = check_pairs(out)
@@ -47,7 +49,7 @@ def test_pairs_job_matches_the_in_process_builder(tmp_path, micro_snapshot, trai
 
 def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, heldout_pairs, monkeypatch):
     out = tmp_path / "prior"
-    rc = main(["train-prior", "--config", "jobs/configs/prior_train_tiny.yaml", f"pairs={train_pairs}",
+    rc = main(["train-prior", "--config", str(CONFIGS / "prior_train_tiny.yaml"), f"pairs={train_pairs}",
                f"output_dir={out}", "run_name=ray-tiny", "total_steps=20", "steps_per_tick=10",
                "checkpoint_ticks=1", "batch_size=32", "scaling.strategy=deepspeed", "scaling.zero_stage=1",
                "tracking.register_name=tiny-prior", "max_failures=0"])
