@@ -196,13 +196,14 @@ def camera_groups(cameras: np.ndarray) -> np.ndarray:
     return np.atleast_1d(view_group(yaw))
 
 
-def reference_stats(dataset_dir: str | Path, extractor, resolution: int,
-                    cache_dir: str | Path | None = None) -> tuple[FeatureStats, Path, bool]:
-    """Real-image statistics, from the cache if present. -> (stats, cache file, was cached)."""
+def reference_stats(dataset_dir: str | Path, extractor, resolution: int, cache_dir: str | Path | None = None,
+                    digest: str | None = None) -> tuple[FeatureStats, Path, bool]:
+    """Real-image statistics, from the cache if present. -> (stats, cache file, was cached).
+    ``digest``: the dataset hash when the caller has it already."""
     from avatar3d.runtime import cache_dir as default_cache
 
-    path = Path(cache_dir or default_cache()) / "fid_stats" / (
-        f"{dataset_hash(dataset_dir)}-{extractor.name}-r{resolution}.npz")
+    digest = digest or dataset_hash(dataset_dir)
+    path = Path(cache_dir or default_cache()) / "fid_stats" / f"{digest}-{extractor.name}-r{resolution}.npz"
     if path.is_file():
         return FeatureStats.load(path), path, True
     feats, groups = [], []
@@ -267,7 +268,8 @@ def evaluate_fid(G, dataset_dir: str | Path, num_fakes: int = 10_000, seed: int 
         extractor = get_extractor("inception", device=next(G.parameters()).device)
     resolution = int(G.cfg.output_resolution)
     t0 = time.perf_counter()
-    real, cache_file, cached = reference_stats(dataset_dir, extractor, resolution, cache_dir)
+    digest = dataset_hash(dataset_dir)
+    real, cache_file, cached = reference_stats(dataset_dir, extractor, resolution, cache_dir, digest)
     t1 = time.perf_counter()
     images, cams = generate_fakes(G, dataset_cameras(dataset_dir), num_fakes, seed, truncation_psi, batch_size)
     t2 = time.perf_counter()
@@ -279,7 +281,8 @@ def evaluate_fid(G, dataset_dir: str | Path, num_fakes: int = 10_000, seed: int 
     protocol = {
         "metric": "fid", "num_fakes": num_fakes, "num_real": real.count["all"], "seed": seed,
         "truncation_psi": truncation_psi, "camera_distribution": CAMERA_PROTOCOL, "noise_mode": "const",
-        "resolution": resolution, "dataset": str(dataset_dir), "dataset_hash": dataset_hash(dataset_dir),
+        "batch_size": batch_size,  # the ray jitter of a fake depends on its batch: part of the protocol
+        "resolution": resolution, "dataset": str(dataset_dir), "dataset_hash": digest,
         "feature_extractor": extractor.name, "frechet": method,
         "view_groups": "front |yaw|<=45, side, back |yaw|>=135",
         "num_fakes_per_view": {g: fake.count[g] for g in VIEW_GROUPS},
