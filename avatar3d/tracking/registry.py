@@ -63,8 +63,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             for _, row in df.iterrows():
                 seed = int(row["seed"])
                 psi = float(row.get("truncation_psi", 0.7))
-                if "camera" in df and row["camera"] is not None:
-                    label = np.asarray(row["camera"], dtype=np.float64)
+                given = row["camera"] if "camera" in df else None
+                if isinstance(given, (list, tuple, np.ndarray)):  # rows without one (None / NaN) use yaw, pitch
+                    label = np.asarray(given, dtype=np.float64)
                     if label.shape != (25,):
                         raise ValueError(f"input: camera must hold 25 floats (EG3D label), got shape {label.shape}")
                 else:

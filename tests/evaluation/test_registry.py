@@ -74,3 +74,21 @@ def test_pyfunc_serves_renders_cameras_and_meshes_from_a_fresh_process(registere
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=registered["root"])
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+
+
+def test_pyfunc_rows_mix_labels_and_angles_and_reject_bad_labels(registered):
+    import pandas as pd
+
+    from avatar3d.scene.cameras import camera_label
+    from avatar3d.tracking.registry import GeneratorModel
+    from avatar3d.training.checkpoint import load_snapshot
+
+    model = GeneratorModel()
+    model.snapshot = load_snapshot(registered["snapshot"])
+    images = model.predict(None, pd.DataFrame({"seed": [0, 0, 0], "yaw": [30.0, 30.0, 0.0],
+                                               "camera": [camera_label(30.0, 0.0).tolist(), None, None]}))
+    assert (images[0] == images[1]).all() and not (images[0] == images[2]).all()
+    with pytest.raises(ValueError, match="camera must hold 25 floats"):
+        model.predict(None, pd.DataFrame({"seed": [0], "camera": [[1.0, 2.0]]}))
+    with pytest.raises(ValueError, match="W-space prior"):
+        model.predict(None, pd.DataFrame({"seed": [0], "image": [b""]}))
