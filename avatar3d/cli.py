@@ -13,7 +13,6 @@ import importlib
 import json
 import os
 import sys
-from pathlib import Path
 
 from avatar3d.config import ConfigError, writable_dir
 

@@ -19,7 +19,8 @@ def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
     out = Path(output_dir)
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
-    sections = [_guidance(out, rep), _prompts(), _dataset(out, rep), _gan(out, rep), _registry(tracking_uri)]
+    sections = [_guidance(out, rep), _prompts(), _dataset(out, rep), _gan(out, rep), _evaluation(out, rep),
+                _image_to_avatar(out, rep), _registry(tracking_uri)]
     body = "\n".join(s for s in sections if s)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>avatar3d report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -123,6 +124,51 @@ def _gan(out: Path, rep: Path) -> str:
     return "\n".join(parts)
 
 
+def _copy(src: Path, rep: Path, name: str) -> bool:
+    if not src.is_file():
+        return False
+    shutil.copyfile(src, rep / name)
+    return True
+
+
+def _evaluation(out: Path, rep: Path) -> str:
+    ev = out / "evaluate"
+    if not ev.is_dir():
+        return ""
+    parts = ["<h2>5. Evaluation of the generator</h2>"]
+    fid_file = ev / "fid.json"
+    if fid_file.is_file():
+        fid = json.loads(fid_file.read_text())
+        per_view = fid.get("per_view", {})
+        parts.append(_table([{"FID": f"{fid.get('overall', float('nan')):.1f}",
+                              **{f"FID {k}": f"{v:.1f}" for k, v in per_view.items()}}]))
+        protocol = fid.get("protocol", {})
+        parts.append(f'<p class="note">protocol: {html.escape(json.dumps(protocol))}</p>')
+    for src, name, caption in [(ev / "walk" / "walk_grid.png", "walk_grid.png", "latent walk: w interpolated while the camera swings"),
+                               (ev / "walk" / "walk.gif", "walk.gif", "latent walk (animated)"),
+                               (ev / "turntable" / "turntable.gif", "turntable.gif", "turntable of identity 0"),
+                               (ev / "mesh" / "avatar_preview.png", "mesh_preview.png", "marching-cubes mesh (avatar.glb)")]:
+        if _copy(src, rep, name):
+            parts.append(_img(name, caption))
+    if not (ev / "mesh" / "avatar.glb").is_file():
+        parts.append('<p class="note">No mesh: the generator has no surface at the chosen density level yet '
+                     "(train longer or lower mesh_iso).</p>")
+    return "\n".join(parts)
+
+
+def _image_to_avatar(out: Path, rep: Path) -> str:
+    ia = out / "image_to_avatar"
+    if not (ia / "views.png").is_file():
+        return ""
+    parts = ["<h2>6. Image to avatar (W-space diffusion prior)</h2>"]
+    for src, name, caption in [(ia / "input.png", "i2a_input.png", "input image (from the dataset)"),
+                               (ia / "views.png", "i2a_views.png", "the avatar the prior sampled, from several yaws"),
+                               (ia / "turntable.gif", "i2a_turntable.gif", "its turntable")]:
+        if _copy(src, rep, name):
+            parts.append(_img(name, caption))
+    return "\n".join(parts)
+
+
 def _registry(tracking_uri: str) -> str:
     from mlflow import MlflowClient
 
@@ -134,5 +180,5 @@ def _registry(tracking_uri: str) -> str:
                          "run": v.run_id})
     if not rows:
         return ""
-    return (f"<h2>5. Registered models</h2><p class=\"note\">MLflow store: {html.escape(tracking_uri)}</p>"
+    return (f"<h2>7. Registered models</h2><p class=\"note\">MLflow store: {html.escape(tracking_uri)}</p>"
             + _table(rows))

@@ -32,6 +32,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from avatar3d.hub import ModelUnavailableError, check_model_available  # noqa: F401  (re-exported)
+
 GUIDANCE_TYPES = ("openpose", "depth", "hybrid")
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,10 +61,6 @@ TINY_CONTROLNET_IDS = {"openpose": "avatar3d/tiny-random-controlnet-openpose",
                        "depth": "avatar3d/tiny-random-controlnet-depth"}
 # Fixed seeds for the tiny preset's random weights, one per component.
 TINY_WEIGHT_SEED = 0
-
-
-class ModelUnavailableError(RuntimeError):
-    """A model id is neither a local folder nor reachable (offline cache miss, no hub access)."""
 
 
 @dataclass
@@ -143,45 +141,6 @@ class PipelineConfig:
 
 
 # --------------------------------------------------------------------------- availability
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def check_model_available(model_id: str, field_name: str = "base_model") -> None:
-    """Fail fast, in one line, when ``model_id`` cannot be loaded.
-
-    A local folder must exist. A hub id must be in the local cache when
-    ``HF_HUB_OFFLINE=1``; online, the hub is asked for the repo's file list
-    (cheap, no weights downloaded).
-    """
-    if os.path.isabs(model_id) or model_id.startswith((".", "~")) or os.path.isdir(model_id):
-        if not os.path.isdir(os.path.expanduser(model_id)):
-            raise ModelUnavailableError(
-                f"{field_name}={model_id!r}: local folder not found: pass an existing diffusers folder or a hub id")
-        return
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
-
-    if _hub_offline():
-        try:
-            snapshot_download(model_id, local_files_only=True, allow_patterns=["*.json"])
-        except Exception:
-            raise ModelUnavailableError(
-                f"HF_HUB_OFFLINE=1 and model {model_id} is not in the local cache: pass a local folder "
-                f"(e.g. {field_name}=/path/to/{model_id.split('/')[-1]}) or allow hub access with HF_HUB_OFFLINE=0"
-            ) from None
-        return
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(model_id)
-    except (HfHubHTTPError, OSError, ValueError) as err:
-        raise ModelUnavailableError(
-            f"model {model_id} cannot be reached on the hub ({type(err).__name__}): pass a local folder "
-            f"(e.g. {field_name}=/path/to/{model_id.split('/')[-1]}) or check hub access / the model id"
-        ) from None
 
 
 def check_models_available(cfg: PipelineConfig) -> None:

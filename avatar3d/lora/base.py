@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from avatar3d.datagen.pipeline import TINY_MODEL_ID, build_tiny_components, check_model_available
+from avatar3d.datagen.pipeline import TINY_MODEL_ID, build_tiny_components
+from avatar3d.hub import check_model_available
 
 PRESETS = ("sd15", "tiny")
 

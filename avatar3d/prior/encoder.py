@@ -86,7 +86,7 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
         return tiny_encoder(seed)
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from avatar3d.datagen.pipeline import ModelUnavailableError, check_model_available
+    from avatar3d.hub import ModelUnavailableError, check_model_available
 
     quiet_transformers()
     path = os.path.expanduser(name_or_path)

@@ -74,17 +74,14 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     w_mean, w_std = w_statistics(cfg.pairs)
     size = PriorSize.preset(cfg.model.size)
 
-    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_config, resume_or_start_run
+    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
 
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
     with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
         import mlflow
 
-        config = {"train": to_dict(cfg), "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}}
-        if run.data.params:  # a resumed run: MLflow params are write-once
-            mlflow.log_dict(config, f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
-        else:
-            log_config(config, artifact_name="config.json")
+        log_run_config(run, {"train": to_dict(cfg),
+                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()
         train_config = {
             "w_dim": info.w_dim, "embed_dim": info.embed_dim, "size": vars(size),
@@ -115,32 +112,11 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
 
 
 def _fit(cfg: TrainPriorConfig, info, train_config: dict, output_dir: Path):
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from avatar3d.prior.ray_worker import train_func
-    from avatar3d.runtime import init_local_ray
+    from avatar3d.training.ray_fit import fit_with_ray
 
-    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
-    needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999) + 2
-    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.execution_options.preserve_order = True  # resume skips exactly the batches already seen
-    data_ctx.enable_progress_bars = False
-    dataset = ray.data.read_parquet([str(f) for f in info.files], columns=["w", "embedding"])
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=train_config,
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.run_name, storage_path=str(output_dir / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": dataset},
-    )
-    return trainer.fit()
+    return fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
+                        info.files, columns=["w", "embedding"])
 
 
 def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card: dict, folder: Path) -> Path | None:

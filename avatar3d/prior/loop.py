@@ -25,7 +25,7 @@ import torch
 
 from avatar3d.prior.model import diffusion_loss
 from avatar3d.safeio import load_tree, save_tree
-from avatar3d.training.loop import LoopHooks, NonFiniteLossError, _autocast, _hms, _peak_memory_gb
+from avatar3d.training.loop import LoopHooks, NonFiniteLossError, autocast_for, format_hms, peak_memory_gb
 
 STATE_TREE = "prior_state"
 WEIGHTS_DIR = "prior"  # the denoiser in diffusers' layout (save_pretrained), for the driver to pick up
@@ -91,7 +91,7 @@ def training_loop(trainer: PriorTrainer, batches: Iterator[PriorBatch], opts: Pr
     start_time = time.time()
     losses: list[float] = []
     metrics: dict[str, float] = {}
-    autocast = _autocast(opts.precision, device)
+    autocast = autocast_for(opts.precision, device)
 
     while trainer.step_count < opts.total_steps:
         # One denoising step on this worker's share of the batch.
@@ -114,10 +114,10 @@ def training_loop(trainer: PriorTrainer, batches: Iterator[PriorBatch], opts: Pr
         # "kimg" (thousands of pairs seen) is the step axis the MLflow hooks of the training system use.
         metrics = {"loss": float(np.mean(losses)), "step": trainer.step_count, "tick": tick,
                    "kimg": trainer.pairs_seen / 1e3, "sec_per_step": sec_per_step,
-                   "peak_mem_gb": _peak_memory_gb(device)}
+                   "peak_mem_gb": peak_memory_gb(device)}
         eta = (opts.total_steps - trainer.step_count) * sec_per_step
         hooks.print(f"tick {tick:<4d} step {trainer.step_count:<7d} loss {metrics['loss']:<8.4f} "
-                    f"sec/step {sec_per_step:<7.3f} elapsed {_hms(now - start_time)} eta {_hms(eta)}")
+                    f"sec/step {sec_per_step:<7.3f} elapsed {format_hms(now - start_time)} eta {format_hms(eta)}")
         losses.clear()
         checkpoint = None
         if tick % opts.checkpoint_ticks == 0 or done:

@@ -27,7 +27,7 @@ def train_func(config: dict[str, Any]) -> None:
     from avatar3d.runtime import apply_local_defaults, set_torch_threads
     from avatar3d.training.engines import make_engine
     from avatar3d.training.loop import LoopHooks
-    from avatar3d.training.ray_worker import _mlflow_hooks, _ray_report
+    from avatar3d.training.ray_fit import mlflow_hooks, ray_report
 
     # Unpack the config first.
     seed, batch_size = config["seed"], config["batch_size"]
@@ -55,9 +55,9 @@ def train_func(config: dict[str, Any]) -> None:
     resume_dir = Path(checkpoint.to_directory()) if checkpoint is not None else (
         Path(config["resume"]) if config.get("resume") else None)
 
-    hooks = LoopHooks(report=_ray_report, print=(print if rank == 0 else (lambda *_: None)))
+    hooks = LoopHooks(report=ray_report, print=(print if rank == 0 else (lambda *_: None)))
     if rank == 0 and tracking.get("run_id"):
-        _, _, log_metrics = _mlflow_hooks(tracking)
+        _, _, log_metrics = mlflow_hooks(tracking, step_key="step", step_scale=1.0)
         report = hooks.report
         hooks.report = lambda metrics, ckpt: (log_metrics(metrics), report(metrics, ckpt))
 

@@ -16,12 +16,17 @@ from typing import Iterator, Mapping
 _MAX_PARAM_LEN = 500
 
 
+# Read once, at import: ``mlflow.set_tracking_uri`` writes this variable into the environment, so
+# a later read in the same process would see the previous job's store, not the user's setting.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def default_tracking_uri(folder) -> str:
-    """Where runs go when a config leaves ``tracking_uri`` empty: ``$MLFLOW_TRACKING_URI`` (a
-    cluster's tracking server, set in the job's runtime env), else a sqlite store in ``folder``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+    """Where runs go when a config leaves ``tracking_uri`` empty: ``$MLFLOW_TRACKING_URI`` as it was
+    when the job started (a cluster's tracking server, set in the job's runtime env), else a sqlite
+    store in ``folder``."""
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     path = Path(folder).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
@@ -75,6 +80,19 @@ def log_config(config: Mapping, artifact_name: str = "config.json") -> None:
 
     mlflow.log_params(flatten(config))
     mlflow.log_dict(dict(config), artifact_name)
+
+
+def log_run_config(run, config: Mapping) -> None:
+    """:func:`log_config` for a fresh run; a resumed run keeps its params (MLflow params are
+    write-once) and gets this resume's config as a timestamped artifact beside them."""
+    import time
+
+    import mlflow
+
+    if run.data.params:
+        mlflow.log_dict(dict(config), f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    else:
+        log_config(config, artifact_name="config.json")
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:

@@ -77,6 +77,8 @@ class TrainGANConfig:
     kimg_per_tick: float = field(default=0.02, metadata={"min": 0.0001})
     snapshot_ticks: int = field(default=1, metadata={"min": 1, "help": "checkpoint + snapshot every N ticks"})
     image_ticks: int = field(default=1, metadata={"min": 1, "help": "sample grids every N ticks"})
+    fid_ticks: int = field(default=0, metadata={"min": 0, "help": "FID (overall + per view) every N ticks; 0 = off"})
+    fid_num_fakes: int = field(default=1000, metadata={"min": 2, "help": "generated images per training-time FID"})
     seed: int = 0
     resume: str = field(default="", metadata={"help": "resume state folder (a checkpoint of a run) to continue"})
     transfer: str = field(default="", metadata={"help": "snapshot .safetensors whose G weights start a new run"})

@@ -69,17 +69,11 @@ def run_train_gan(cfg: TrainGANConfig) -> TrainResult:
     dump_config(cfg, run_dir / "config.yaml")
     print(f"dataset: {info.summary()}")
 
-    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_config, resume_or_start_run
+    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
 
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
     with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
-        config = {"train": to_dict(cfg), "gan": gan_cfg.to_dict()}
-        if run.data.params:  # a resumed run: MLflow params are write-once, keep each resume's config apart
-            import mlflow
-
-            mlflow.log_dict(config, f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
-        else:
-            log_config(config, artifact_name="config.json")
+        log_run_config(run, {"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
         result = _fit(cfg, gan_cfg, info, rows_per_worker, tracking_uri, run.info.run_id, output_dir)
         snapshot = _keep_final_snapshot(result, run_dir)
@@ -100,24 +94,12 @@ def run_train_gan(cfg: TrainGANConfig) -> TrainResult:
 
 def _fit(cfg: TrainGANConfig, gan_cfg, info, rows_per_worker: int, tracking_uri: str, run_id: str,
          output_dir: Path):
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from avatar3d.runtime import init_local_ray
+    from avatar3d.training.ray_fit import fit_with_ray
     from avatar3d.training.ray_worker import train_func
 
-    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
-    needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999) + 2
-    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
-    # Deterministic row order (resume skips exactly the batches already seen).
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.execution_options.preserve_order = True
-    data_ctx.enable_progress_bars = False  # the loop prints kimg progress; bars per tick only add noise
-    dataset = ray.data.read_parquet([str(f) for f in info.files], columns=["image_png", "camera"])
     loop = {
         "total_kimg": cfg.total_kimg, "kimg_per_tick": cfg.kimg_per_tick, "snapshot_ticks": cfg.snapshot_ticks,
-        "image_ticks": cfg.image_ticks, "precision": cfg.scaling.precision,
+        "image_ticks": cfg.image_ticks, "precision": cfg.scaling.precision, "eval_ticks": cfg.fid_ticks,
         "crash_after_ticks": cfg.crash_after_ticks, "crash_rank": cfg.crash_rank,
         "crash_marker": str(output_dir / cfg.run_name / ".crash-injected"),
     }
@@ -127,19 +109,10 @@ def _fit(cfg: TrainGANConfig, gan_cfg, info, rows_per_worker: int, tracking_uri:
         "rows_per_worker": rows_per_worker, "loop": loop, "resume": cfg.resume, "transfer": cfg.transfer,
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
         "tracking": {"tracking_uri": tracking_uri, "run_id": run_id},
+        "fid": {"data_path": str(Path(cfg.data.path).resolve()), "num_fakes": cfg.fid_num_fakes},
     }
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=train_config,
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.run_name, storage_path=str(output_dir / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": dataset},
-    )
-    return trainer.fit()
+    return fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
+                        info.files, columns=["image_png", "camera"])
 
 
 def _keep_final_snapshot(result, run_dir: Path) -> Path | None:

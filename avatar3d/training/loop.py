@@ -43,6 +43,7 @@ class LoopOptions:
     kimg_per_tick: float
     snapshot_ticks: int = 1
     image_ticks: int = 1
+    eval_ticks: int = 0
     precision: str = "fp32"
     crash_after_ticks: int = 0
     crash_rank: int = 0
@@ -56,6 +57,8 @@ class LoopHooks:
     report: Callable[[dict[str, float], Path | None], None] = lambda metrics, ckpt: None
     log_images: Callable[[dict[str, Any], int], None] = lambda grids, step: None
     log_snapshot: Callable[[Path, dict[str, Any]], None] = lambda path, info: None
+    # Rank 0's evaluation every ``eval_ticks`` (e.g. FID of the EMA generator): trainer -> metrics.
+    evaluate: Callable[[GANTrainer], dict[str, float]] | None = None
     print: Callable[[str], None] = print
 
 
@@ -85,7 +88,7 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
     tick_start_time = start_time = time.time()
     metrics: dict[str, float] = {}
     sums: dict[str, list[float]] = {}
-    autocast = _autocast(opts.precision, device)
+    autocast = autocast_for(opts.precision, device)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
@@ -113,16 +116,19 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
         sec_per_kimg = (now - tick_start_time) / max((trainer.cur_nimg - tick_start_nimg) / 1e3, 1e-9)
         metrics = {k: float(np.mean(v)) for k, v in sums.items()}
         metrics.update(kimg=trainer.cur_nimg / 1e3, tick=tick, sec_per_kimg=sec_per_kimg,
-                       peak_mem_gb=_peak_memory_gb(device))
+                       peak_mem_gb=peak_memory_gb(device))
         eta = (total_nimg - trainer.cur_nimg) / 1e3 * sec_per_kimg
         hooks.print(f"tick {tick:<4d} kimg {metrics['kimg']:<8.3f} sec/kimg {sec_per_kimg:<8.1f} "
                     f"loss_G {metrics.get('loss_G', float('nan')):<7.3f} "
                     f"loss_D {metrics.get('loss_D_real', 0) + metrics.get('loss_D_fake', 0):<7.3f} "
                     f"r1 {metrics.get('loss_D_r1', float('nan')):<8.4f} "
-                    f"mem {metrics['peak_mem_gb']:.2f}GB elapsed {_hms(now - start_time)} eta {_hms(eta)}")
+                    f"mem {metrics['peak_mem_gb']:.2f}GB elapsed {format_hms(now - start_time)} eta {format_hms(eta)}")
         sums.clear()
         if rank == 0 and (tick % opts.image_ticks == 0 or done):
             hooks.log_images(sample_grids(trainer.G_ema, trainer.cfg, device=device), trainer.cur_nimg)
+        if rank == 0 and hooks.evaluate is not None and opts.eval_ticks and (tick % opts.eval_ticks == 0 or done):
+            metrics.update(hooks.evaluate(trainer))
+            hooks.print("  " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith("fid")))
         checkpoint = None
         if tick % opts.snapshot_ticks == 0 or done:
             checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-ckpt-"))
@@ -196,13 +202,13 @@ def _set_rng_state(trainer: GANTrainer, state: dict[str, Any]) -> None:
 
 # -- small helpers ----------------------------------------------------------------------
 
-def _autocast(precision: str, device):
+def autocast_for(precision: str, device):
     if precision == "bf16":
         return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
 
 
-def _peak_memory_gb(device) -> float:
+def peak_memory_gb(device) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     try:
@@ -213,7 +219,7 @@ def _peak_memory_gb(device) -> float:
         return float("nan")
 
 
-def _hms(seconds: float) -> str:
+def format_hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 

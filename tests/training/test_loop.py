@@ -67,6 +67,17 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(rows):
     assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
 
 
+def test_evaluation_hook_runs_on_its_ticks_and_reports_metrics(rows):
+    trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
+    seen, reported = [], []
+    hooks = LoopHooks(report=lambda m, c: reported.append(dict(m)), print=lambda *_: None,
+                      evaluate=lambda tr: seen.append(tr.cur_nimg) or {"fid": float(tr.cur_nimg)})
+    opts = LoopOptions(total_kimg=0.02, kimg_per_tick=0.004, snapshot_ticks=100, image_ticks=100, eval_ticks=2)
+    training_loop(trainer, _batches(rows), opts, hooks)
+    assert seen == [8, 16, 20]  # every 2nd tick, and the last
+    assert [m.get("fid") for m in reported] == [None, 8.0, None, 16.0, 20.0]
+
+
 def test_snapshot_loads_and_renders_in_a_plain_process(rows, tmp_path):
     ckpts = []
     trainer, _ = _run(rows, 0.008, ckpts)

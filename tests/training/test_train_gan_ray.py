@@ -42,7 +42,8 @@ def _kimg_history(result):
 
 def test_two_workers_deepspeed_tracks_registers_and_serves(tmp_path, head_dataset):
     cfg = _cfg(tmp_path, head_dataset, **{"scaling.num_workers": 2, "scaling.strategy": "deepspeed",
-                                          "scaling.zero_stage": 2, "run_name": "ds2"})
+                                          "scaling.zero_stage": 2, "run_name": "ds2", "fid_ticks": 2,
+                                          "fid_num_fakes": 24})
     result = run_train_gan(cfg)
     assert result.kimg == pytest.approx(0.016)
     assert result.snapshot.is_file() and (result.run_dir / "config.yaml").is_file()
@@ -52,6 +53,10 @@ def test_two_workers_deepspeed_tracks_registers_and_serves(tmp_path, head_datase
     assert run.data.params["train.scaling.zero_stage"] == "2"
     assert _kimg_history(result) == pytest.approx([0.008, 0.016])
     assert {"loss_G", "loss_D_real", "loss_D_r1", "sec_per_kimg"} <= set(run.data.metrics)
+    # Training-time FID through the evaluation code (real Inception), at the last tick only.
+    fid = client.get_metric_history(result.mlflow_run_id, "fid")
+    assert len(fid) == 1 and fid[0].step == 16 and 0 < fid[0].value < 1e4
+    assert {"fid_front", "fid_side", "fid_back"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "samples")}
     assert artifacts == {"samples/front", "samples/side", "samples/back"}
     assert client.list_artifacts(result.mlflow_run_id, "checkpoints")

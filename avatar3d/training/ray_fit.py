@@ -1,0 +1,89 @@
+"""Ray Train plumbing shared by every trainer (the GAN and the W-space prior).
+
+The driver half: start (or join) Ray, read Parquet columns with Ray Data in a
+deterministic order, and run a ``TorchTrainer`` whose storage, failure and
+checkpoint settings follow one convention (``<output_dir>/ray/<run_name>``;
+running the same run name again resumes). The worker half: turn a training
+loop's reports into ``ray.train.report`` calls with checkpoints, and log rank
+0's metrics, images and snapshots into the driver's MLflow run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any], scaling, run_name: str,
+                 output_dir: Path, max_failures: int, files: list[Path], columns: list[str]):
+    """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files``; -> Ray's Result."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from avatar3d.runtime import init_local_ray
+
+    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
+    needed = int(scaling.num_workers * scaling.cpus_per_worker + 0.999) + 2
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
+    data_ctx.enable_progress_bars = False  # the loops print their own progress
+    dataset = ray.data.read_parquet([str(f) for f in files], columns=columns)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=train_config,
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=RunConfig(name=run_name, storage_path=str(Path(output_dir) / "ray"),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def ray_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    """Report metrics (and a finished local checkpoint folder, removed once Ray has persisted it)."""
+    import ray.train
+
+    if checkpoint_dir is None:
+        ray.train.report(metrics)
+        return
+    try:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
+    finally:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def mlflow_hooks(tracking: dict[str, Any], step_key: str = "kimg", step_scale: float = 1000.0):
+    """Rank 0 logs into the driver's MLflow run through a stateless client.
+
+    -> (log_images(grids, step), log_snapshot(path, info), log_metrics(metrics)); the metric step is
+    ``metrics[step_key] * step_scale`` (images for the GAN's kimg).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
+    run_id = tracking["run_id"]
+
+    def log_metrics(metrics: dict[str, float]) -> None:
+        step = int(metrics.get(step_key, 0) * step_scale)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                          if np.isfinite(v)])
+
+    def log_images(grids: dict[str, Any], cur_nimg: int) -> None:
+        for group, image in grids.items():
+            client.log_image(run_id, image, artifact_file=f"samples/{group}/kimg{cur_nimg / 1e3:08.3f}.png")
+
+    def log_snapshot(path: Path, info: dict[str, Any]) -> None:
+        client.log_artifact(run_id, str(path), artifact_path=f"checkpoints/kimg{info['kimg']:08.3f}")
+
+    return log_images, log_snapshot, log_metrics
