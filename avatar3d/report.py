@@ -24,7 +24,7 @@ def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
     body = "\n".join(s for s in sections if s)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>avatar3d report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-img{{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}} table{{border-collapse:collapse}}
+img{{image-rendering:pixelated;max-width:100%;min-height:128px;border:1px solid #ccc}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}} h2{{margin-top:2em}}
 .note{{color:#666;font-size:13px}}</style></head><body>
 <h1>avatar3d pipeline report</h1><p class="note">{html.escape(str(out.resolve()))}</p>
