@@ -397,9 +397,9 @@ def test_files_name_commands_at_all():
     assert any("jobs/generate_dataset.py" in c for c in flat)
     assert any(c[:2] == ["python", "jobs/train_gan.py"] for c in found["cluster/kuberay/rayjob.yaml"])
     docs_jobs = {job[0] for c in found["docs/cluster.md"] for job in _python_job_invocations(c)}
-    assert {"jobs/generate_dataset.py", "jobs/train_gan.py", "jobs/run_pipeline.py"} <= docs_jobs
-    docs_cli = {argv[0] for c in found["docs/cluster.md"] for argv in _cli_invocations(c)}
-    assert {"fid", "export-mesh"} <= docs_cli
+    assert {"jobs/generate_dataset.py", "jobs/train_gan.py", "jobs/run_pipeline.py", "jobs/evaluate.py",
+            "jobs/export_mesh.py"} <= docs_jobs
+    assert {_job_subcommand("jobs/evaluate.py"), _job_subcommand("jobs/export_mesh.py")} == {"fid", "export-mesh"}
 
 
 def _python_job_invocations(tokens: list[str]) -> list[list[str]]:
