@@ -1,6 +1,5 @@
 """The training loop in one process (plain engines): snapshots, resume, failure modes."""
 import itertools
-import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from avatar3d.gan.config import GANConfig
-from avatar3d.training.checkpoint import load_snapshot, read_snapshot_metadata, save_snapshot
+from avatar3d.training.checkpoint import load_snapshot, read_snapshot_metadata
 from avatar3d.training.data import dataset_files, decode_batch
 from avatar3d.training.loop import (SNAPSHOT_FILE, LoopHooks, LoopOptions, NonFiniteLossError, build_trainer,
                                     load_resume_state, training_loop)
