@@ -22,6 +22,24 @@ EPILOG_OVERRIDES = (
 )
 
 
+def add_config_options(p, example: str, overrides_example: str) -> None:
+    """The options every config-driven stage takes: --config, --print-config, key=value overrides."""
+    p.add_argument("--config", default=None, help=f"YAML config, e.g. {example}")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {overrides_example}")
+
+
+def resolve_config(cls, args, extra_overrides: list[str] = ()):
+    """The validated config of a stage; with --print-config, print it and return None (nothing runs)."""
+    from avatar3d.config import load_config, to_dict
+
+    cfg = load_config(cls, args.config, [*args.overrides, *extra_overrides])
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return None
+    return cfg
+
+
 # -- subcommands ----------------------------------------------------------------
 
 def _add_guidance(sub) -> None:
@@ -92,22 +110,16 @@ def _add_generate(sub) -> None:
         description="Specs -> guidance -> ControlNet (autoscaled actor pool) -> Parquet shards. Re-running resumes.",
         epilog=EPILOG_OVERRIDES,
     )
-    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/generate_tiny.yaml")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. num_samples=16 output_dir=outputs/ds")
+    add_config_options(p, "jobs/configs/generate_tiny.yaml", "num_samples=16 output_dir=outputs/ds")
     p.set_defaults(func=_run_generate)
 
 
 def _run_generate(args) -> int:
-    from avatar3d.config import load_config, to_dict
     from avatar3d.datagen.job import GenerateConfig, run_generation
 
-    cfg = load_config(GenerateConfig, args.config, args.overrides)
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    result = run_generation(cfg)
-    print(result.summary() if hasattr(result, "summary") else result)
+    cfg = resolve_config(GenerateConfig, args)
+    if cfg is not None:
+        print(run_generation(cfg).summary())
     return 0
 
 
@@ -120,30 +132,21 @@ def _add_train_gan(sub) -> None:
                     "run from a snapshot's generator weights.",
         epilog=EPILOG_OVERRIDES,
     )
-    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/train_gan_tiny.yaml")
+    add_config_options(p, "jobs/configs/train_gan_tiny.yaml", "data.path=outputs/ds total_kimg=1")
     p.add_argument("--resume", default=None, help="checkpoint folder of a train-gan run to continue")
     p.add_argument("--transfer", default=None, help="snapshot .safetensors to initialise G from")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=outputs/ds total_kimg=1")
     p.set_defaults(func=_run_train_gan)
 
 
 def _run_train_gan(args) -> int:
-    from avatar3d.config import load_config, to_dict
     from avatar3d.training.config import TrainGANConfig
 
-    overrides = list(args.overrides)
-    if args.resume:
-        overrides.append(f"resume={args.resume}")
-    if args.transfer:
-        overrides.append(f"transfer={args.transfer}")
-    cfg = load_config(TrainGANConfig, args.config, overrides)
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    from avatar3d.training.job import run_train_gan
+    flags = [f"resume={args.resume}"] * bool(args.resume) + [f"transfer={args.transfer}"] * bool(args.transfer)
+    cfg = resolve_config(TrainGANConfig, args, flags)
+    if cfg is not None:
+        from avatar3d.training.job import run_train_gan
 
-    print(run_train_gan(cfg).summary())
+        print(run_train_gan(cfg).summary())
     return 0
 
 

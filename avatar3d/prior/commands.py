@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from avatar3d.cli import add_config_options, resolve_config
 from avatar3d.config import ConfigError
 
 EPILOG_OVERRIDES = ("Options not given as flags can be set as key=value overrides on top of the --config file, "
@@ -24,9 +25,7 @@ def register(sub) -> None:
                     "embedding, on a Ray Data actor pool. Row i depends only on (seed, i).",
         epilog=EPILOG_OVERRIDES,
     )
-    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/prior_pairs_tiny.yaml")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. snapshot=outputs/gan/x.safetensors")
+    add_config_options(p, "jobs/configs/prior_pairs_tiny.yaml", "snapshot=outputs/gan/x.safetensors")
     p.set_defaults(func=run_build_pairs_command)
 
     p = sub.add_parser(
@@ -36,10 +35,8 @@ def register(sub) -> None:
                     "guidance). Running the same run_name again resumes it.",
         epilog=EPILOG_OVERRIDES,
     )
-    p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/prior_train_tiny.yaml")
+    add_config_options(p, "jobs/configs/prior_train_tiny.yaml", "pairs=outputs/prior_pairs")
     p.add_argument("--resume", default=None, help="checkpoint folder of a train-prior run to continue")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pairs=outputs/prior_pairs")
     p.set_defaults(func=run_train_prior_command)
 
     p = sub.add_parser(
@@ -70,31 +67,24 @@ def register(sub) -> None:
 # -- handlers -------------------------------------------------------------------------------
 
 def run_build_pairs_command(args) -> int:
-    from avatar3d.config import load_config, to_dict
     from avatar3d.prior.config import BuildPairsConfig
 
-    cfg = load_config(BuildPairsConfig, args.config, args.overrides)
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    from avatar3d.prior.pairs import run_build_pairs
+    cfg = resolve_config(BuildPairsConfig, args)
+    if cfg is not None:
+        from avatar3d.prior.pairs import run_build_pairs
 
-    print(run_build_pairs(cfg).summary())
+        print(run_build_pairs(cfg).summary())
     return 0
 
 
 def run_train_prior_command(args) -> int:
-    from avatar3d.config import load_config, to_dict
     from avatar3d.prior.config import TrainPriorConfig
 
-    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-    cfg = load_config(TrainPriorConfig, args.config, overrides)
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    from avatar3d.prior.job import run_train_prior
+    cfg = resolve_config(TrainPriorConfig, args, [f"resume={args.resume}"] * bool(args.resume))
+    if cfg is not None:
+        from avatar3d.prior.job import run_train_prior
 
-    print(run_train_prior(cfg).summary())
+        print(run_train_prior(cfg).summary())
     return 0
 
 
