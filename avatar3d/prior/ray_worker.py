@@ -27,7 +27,7 @@ def train_func(config: dict[str, Any]) -> None:
     from avatar3d.runtime import apply_local_defaults, set_torch_threads
     from avatar3d.training.engines import make_engine
     from avatar3d.training.loop import LoopHooks
-    from avatar3d.training.ray_fit import mlflow_hooks, ray_report
+    from avatar3d.training.ray_fit import mlflow_hooks, ray_report, worker_device
 
     # Unpack the config first.
     seed, batch_size = config["seed"], config["batch_size"]
@@ -38,7 +38,7 @@ def train_func(config: dict[str, Any]) -> None:
     set_torch_threads(config.get("torch_threads"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = _device()
+    device = worker_device()
     per_worker = batch_size // world
 
     # The denoiser, identical on every rank, with the pairs' w statistics frozen inside it.
@@ -93,11 +93,3 @@ def shard_batches(shard, per_worker: int, seed: int, start_step: int, batches_pe
             raise ValueError(f"this worker's pairs shard holds fewer than {per_worker} rows (one batch); "
                              "lower batch_size or use fewer workers")
         epoch += 1
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
-    return torch.device("cpu")

@@ -48,6 +48,17 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
     return trainer.fit()
 
 
+def worker_device():
+    """This Ray Train worker's device: its assigned GPU where CUDA is usable, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
 def ray_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
     """Report metrics (and a finished local checkpoint folder, removed once Ray has persisted it)."""
     import ray.train

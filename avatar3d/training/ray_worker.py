@@ -25,7 +25,7 @@ def train_func(config: dict[str, Any]) -> None:
     from avatar3d.runtime import apply_local_defaults, set_torch_threads
     from avatar3d.training.checkpoint import read_snapshot_metadata
     from avatar3d.training.engines import make_engine
-    from avatar3d.training.ray_fit import mlflow_hooks, ray_report
+    from avatar3d.training.ray_fit import mlflow_hooks, ray_report, worker_device
     from avatar3d.training.loop import LoopHooks, LoopOptions, build_trainer, peek_batch_idx, training_loop
 
     # Unpack the config first.
@@ -40,7 +40,7 @@ def train_func(config: dict[str, Any]) -> None:
     set_torch_threads(config.get("torch_threads"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = _device(ctx)
+    device = worker_device()
     per_worker = batch_size // world
 
     # Networks, identical on every rank; a transfer run starts G from a snapshot.
@@ -121,11 +121,3 @@ def _fid_hook(fid: dict[str, Any]):
         return result.metrics()
 
     return evaluate
-
-
-def _device(ctx) -> torch.device:
-    if torch.cuda.is_available():
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
-    return torch.device("cpu")
