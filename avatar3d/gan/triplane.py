@@ -14,15 +14,27 @@ EG3D's first release built the third plane from a matrix that projected to
 zero padding of ``grid_sample`` returns zero features.
 
 The features of the three planes are averaged (EG3D's decoder does the mean).
-Each plane is looked up by its own ``grid_sample`` call on a view of the
-plane tensor, and the three results are summed as they come: no (N*3, C, ...)
-stack to copy, reduce and (in the backward) re-expand, which took more than
-half the lookup's time on CPU. Channels stay first, (N, C, ...).
+Two paths compute the same sum of bilinear lookups:
+
+* on CPU (float32), a compiled kernel (:mod:`avatar3d.gan.native`) that reads
+  and writes the planes channels-last, one contiguous feature row per corner;
+  3x faster forward and 3-5x faster backward than ``grid_sample`` on the
+  renderer's shapes, where ``grid_sample``'s backward was a third of a
+  render's forward + backward;
+* everywhere else (GPU, half types, a gradient wanted for the points, or
+  ``AVATAR3D_NATIVE_OPS=0``), one ``grid_sample`` per plane on a view of the
+  plane tensor, summed as it goes: no (N*3, C, ...) stack to copy, reduce and
+  (in the backward) re-expand.
+
+Channels stay first in the result, (N, C, ...).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from avatar3d.gan import native
 
 # (u, v) world-axis indices of each plane: XY, XZ, ZY.
 PLANE_AXES = ((0, 1), (0, 2), (2, 1))
@@ -43,9 +55,39 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float 
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     coords = points.to(planes.dtype) * (2.0 / box_warp)
+    ops = _native_ops(planes, coords)
+    if ops is not None:
+        n, a, b = coords.shape[:3]
+        total = _NativeLookup.apply(planes, coords.reshape(n, a * b, 3).contiguous(), ops).view(n, -1, a, b)
+        return total if reduce == "sum" else total / 3.0
     total = None
     for k, (u, v) in enumerate(PLANE_AXES):
         grid = torch.stack([coords[..., u], coords[..., v]], -1)  # (N, A, B, 2)
         feats = F.grid_sample(planes[:, k], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         total = feats if total is None else total + feats
     return total if reduce == "sum" else total / 3.0
+
+
+def _native_ops(planes: torch.Tensor, coords: torch.Tensor):
+    """The compiled kernel where it applies: CPU float32, no gradient wanted for the points."""
+    if planes.device.type != "cpu" or planes.dtype != torch.float32 or coords.requires_grad:
+        return None
+    return native.triplane_ops()
+
+
+class _NativeLookup(torch.autograd.Function):
+    """Plane sum at points (N, P, 3) -> (N, C, P); gradient to the planes only."""
+
+    @staticmethod
+    def forward(ctx, planes, coords, ops):
+        h, w = planes.shape[-2:]
+        ctx.save_for_backward(coords)
+        ctx.ops, ctx.hw = ops, (h, w)
+        return ops.forward(planes.permute(0, 1, 3, 4, 2).contiguous(), coords)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (coords,) = ctx.saved_tensors
+        g = ctx.ops.backward(grad.contiguous(), coords, *ctx.hw)  # (N, 3, H, W, C)
+        return g.permute(0, 1, 4, 2, 3).contiguous(), None, None
