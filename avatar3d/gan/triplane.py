@@ -16,7 +16,7 @@ zero padding of ``grid_sample`` returns zero features.
 The features of the three planes are averaged (EG3D's decoder does the mean).
 Two paths compute the same sum of bilinear lookups:
 
-* on CPU (float32), a compiled kernel (:mod:`avatar3d.gan.native`) that reads
+* on CPU (float32), a compiled kernel (:mod:`avatar3d.native`) that reads
   and writes the planes channels-last, one contiguous feature row per corner;
   3x faster forward and 3-5x faster backward than ``grid_sample`` on the
   renderer's shapes, where ``grid_sample``'s backward was a third of a
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from avatar3d.gan import native
+from avatar3d import native
 
 # (u, v) world-axis indices of each plane: XY, XZ, ZY.
 PLANE_AXES = ((0, 1), (0, 2), (2, 1))

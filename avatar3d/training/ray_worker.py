@@ -22,7 +22,7 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train
 
     from avatar3d.gan.config import GANConfig
-    from avatar3d.runtime import apply_local_defaults, set_torch_threads
+    from avatar3d.runtime import apply_local_defaults, set_torch_threads, use_caching_cpu_allocator
     from avatar3d.training.checkpoint import read_snapshot_metadata
     from avatar3d.training.engines import make_engine
     from avatar3d.training.ray_fit import mlflow_hooks, ray_report, worker_device
@@ -41,6 +41,7 @@ def train_func(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device()
+    use_caching_cpu_allocator(device)
     per_worker = batch_size // world
 
     # Networks, identical on every rank; a transfer run starts G from a snapshot.

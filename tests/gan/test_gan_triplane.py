@@ -62,7 +62,7 @@ def _grid_sample_sum(planes, points, box_warp=1.0):
 
 
 def test_compiled_cpu_kernel_matches_grid_sample_forward_and_backward(monkeypatch):
-    from avatar3d.gan import native
+    from avatar3d import native
 
     monkeypatch.setenv("AVATAR3D_NATIVE_OPS", "1")
     assert native.triplane_ops() is not None, "the compiled tri-plane kernel did not build"
