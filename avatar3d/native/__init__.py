@@ -1,7 +1,8 @@
 """Optional compiled CPU code, each piece with a pure-PyTorch path that computes the same.
 
 * ``triplane_ops()``: the tri-plane bilinear lookup and its gradient
-  (:mod:`avatar3d.gan.triplane` uses it for CPU float32 tensors).
+  (:mod:`avatar3d.gan.triplane` uses it for CPU float32 tensors), and the
+  decoder's bias + softplus in one vectorised pass (:mod:`avatar3d.gan.renderer`).
 * ``install_caching_cpu_allocator()``: keeps large freed CPU blocks for reuse
   instead of returning them to the OS (no maths involved; see the source).
 
@@ -24,6 +25,8 @@ from types import ModuleType
 _HERE = Path(__file__).parent
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType | None] = {}
+# glibc's vector math library (16-lane expf / log1pf) for the decoder's softplus.
+_LDFLAGS = {"triplane_cpu": ["-lmvec"]}
 
 
 def native_ops_enabled() -> bool:
@@ -85,7 +88,8 @@ def _build(name: str) -> ModuleType | None:
     digest = hashlib.sha1(source.read_bytes() + torch.__version__.encode() + _cpu_signature().encode())
     try:
         return load(name=f"avatar3d_{name}_{digest.hexdigest()[:12]}", sources=[str(source)],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
+                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], extra_ldflags=_LDFLAGS.get(name, []),
+                    verbose=False)
     except Exception as exc:  # no compiler, no ninja, a read-only cache...: the PyTorch paths still work
         first = str(exc).splitlines()[0] if str(exc) else ""
         warnings.warn(f"avatar3d: compiled CPU code {name!r} is unavailable ({type(exc).__name__}: {first}); "

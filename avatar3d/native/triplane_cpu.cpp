@@ -24,6 +24,14 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__AVX512F__) && defined(__x86_64__)
+#include <immintrin.h>
+// glibc's libmvec (linked with -lmvec): 16-lane expf / log1pf, within 4 ulp like ATen's Sleef paths.
+extern "C" __m512 _ZGVeN16v_expf(__m512);
+extern "C" __m512 _ZGVeN16v_log1pf(__m512);
+#define AVATAR3D_VECTOR_MATH 1
+#endif
+
 namespace {
 
 constexpr int kTile = 16;
@@ -70,16 +78,12 @@ void check_inputs(const torch::Tensor& planes_cl, const torch::Tensor& coords) {
 
 }  // namespace
 
-// planes_cl (N, 3, H, W, C) channels-last; coords (N, P, 3) already scaled to [-1, 1] (2 / box_warp).
-// Returns the plane sum (N, C, P).
-torch::Tensor triplane_forward(const torch::Tensor& planes_cl, const torch::Tensor& coords) {
-  check_inputs(planes_cl, coords);
-  const int64_t N = planes_cl.size(0), H = planes_cl.size(2), W = planes_cl.size(3), C = planes_cl.size(4);
-  const int64_t P = coords.size(1);
-  auto out = torch::empty({N, C, P}, planes_cl.options());
-  const float* pl = planes_cl.data_ptr<float>();
-  const float* co = coords.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+// The channel loops run with a compile-time count for the usual 32 channels (the compiler
+// then unrolls them into two AVX-512 FMAs a corner), a runtime count otherwise.
+template <int64_t kC>
+void forward_impl(const float* pl, const float* co, float* o, int64_t N, int64_t H, int64_t W, int64_t C_rt,
+                  int64_t P) {
+  const int64_t C = kC > 0 ? kC : C_rt;
   const int64_t tiles = (P + kTile - 1) / kTile;
   at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(kTile * C);
@@ -108,22 +112,26 @@ torch::Tensor triplane_forward(const torch::Tensor& planes_cl, const torch::Tens
       }
     }
   });
+}
+
+// planes_cl (N, 3, H, W, C) channels-last; coords (N, P, 3) already scaled to [-1, 1] (2 / box_warp).
+// Returns the plane sum (N, C, P).
+torch::Tensor triplane_forward(const torch::Tensor& planes_cl, const torch::Tensor& coords) {
+  check_inputs(planes_cl, coords);
+  const int64_t N = planes_cl.size(0), H = planes_cl.size(2), W = planes_cl.size(3), C = planes_cl.size(4);
+  const int64_t P = coords.size(1);
+  auto out = torch::empty({N, C, P}, planes_cl.options());
+  const float* pl = planes_cl.data_ptr<float>();
+  const float* co = coords.data_ptr<float>();
+  if (C == 32) forward_impl<32>(pl, co, out.data_ptr<float>(), N, H, W, C, P);
+  else forward_impl<0>(pl, co, out.data_ptr<float>(), N, H, W, C, P);
   return out;
 }
 
-// grad_out (N, C, P); returns d(loss)/d(planes) channels-last (N, 3, H, W, C).
-torch::Tensor triplane_backward(const torch::Tensor& grad_out, const torch::Tensor& coords, int64_t H,
-                                int64_t W) {
-  TORCH_CHECK(grad_out.device().is_cpu() && grad_out.scalar_type() == torch::kFloat && grad_out.dim() == 3 &&
-              grad_out.is_contiguous(), "triplane_cpu: grad must be a contiguous float32 (N, C, P) CPU tensor");
-  TORCH_CHECK(coords.dim() == 3 && coords.size(2) == 3 && coords.is_contiguous() &&
-              coords.size(0) == grad_out.size(0) && coords.size(1) == grad_out.size(2),
-              "triplane_cpu: coords must be contiguous (N, P, 3) matching grad");
-  const int64_t N = grad_out.size(0), C = grad_out.size(1), P = grad_out.size(2);
-  auto grad_planes = torch::zeros({N, 3, H, W, C}, grad_out.options());
-  const float* g = grad_out.data_ptr<float>();
-  const float* co = coords.data_ptr<float>();
-  float* gp = grad_planes.data_ptr<float>();
+template <int64_t kC>
+void backward_impl(const float* g, const float* co, float* gp, int64_t N, int64_t H, int64_t W, int64_t C_rt,
+                   int64_t P) {
+  const int64_t C = kC > 0 ? kC : C_rt;
   // One image per task: its planes' gradient is written by that task alone (no races).
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> tile(kTile * C);
@@ -152,10 +160,135 @@ torch::Tensor triplane_backward(const torch::Tensor& grad_out, const torch::Tens
       }
     }
   });
+}
+
+// grad_out (N, C, P); returns d(loss)/d(planes) channels-last (N, 3, H, W, C).
+torch::Tensor triplane_backward(const torch::Tensor& grad_out, const torch::Tensor& coords, int64_t H,
+                                int64_t W) {
+  TORCH_CHECK(grad_out.device().is_cpu() && grad_out.scalar_type() == torch::kFloat && grad_out.dim() == 3 &&
+              grad_out.is_contiguous(), "triplane_cpu: grad must be a contiguous float32 (N, C, P) CPU tensor");
+  TORCH_CHECK(coords.dim() == 3 && coords.size(2) == 3 && coords.is_contiguous() &&
+              coords.size(0) == grad_out.size(0) && coords.size(1) == grad_out.size(2),
+              "triplane_cpu: coords must be contiguous (N, P, 3) matching grad");
+  const int64_t N = grad_out.size(0), C = grad_out.size(1), P = grad_out.size(2);
+  auto grad_planes = torch::zeros({N, 3, H, W, C}, grad_out.options());
+  const float* g = grad_out.data_ptr<float>();
+  const float* co = coords.data_ptr<float>();
+  if (C == 32) backward_impl<32>(g, co, grad_planes.data_ptr<float>(), N, H, W, C, P);
+  else backward_impl<0>(g, co, grad_planes.data_ptr<float>(), N, H, W, C, P);
   return grad_planes;
 }
 
+// --- The decoder's hidden activation: softplus(h + b), bias per channel ---------------------------
+// h (N, H, P) contiguous (a batched matmul's output), b (H,). torch's softplus with beta 1 and
+// threshold 20: x > 20 ? x : log1p(exp(x)); its gradient x > 20 ? g : g z / (z + 1), z = exp(x).
+// One pass instead of ATen's bias add + softplus (whose log1p is not vectorised on this build).
+
+namespace {
+
+void check_hb(const torch::Tensor& h, const torch::Tensor& b) {
+  TORCH_CHECK(h.device().is_cpu() && h.scalar_type() == torch::kFloat && h.dim() == 3 && h.is_contiguous(),
+              "bias_softplus: h must be a contiguous float32 (N, H, P) CPU tensor");
+  TORCH_CHECK(b.device().is_cpu() && b.scalar_type() == torch::kFloat && b.dim() == 1 && b.size(0) == h.size(1) &&
+              b.is_contiguous(), "bias_softplus: b must be a contiguous float32 (H,) CPU tensor");
+}
+
+inline float softplus1(float x) { return x > 20.f ? x : std::log1p(std::exp(x)); }
+inline float softplus1_grad(float g, float x) {
+  if (x > 20.f) return g;
+  const float z = std::exp(x);
+  return g * z / (z + 1.f);
+}
+
+}  // namespace
+
+bool has_vector_math() {
+#ifdef AVATAR3D_VECTOR_MATH
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor bias_softplus_forward(const torch::Tensor& h, const torch::Tensor& b) {
+  check_hb(h, b);
+  const int64_t rows = h.size(0) * h.size(1), C = h.size(1), P = h.size(2);
+  auto out = torch::empty_like(h);
+  const float* x = h.data_ptr<float>();
+  const float* bias = b.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float bc = bias[r % C];
+      const float* xr = x + r * P;
+      float* yr = y + r * P;
+      int64_t p = 0;
+#ifdef AVATAR3D_VECTOR_MATH
+      const __m512 vb = _mm512_set1_ps(bc), thr = _mm512_set1_ps(20.f);
+      for (; p + 16 <= P; p += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(xr + p), vb);
+        const __m512 s = _ZGVeN16v_log1pf(_ZGVeN16v_expf(v));
+        const __mmask16 big = _mm512_cmp_ps_mask(v, thr, _CMP_GT_OQ);
+        _mm512_storeu_ps(yr + p, _mm512_mask_blend_ps(big, s, v));
+      }
+#endif
+      for (; p < P; ++p) yr[p] = softplus1(xr[p] + bc);
+    }
+  });
+  return out;
+}
+
+// Returns (dL/dh (N, H, P), dL/db (H,)).
+std::vector<torch::Tensor> bias_softplus_backward(const torch::Tensor& grad, const torch::Tensor& h,
+                                                  const torch::Tensor& b) {
+  check_hb(h, b);
+  TORCH_CHECK(grad.sizes() == h.sizes() && grad.is_contiguous() && grad.scalar_type() == torch::kFloat,
+              "bias_softplus: grad must be a contiguous float32 tensor shaped like h");
+  const int64_t N = h.size(0), C = h.size(1), P = h.size(2);
+  auto gh = torch::empty_like(h);
+  auto gb_rows = torch::empty({N, C}, h.options());
+  const float* x = h.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  const float* bias = b.data_ptr<float>();
+  float* out = gh.data_ptr<float>();
+  float* gbr = gb_rows.data_ptr<float>();
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float bc = bias[r % C];
+      const float* xr = x + r * P;
+      const float* gr = g + r * P;
+      float* orow = out + r * P;
+      double acc = 0.0;
+      int64_t p = 0;
+#ifdef AVATAR3D_VECTOR_MATH
+      const __m512 vb = _mm512_set1_ps(bc), thr = _mm512_set1_ps(20.f), one = _mm512_set1_ps(1.f);
+      __m512 vacc = _mm512_setzero_ps();
+      for (; p + 16 <= P; p += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(xr + p), vb);
+        const __m512 gv = _mm512_loadu_ps(gr + p);
+        const __m512 z = _ZGVeN16v_expf(v);
+        const __m512 d = _mm512_div_ps(_mm512_mul_ps(gv, z), _mm512_add_ps(z, one));
+        const __mmask16 big = _mm512_cmp_ps_mask(v, thr, _CMP_GT_OQ);
+        const __m512 o = _mm512_mask_blend_ps(big, d, gv);
+        _mm512_storeu_ps(orow + p, o);
+        vacc = _mm512_add_ps(vacc, o);
+      }
+      acc = _mm512_reduce_add_ps(vacc);
+#endif
+      for (; p < P; ++p) {
+        orow[p] = softplus1_grad(gr[p], xr[p] + bc);
+        acc += orow[p];
+      }
+      gbr[r] = static_cast<float>(acc);
+    }
+  });
+  return {gh, gb_rows.sum(0)};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("has_vector_math", &has_vector_math, "whether bias_softplus uses 16-lane vector math");
+  m.def("bias_softplus_forward", &bias_softplus_forward, "softplus(h + b) per channel (CPU)");
+  m.def("bias_softplus_backward", &bias_softplus_backward, "gradients of softplus(h + b) (CPU)");
   m.def("forward", &triplane_forward, "tri-plane bilinear lookup, summed over planes (CPU)");
   m.def("backward", &triplane_backward, "gradient of the lookup w.r.t. channels-last planes (CPU)");
 }
