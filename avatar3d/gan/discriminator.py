@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from avatar3d.gan.layers import Conv2dLayer, FullyConnected, resize_bilinear
+from avatar3d.gan.layers import Conv2dLayer, FullyConnected, resize_bilinear, to_working_format
 from avatar3d.gan.mapping import MappingNetwork
 
 
@@ -105,7 +105,7 @@ class DualDiscriminator(nn.Module):
     def forward(self, image: torch.Tensor, image_raw: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         if image.shape[-1] != self.img_resolution:
             raise ValueError(f"image must be {self.img_resolution}px, got {tuple(image.shape)}")
-        img = torch.cat([image, resize_raw(image_raw, image.shape[-1]).to(image.dtype)], 1)
+        img = to_working_format(torch.cat([image, resize_raw(image_raw, image.shape[-1]).to(image.dtype)], 1))
         x = None
         for block in self.blocks:
             x = block(x, img)

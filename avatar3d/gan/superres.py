@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from avatar3d.gan.layers import SynthesisBlock, resize_bilinear
+from avatar3d.gan.layers import SynthesisBlock, resize_bilinear, to_working_format
 
 
 class SuperResolution(nn.Module):
@@ -38,6 +38,6 @@ class SuperResolution(nn.Module):
         if feats.shape[-1] != self.input_resolution:
             feats = resize_bilinear(feats, self.input_resolution, self.antialias)
             rgb = resize_bilinear(rgb, self.input_resolution, self.antialias)
-        x, rgb = self.block0(feats, rgb, ws, noise_mode=self.noise_mode)
+        x, rgb = self.block0(to_working_format(feats), to_working_format(rgb), ws, noise_mode=self.noise_mode)
         x, rgb = self.block1(x, rgb, ws, noise_mode=self.noise_mode)
-        return rgb
+        return rgb.contiguous()
