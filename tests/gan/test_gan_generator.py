@@ -122,3 +122,32 @@ def test_bad_camera_shape_raises():
     ws = G.mapping(torch.randn(1, cfg.z_dim), cams([0]))
     with pytest.raises(ValueError, match="25"):
         G.synthesis(ws, torch.zeros(1, 16))
+
+
+def test_channels_last_and_nchw_execution_agree(monkeypatch):
+    """The CPU working format (NHWC between entry and exit) changes layouts, not numbers."""
+    from avatar3d.gan.layers import to_working_format
+
+    cfg = GANConfig(**MICRO)
+    torch.manual_seed(0)
+    G, D = TriPlaneGenerator(cfg), build_discriminator(cfg)
+    z, c = torch.randn(4, cfg.z_dim), cams([0, 60, 120, 180])
+    label = torch.rand(4, cfg.d_label_dim)
+    results = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("AVATAR3D_CHANNELS_LAST", flag)
+        probe = to_working_format(torch.zeros(1, 4, 2, 2))
+        assert probe.is_contiguous() == (flag == "0")  # NHWC storage only when on
+        G.zero_grad()
+        torch.manual_seed(1)  # same noise and ray jitter for both layouts
+        out = G(z, c, noise_mode="random")
+        logits = D(out.image, out.image_raw, label)
+        logits.square().sum().backward()
+        assert out.image.is_contiguous() and out.planes.is_contiguous()  # leaves in NCHW either way
+        results[flag] = (out.image.detach(), logits.detach(), {k: p.grad.clone() for k, p in G.named_parameters()})
+    (img1, log1, g1), (img0, log0, g0) = results["1"], results["0"]
+    torch.testing.assert_close(img1, img0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(log1, log0, rtol=1e-4, atol=1e-5)
+    for k in g0:
+        scale = g0[k].abs().max().item()
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-4 * max(scale, 1e-6), msg=k)
