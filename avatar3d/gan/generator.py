@@ -82,7 +82,9 @@ class TriPlaneGenerator(nn.Module):
 
     def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         """ws -> tri-plane (N, 3, C, P, P) in XY, XZ, ZY order."""
-        planes = self.backbone(ws, noise_mode=noise_mode).contiguous()  # NCHW, whatever the working format
+        # A view whatever the memory format: on CPU the channels-last output keeps each
+        # pixel's 32 features of a plane contiguous, which is how the lookup reads them.
+        planes = self.backbone(ws, noise_mode=noise_mode)
         return planes.view(planes.shape[0], 3, self.plane_channels, planes.shape[-2], planes.shape[-1])
 
     def render(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,

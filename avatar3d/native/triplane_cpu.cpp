@@ -5,7 +5,8 @@
 // Why: ATen's grid_sampler_2d on CPU gathers channels-first planes one channel at a
 // time and its backward scatter-adds one float at a time; on the renderer's shapes the
 // backward alone was a third of a render's forward+backward. Here the planes are read
-// and written channels-last, so each bilinear corner is one contiguous C-float row:
+// and written with each pixel's C features contiguous (the synthesis network's
+// channels-last output already is), so each bilinear corner is one C-float row:
 // the forward accumulates rows, the backward adds weighted rows, both vectorised by the
 // compiler. Points are taken in tiles of 16 and transposed through a small buffer,
 // so the channels-first (N, C, P) features the decoder consumes are read and written
@@ -66,23 +67,20 @@ inline Corners corners_of(float gu, float gv, int64_t H, int64_t W) {
   return c;
 }
 
-void check_inputs(const torch::Tensor& planes_cl, const torch::Tensor& coords) {
-  TORCH_CHECK(planes_cl.device().is_cpu() && coords.device().is_cpu(), "triplane_cpu: CPU tensors only");
-  TORCH_CHECK(planes_cl.scalar_type() == torch::kFloat && coords.scalar_type() == torch::kFloat,
-              "triplane_cpu: float32 tensors only");
-  TORCH_CHECK(planes_cl.dim() == 5 && planes_cl.size(1) == 3 && planes_cl.is_contiguous(),
-              "triplane_cpu: planes must be contiguous (N, 3, H, W, C)");
-  TORCH_CHECK(coords.dim() == 3 && coords.size(2) == 3 && coords.size(0) == planes_cl.size(0) &&
-              coords.is_contiguous(), "triplane_cpu: coords must be contiguous (N, P, 3)");
-}
-
 }  // namespace
 
 // The channel loops run with a compile-time count for the usual 32 channels (the compiler
 // then unrolls them into two AVX-512 FMAs a corner), a runtime count otherwise.
+// Plane layout, in floats: image n, plane k, pixel (y, x) starts its C contiguous features at
+// n * s_img + k * s_plane + (y * W + x) * s_pix. Both (N, 3, H, W, C) and the channels-last
+// synthesis output (N, H, W, 3, C) fit.
+struct Layout {
+  int64_t img, plane, pix;
+};
+
 template <int64_t kC>
-void forward_impl(const float* pl, const float* co, float* o, int64_t N, int64_t H, int64_t W, int64_t C_rt,
-                  int64_t P) {
+void forward_impl(const float* pl, const Layout L, const float* co, float* o, int64_t N, int64_t H, int64_t W,
+                  int64_t C_rt, int64_t P) {
   const int64_t C = kC > 0 ? kC : C_rt;
   const int64_t tiles = (P + kTile - 1) / kTile;
   at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
@@ -96,10 +94,10 @@ void forward_impl(const float* pl, const float* co, float* o, int64_t N, int64_t
         float* acc = tile.data() + j * C;
         for (int k = 0; k < 3; ++k) {
           const Corners cr = corners_of(pt[kAxes[k][0]], pt[kAxes[k][1]], H, W);
-          const float* plane = pl + (n * 3 + k) * H * W * C;
+          const float* plane = pl + n * L.img + k * L.plane;
           for (int i = 0; i < 4; ++i) {
             if (cr.offset[i] < 0) continue;
-            const float* row = plane + cr.offset[i] * C;
+            const float* row = plane + cr.offset[i] * L.pix;
             const float w = cr.weight[i];
 #pragma omp simd
             for (int64_t ch = 0; ch < C; ++ch) acc[ch] += w * row[ch];
@@ -114,23 +112,36 @@ void forward_impl(const float* pl, const float* co, float* o, int64_t N, int64_t
   });
 }
 
-// planes_cl (N, 3, H, W, C) channels-last; coords (N, P, 3) already scaled to [-1, 1] (2 / box_warp).
-// Returns the plane sum (N, C, P).
-torch::Tensor triplane_forward(const torch::Tensor& planes_cl, const torch::Tensor& coords) {
-  check_inputs(planes_cl, coords);
-  const int64_t N = planes_cl.size(0), H = planes_cl.size(2), W = planes_cl.size(3), C = planes_cl.size(4);
+Layout layout_of(const torch::Tensor& planes) {
+  TORCH_CHECK(planes.device().is_cpu() && planes.scalar_type() == torch::kFloat && planes.dim() == 5 &&
+              planes.size(1) == 3, "triplane_cpu: planes must be float32 (N, 3, C, H, W) on the CPU");
+  const int64_t C = planes.size(2), W = planes.size(4);
+  TORCH_CHECK((planes.stride(2) == 1 || C == 1) && planes.stride(3) == W * planes.stride(4) &&
+              planes.stride(4) >= C,
+              "triplane_cpu: each pixel's C features must be contiguous, pixels at one stride");
+  return {planes.stride(0), planes.stride(1), planes.stride(4)};
+}
+
+// planes (N, 3, C, H, W) in a layout accepted by layout_of; coords (N, P, 3) already scaled to
+// [-1, 1] (2 / box_warp). Returns the plane sum (N, C, P).
+torch::Tensor triplane_forward(const torch::Tensor& planes, const torch::Tensor& coords) {
+  const Layout L = layout_of(planes);
+  TORCH_CHECK(coords.scalar_type() == torch::kFloat && coords.dim() == 3 && coords.size(2) == 3 &&
+              coords.size(0) == planes.size(0) && coords.is_contiguous(),
+              "triplane_cpu: coords must be contiguous float32 (N, P, 3)");
+  const int64_t N = planes.size(0), C = planes.size(2), H = planes.size(3), W = planes.size(4);
   const int64_t P = coords.size(1);
-  auto out = torch::empty({N, C, P}, planes_cl.options());
-  const float* pl = planes_cl.data_ptr<float>();
+  auto out = torch::empty({N, C, P}, planes.options());
+  const float* pl = planes.data_ptr<float>();
   const float* co = coords.data_ptr<float>();
-  if (C == 32) forward_impl<32>(pl, co, out.data_ptr<float>(), N, H, W, C, P);
-  else forward_impl<0>(pl, co, out.data_ptr<float>(), N, H, W, C, P);
+  if (C == 32) forward_impl<32>(pl, L, co, out.data_ptr<float>(), N, H, W, C, P);
+  else forward_impl<0>(pl, L, co, out.data_ptr<float>(), N, H, W, C, P);
   return out;
 }
 
 template <int64_t kC>
-void backward_impl(const float* g, const float* co, float* gp, int64_t N, int64_t H, int64_t W, int64_t C_rt,
-                   int64_t P) {
+void backward_impl(const float* g, const float* co, float* gp, const Layout L, int64_t N, int64_t H, int64_t W,
+                   int64_t C_rt, int64_t P) {
   const int64_t C = kC > 0 ? kC : C_rt;
   // One image per task: its planes' gradient is written by that task alone (no races).
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -147,10 +158,10 @@ void backward_impl(const float* g, const float* co, float* gp, int64_t N, int64_
           const float* gj = tile.data() + j * C;
           for (int k = 0; k < 3; ++k) {
             const Corners cr = corners_of(pt[kAxes[k][0]], pt[kAxes[k][1]], H, W);
-            float* plane = gp + (n * 3 + k) * H * W * C;
+            float* plane = gp + n * L.img + k * L.plane;
             for (int i = 0; i < 4; ++i) {
               if (cr.offset[i] < 0) continue;
-              float* row = plane + cr.offset[i] * C;
+              float* row = plane + cr.offset[i] * L.pix;
               const float w = cr.weight[i];
 #pragma omp simd
               for (int64_t ch = 0; ch < C; ++ch) row[ch] += w * gj[ch];
@@ -162,21 +173,23 @@ void backward_impl(const float* g, const float* co, float* gp, int64_t N, int64_
   });
 }
 
-// grad_out (N, C, P); returns d(loss)/d(planes) channels-last (N, 3, H, W, C).
-torch::Tensor triplane_backward(const torch::Tensor& grad_out, const torch::Tensor& coords, int64_t H,
-                                int64_t W) {
+// Adds d(loss)/d(planes) for grad_out (N, C, P) into grad_planes (N, 3, C, H, W), which must have a
+// layout accepted by layout_of (zeros_like of the planes keeps theirs).
+void triplane_backward(const torch::Tensor& grad_out, const torch::Tensor& coords, torch::Tensor grad_planes) {
+  const Layout L = layout_of(grad_planes);
   TORCH_CHECK(grad_out.device().is_cpu() && grad_out.scalar_type() == torch::kFloat && grad_out.dim() == 3 &&
-              grad_out.is_contiguous(), "triplane_cpu: grad must be a contiguous float32 (N, C, P) CPU tensor");
+              grad_out.is_contiguous() && grad_out.size(0) == grad_planes.size(0) &&
+              grad_out.size(1) == grad_planes.size(2),
+              "triplane_cpu: grad must be a contiguous float32 (N, C, P) CPU tensor matching the planes");
   TORCH_CHECK(coords.dim() == 3 && coords.size(2) == 3 && coords.is_contiguous() &&
               coords.size(0) == grad_out.size(0) && coords.size(1) == grad_out.size(2),
               "triplane_cpu: coords must be contiguous (N, P, 3) matching grad");
   const int64_t N = grad_out.size(0), C = grad_out.size(1), P = grad_out.size(2);
-  auto grad_planes = torch::zeros({N, 3, H, W, C}, grad_out.options());
+  const int64_t H = grad_planes.size(3), W = grad_planes.size(4);
   const float* g = grad_out.data_ptr<float>();
   const float* co = coords.data_ptr<float>();
-  if (C == 32) backward_impl<32>(g, co, grad_planes.data_ptr<float>(), N, H, W, C, P);
-  else backward_impl<0>(g, co, grad_planes.data_ptr<float>(), N, H, W, C, P);
-  return grad_planes;
+  if (C == 32) backward_impl<32>(g, co, grad_planes.data_ptr<float>(), L, N, H, W, C, P);
+  else backward_impl<0>(g, co, grad_planes.data_ptr<float>(), L, N, H, W, C, P);
 }
 
 // --- The decoder's hidden activation: softplus(h + b), bias per channel ---------------------------

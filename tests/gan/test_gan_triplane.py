@@ -93,3 +93,21 @@ def test_pytorch_path_when_disabled_or_points_need_gradients(monkeypatch):
     pts = points.clone().requires_grad_(True)
     sample_triplane(planes, pts).sum().backward()
     assert pts.grad is not None and pts.grad.abs().sum() > 0
+
+
+def test_compiled_kernel_reads_the_channels_last_synthesis_layout_in_place(monkeypatch):
+    """Planes viewed from an NHWC (N, 3 * C, H, W) tensor, as the CPU synthesis network makes them."""
+    monkeypatch.setenv("AVATAR3D_NATIVE_OPS", "1")
+    planes, points = _lookup_case(seed=2)
+    n, _, c, h, w = planes.shape
+    nhwc = planes.reshape(n, 3 * c, h, w).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    view = nhwc.view(n, 3, c, h, w)
+    assert not view.is_contiguous() and view.stride(2) == 1
+    ref_planes = planes.clone().requires_grad_(True)
+    out = sample_triplane(view, points, reduce="sum")
+    ref = _grid_sample_sum(ref_planes, points)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(nhwc.grad.view(n, 3, c, h, w), ref_planes.grad, rtol=1e-5, atol=1e-5)
