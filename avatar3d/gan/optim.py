@@ -34,9 +34,10 @@ class OptimizerSpec:
         # torch's Adam rejects a mix of int and float betas: keep both floats.
         return self.lr * ratio, (float(self.betas[0] ** ratio), float(self.betas[1] ** ratio))
 
-    def adam(self, params) -> torch.optim.Adam:
+    def adam(self, params, fused: bool = False) -> torch.optim.Adam:
+        """torch Adam; ``fused`` runs the update of all parameters as one kernel (same formula)."""
         lr, betas = self.corrected()
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=self.eps)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=self.eps, fused=fused or None)
 
 
 class PlainEngine:
@@ -46,7 +47,8 @@ class PlainEngine:
 
     def __init__(self, module: torch.nn.Module, spec: OptimizerSpec):
         self.module = module
-        self.optimizer = spec.adam(module.parameters())
+        # The fused update: on CPU the default per-parameter loop cost ~2% of a small GAN's step.
+        self.optimizer = spec.adam(module.parameters(), fused=True)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
