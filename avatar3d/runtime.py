@@ -67,6 +67,14 @@ def set_torch_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def env_flag(name: str, default: bool = True) -> bool:
+    """An on/off environment switch: "0", "false", "no" and "off" (any case) mean off."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() not in ("0", "false", "no", "off")
+
+
 CPU_CACHE_ENV = "AVATAR3D_CPU_CACHE_MB"
 DEFAULT_CPU_CACHE_MB = 8192
 

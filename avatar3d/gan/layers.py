@@ -21,11 +21,12 @@ tensors in another layout; ``AVATAR3D_CHANNELS_LAST=0`` keeps NCHW.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from avatar3d.runtime import env_flag
 
 LRELU_GAIN = math.sqrt(2.0)
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -35,7 +36,7 @@ def channels_last_enabled(x: torch.Tensor) -> bool:
     """Whether activations like ``x`` run channels-last (CPU only; see the module docstring)."""
     if x.device.type != "cpu" or x.dim() != 4:
         return False
-    return os.environ.get("AVATAR3D_CHANNELS_LAST", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("AVATAR3D_CHANNELS_LAST")
 
 
 def to_working_format(x: torch.Tensor) -> torch.Tensor:

@@ -78,17 +78,16 @@ class OSGDecoder(nn.Module):
         """feats (N, C, ...) mean plane features (or their sum with ``input_scale`` = 1/3)."""
         shape = feats.shape
         x = feats.reshape(shape[0], shape[1], -1)  # (N, C, P)
-        fc0 = self.fc0
-        w0 = fc0.weight.to(x.dtype) * (fc0.weight_gain * input_scale)
-        x = bias_softplus(torch.bmm(w0.expand(x.shape[0], -1, -1), x), fc0.bias.to(x.dtype) * fc0.bias_gain)
-        x = _channel_linear(x, self.fc1).view(shape[0], -1, *shape[2:])
+        w0, b0 = _channel_weights(self.fc0, x.dtype, input_scale)
+        x = bias_softplus(torch.bmm(w0.expand(x.shape[0], -1, -1), x), b0)
+        w1, b1 = _channel_weights(self.fc1, x.dtype)
+        x = torch.bmm(w1.expand(x.shape[0], -1, -1), x).add_(b1.view(1, -1, 1)).view(shape[0], -1, *shape[2:])
         return DecoderOutput(sigma=x[:, :1], unit=torch.sigmoid(x[:, 1:]))
 
 
-def _channel_linear(x: torch.Tensor, fc: FullyConnected, input_scale: float = 1.0) -> torch.Tensor:
-    w = fc.weight.to(x.dtype) * (fc.weight_gain * input_scale)
-    b = fc.bias.to(x.dtype) * fc.bias_gain
-    return torch.bmm(w.expand(x.shape[0], -1, -1), x).add_(b.view(1, -1, 1))
+def _channel_weights(fc: FullyConnected, dtype: torch.dtype, input_scale: float = 1.0):
+    """An equalized-lr layer's effective (weight, bias), ``input_scale`` folded into the weight."""
+    return fc.weight.to(dtype) * (fc.weight_gain * input_scale), fc.bias.to(dtype) * fc.bias_gain
 
 
 def bias_softplus(h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,12 @@ and falls back the same way.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
+
+from avatar3d.runtime import env_flag
 
 _HERE = Path(__file__).parent
 _lock = threading.Lock()
@@ -30,7 +31,7 @@ _LDFLAGS = {"triplane_cpu": ["-lmvec"]}
 
 
 def native_ops_enabled() -> bool:
-    return os.environ.get("AVATAR3D_NATIVE_OPS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("AVATAR3D_NATIVE_OPS")
 
 
 def triplane_ops() -> ModuleType | None:
@@ -38,11 +39,12 @@ def triplane_ops() -> ModuleType | None:
     return _module("triplane_cpu") if native_ops_enabled() else None
 
 
-def install_caching_cpu_allocator(limit_mb: int = 4096) -> bool:
+def install_caching_cpu_allocator(limit_mb: int) -> bool:
     """Make torch keep up to ``limit_mb`` MB of freed large CPU blocks for reuse. True if installed.
 
-    Process-wide and meant for training / benchmark processes; a no-op returning False where
-    native code is off or could not be built.
+    Process-wide and meant for training / benchmark processes (the default limit is
+    :data:`avatar3d.runtime.DEFAULT_CPU_CACHE_MB`); called again, it only changes the limit.
+    A no-op returning False where native code is off or could not be built.
     """
     if not native_ops_enabled():
         return False
@@ -51,6 +53,12 @@ def install_caching_cpu_allocator(limit_mb: int = 4096) -> bool:
         return False
     mod.install(int(limit_mb) << 20)
     return True
+
+
+def empty_caching_allocator() -> int:
+    """Free every cached block now; returns the bytes released (0 if the allocator was never built)."""
+    mod = _loaded.get("caching_allocator")
+    return int(mod.empty_cache()) if mod is not None else 0
 
 
 def caching_allocator_stats() -> dict[str, int] | None:

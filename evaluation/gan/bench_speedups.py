@@ -42,12 +42,10 @@ VARIANTS = {
 def _apply(variant: dict) -> None:
     for key in ("AVATAR3D_NATIVE_OPS", "AVATAR3D_CHANNELS_LAST"):
         os.environ[key] = variant.get(key, "1")
-    mod = native._loaded.get("caching_allocator")
-    if mod is not None:
-        limit = variant.get("cache_mb", DEFAULT_CPU_CACHE_MB)
-        mod.install(limit << 20)
-        if limit == 0:
-            mod.empty_cache()
+    limit = variant.get("cache_mb", DEFAULT_CPU_CACHE_MB)
+    native.install_caching_cpu_allocator(limit)
+    if limit == 0:
+        native.empty_caching_allocator()
 
 
 def bench(name: str, rounds: int) -> dict:

@@ -53,8 +53,7 @@ def test_limit_bounds_the_cache_and_empty_cache_releases():
         blocks = [torch.empty(1 << 20) for _ in range(6)]  # 6 x 4 MB (+ header, rounded to 5 MB)
         del blocks
         capped = native.caching_allocator_stats()["cached_bytes"]
-        mod = native._loaded["caching_allocator"]
-        released = mod.empty_cache()
+        released = native.empty_caching_allocator()
         print(json.dumps({"capped": capped, "released": released,
                           "after": native.caching_allocator_stats()["cached_bytes"]}))
     """)
