@@ -2,8 +2,11 @@
 
     guidance -> generate -> train_gan -> evaluate -> prior_pairs -> train_prior -> image_to_avatar -> report
 
-Each stage is the same library call its own subcommand makes, with its own
-config file plus overrides, writing under ``<output_dir>/<stage>``. A stage
+Each stage is the same library call its own subcommand makes (``run_generation``,
+``run_train_gan``, ``run_evaluate``, ``run_build_pairs``, ``run_train_prior``,
+``run_image_to_avatar``, ``write_report``), with the stage's typed config built
+from its own config file plus overrides, writing under ``<output_dir>/<stage>``.
+Every stage config is resolved before the first stage runs, so a typo fails at once. A stage
 whose output is complete is skipped on a re-run (the stages themselves resume:
 generation skips written rows, training continues its run name), and
 ``from_stage`` forces everything from that stage on to run again.
@@ -16,9 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avatar3d.config import ConfigError, dump_config, load_config
+from avatar3d.datagen.dataset import read_table
+from avatar3d.datagen.job import GenerateConfig, run_generation
+from avatar3d.evaluation.stage import EvaluateConfig, run_evaluate
+from avatar3d.prior.avatar import run_image_to_avatar
+from avatar3d.prior.config import BuildPairsConfig, ImageToAvatarConfig, TrainPriorConfig
+from avatar3d.prior.job import run_train_prior
+from avatar3d.prior.pairs import run_build_pairs
+from avatar3d.report import write_report
+from avatar3d.safeio import atomic_write
+from avatar3d.scene.guidance import write_guidance_views
+from avatar3d.tracking.mlflow_utils import default_tracking_uri
+from avatar3d.training.config import TrainGANConfig
+from avatar3d.training.job import FINAL_SNAPSHOT, run_train_gan
 
 STAGES = ("guidance", "generate", "train_gan", "evaluate", "prior_pairs", "train_prior", "image_to_avatar",
           "report")
+STATE_FILE = "chain_state.json"
+STATE_FORMAT = "avatar3d.chain-state/1"
 
 
 @dataclass
@@ -33,13 +51,15 @@ class ChainConfig:
     generate_overrides: list[str] = field(default_factory=list)
     train_config: str = "jobs/configs/train_gan_tiny.yaml"
     train_overrides: list[str] = field(default_factory=list)
-    fid_num_fakes: int = field(default=64, metadata={"min": 2, "help": "generated images for the evaluate stage's FID"})
-    mesh_resolution: int = field(default=64, metadata={"min": 16})
-    mesh_iso: float = field(default=10.0, metadata={"help": "surface level of raw density (EG3D: 10)"})
+    evaluate_config: str = field(default="jobs/configs/evaluate_tiny.yaml",
+                                 metadata={"help": "EvaluateConfig YAML (model, data, output_dir are set here)"})
+    evaluate_overrides: list[str] = field(default_factory=list)
     prior_pairs_config: str = "jobs/configs/prior_pairs_tiny.yaml"
     prior_pairs_overrides: list[str] = field(default_factory=list)
     prior_train_config: str = "jobs/configs/prior_train_tiny.yaml"
     prior_train_overrides: list[str] = field(default_factory=list)
+    image_to_avatar_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "ImageToAvatarConfig overrides, e.g. [mesh_resolution=64]"})
     tracking_uri: str = field(default="", metadata={"help": "MLflow URI for every stage; empty = sqlite in output_dir"})
 
     def validate(self) -> None:
@@ -67,32 +87,49 @@ class ChainResult:
         return "\n".join(lines)
 
 
-def run_chain(cfg: ChainConfig) -> ChainResult:
-    from avatar3d.datagen.job import GenerateConfig
-    from avatar3d.prior.config import BuildPairsConfig, TrainPriorConfig
-    from avatar3d.tracking.mlflow_utils import default_tracking_uri
-    from avatar3d.training.config import TrainGANConfig
-    from avatar3d.training.job import FINAL_SNAPSHOT
+@dataclass
+class StageConfigs:
+    """Every stage's typed config, resolved before anything runs."""
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "chain_config.yaml")
-    tracking_uri = cfg.tracking_uri or default_tracking_uri(out)
-    # Resolve every stage's config before running anything: a typo fails now, not an hour in.
-    gen_cfg = load_config(GenerateConfig, cfg.generate_config, [
-        f"output_dir={out / 'dataset'}", f"tracking.tracking_uri={tracking_uri}", *cfg.generate_overrides])
-    train_cfg = load_config(TrainGANConfig, cfg.train_config, [
-        f"data.path={out / 'dataset'}", f"output_dir={out / 'gan'}", f"tracking.tracking_uri={tracking_uri}",
+    generate: GenerateConfig
+    train: TrainGANConfig
+    evaluate: EvaluateConfig
+    pairs: BuildPairsConfig
+    prior: TrainPriorConfig
+    avatar: ImageToAvatarConfig
+
+
+def stage_configs(cfg: ChainConfig, out: Path, tracking_uri: str) -> StageConfigs:
+    """The stages' configs with the chain's wiring (each stage reads what the one before wrote)."""
+    dataset = out / "dataset"
+    gen = load_config(GenerateConfig, cfg.generate_config, [
+        f"output_dir={dataset}", f"tracking.tracking_uri={tracking_uri}", *cfg.generate_overrides])
+    train = load_config(TrainGANConfig, cfg.train_config, [
+        f"data.path={dataset}", f"output_dir={out / 'gan'}", f"tracking.tracking_uri={tracking_uri}",
         *cfg.train_overrides])
-    snapshot = out / "gan" / train_cfg.run_name / FINAL_SNAPSHOT
-    pairs_cfg = load_config(BuildPairsConfig, cfg.prior_pairs_config, [
+    snapshot = out / "gan" / train.run_name / FINAL_SNAPSHOT
+    evaluate = load_config(EvaluateConfig, cfg.evaluate_config or None, [
+        f"model={snapshot}", f"data={dataset}", f"output_dir={out / 'evaluate'}", *cfg.evaluate_overrides])
+    pairs = load_config(BuildPairsConfig, cfg.prior_pairs_config, [
         f"output_dir={out / 'prior_pairs'}", f"snapshot={snapshot}", *cfg.prior_pairs_overrides])
-    prior_cfg = load_config(TrainPriorConfig, cfg.prior_train_config, [
+    prior = load_config(TrainPriorConfig, cfg.prior_train_config, [
         f"pairs={out / 'prior_pairs'}", f"output_dir={out / 'prior'}", f"tracking.tracking_uri={tracking_uri}",
         *cfg.prior_train_overrides])
+    avatar = load_config(ImageToAvatarConfig, None, [
+        f"image={out / 'image_to_avatar' / 'input.png'}", f"output_dir={out / 'image_to_avatar'}",
+        f"prior={out / 'prior' / prior.run_name / 'prior'}", *cfg.image_to_avatar_overrides])
+    return StageConfigs(generate=gen, train=train, evaluate=evaluate, pairs=pairs, prior=prior, avatar=avatar)
+
+
+def run_chain(cfg: ChainConfig) -> ChainResult:
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    tracking_uri = cfg.tracking_uri or default_tracking_uri(out)
+    # Resolve every stage's config before running anything: a typo fails now, not an hour in.
+    stages = stage_configs(cfg, out, tracking_uri)
+    dump_config(cfg, out / "chain_config.yaml")
     forced = set(STAGES[STAGES.index(cfg.from_stage):]) if cfg.from_stage else set()
-    state_file = out / "chain_state.json"
-    done = set(json.loads(state_file.read_text())) if state_file.is_file() else set()
+    done = read_state(out)
 
     ran, skipped, seconds, report = [], [], {}, None
     for stage in cfg.stages:
@@ -102,79 +139,56 @@ def run_chain(cfg: ChainConfig) -> ChainResult:
         print(f"== stage {stage} ==", flush=True)
         t0 = time.time()
         if stage == "guidance":
-            from avatar3d.scene.guidance import write_guidance_views
-
             write_guidance_views(out / "guidance", views=cfg.guidance_views, size=cfg.guidance_size)
         elif stage == "generate":
-            from avatar3d.datagen.job import run_generation
-
-            print(run_generation(gen_cfg).summary(), flush=True)
+            print(run_generation(stages.generate).summary(), flush=True)
         elif stage == "train_gan":
-            from avatar3d.training.job import run_train_gan
-
-            print(run_train_gan(train_cfg).summary(), flush=True)
+            print(run_train_gan(stages.train).summary(), flush=True)
         elif stage == "evaluate":
-            _evaluate(cfg, out, snapshot, tracking_uri)
+            print(run_evaluate(stages.evaluate).summary(), flush=True)
         elif stage == "prior_pairs":
-            from avatar3d.prior.pairs import run_build_pairs
-
-            print(run_build_pairs(pairs_cfg).summary(), flush=True)
+            print(run_build_pairs(stages.pairs).summary(), flush=True)
         elif stage == "train_prior":
-            from avatar3d.prior.job import run_train_prior
-
-            print(run_train_prior(prior_cfg).summary(), flush=True)
+            print(run_train_prior(stages.prior).summary(), flush=True)
         elif stage == "image_to_avatar":
-            _image_to_avatar(cfg, out, out / "prior" / prior_cfg.run_name / "prior")
+            write_input_image(out / "dataset", Path(stages.avatar.image))
+            result = run_image_to_avatar(stages.avatar)
+            print(f"avatar: {len(result.files)} files in {result.output_dir}", flush=True)
         elif stage == "report":
-            from avatar3d.report import write_report
-
             report = write_report(out, tracking_uri)
         seconds[stage] = time.time() - t0
         ran.append(stage)
         done.add(stage)
-        state_file.write_text(json.dumps(sorted(done)))
+        write_state(out, done)
     if report is None and (out / "report" / "index.html").is_file():
         report = out / "report" / "index.html"
     return ChainResult(output_dir=out, ran=ran, skipped=skipped, seconds=seconds, report=report)
 
 
-def _cli(argv: list[str]) -> None:
-    """Run an ``avatar3d`` subcommand as a stage: the same code path a user's command takes."""
-    from avatar3d.cli import main
-
-    print("$ avatar3d " + " ".join(argv), flush=True)
-    if main(argv) != 0:
-        raise RuntimeError(f"stage command failed: avatar3d {' '.join(argv)}")
-
-
-def _evaluate(cfg: ChainConfig, out: Path, snapshot: Path, tracking_uri: str) -> None:
-    """FID overall and per view, a latent walk, a turntable and a mesh of the trained generator."""
-    ev = out / "evaluate"
-    model = ["--model", str(snapshot)]
-    _cli(["fid", *model, "--data", str(out / "dataset"), "--num-fakes", str(cfg.fid_num_fakes),
-          "--frechet", "eigh", "--out", str(ev / "fid.json")])
-    _cli(["walk", *model, "--seeds", "0,1,2", "--frames-per-seed", "12", "--out", str(ev / "walk"),
-          "--formats", "gif"])
-    _cli(["turntable", *model, "--seed", "0", "--frames", "24", "--out", str(ev / "turntable"), "--formats", "gif"])
+def read_state(out: Path) -> set[str]:
+    """The stages a previous run finished (``chain_state.json``, versioned); empty when there is none."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return set()
     try:
-        _cli(["export-mesh", *model, "--seed", "0", "--resolution", str(cfg.mesh_resolution),
-              "--iso", str(cfg.mesh_iso), "--out", str(ev / "mesh" / "avatar.glb")])
-    except RuntimeError as exc:  # a young generator may have no surface at this level yet
-        print(f"note: {exc}; the report shows no mesh (lower mesh_iso or train longer)", flush=True)
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"output_dir: {path} is not valid JSON; remove it to run every stage again") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"output_dir: {path} has format {found!r}, this avatar3d reads {STATE_FORMAT!r}; "
+                          "remove it to run every stage again")
+    return {s for s in state["done"] if s in STAGES}
 
 
-def _image_to_avatar(cfg: ChainConfig, out: Path, prior_dir: Path) -> None:
-    """The prior's use: a dataset image in, a 3D avatar out (views, turntable, mesh)."""
-    import io
+def write_state(out: Path, done: set[str]) -> Path:
+    return atomic_write(out / STATE_FILE, json.dumps({"format": STATE_FORMAT, "done": sorted(done)}, indent=2))
 
-    from PIL import Image
 
-    from avatar3d.datagen.shards import read_dataset
-
-    row = read_dataset(out / "dataset", columns=["image_png", "view"]).to_pylist()
-    first = next((r for r in row if r["view"] == "front"), row[0])
-    src = out / "image_to_avatar" / "input.png"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(io.BytesIO(first["image_png"])).save(src)
-    _cli(["image-to-avatar", str(src), "--out", str(out / "image_to_avatar"), "--prior", str(prior_dir),
-          "--mesh-resolution", str(cfg.mesh_resolution), "--mesh-iso", str(cfg.mesh_iso)])
+def write_input_image(dataset: Path, target: Path) -> Path:
+    """The image-to-avatar stage's input: the first front view of the generated dataset, as a PNG file."""
+    rows = read_table(dataset, columns=["image_png", "view"]).to_pylist()
+    if not rows:
+        raise ValueError(f"image_to_avatar: the dataset at {dataset} has no rows; run the generate stage first")
+    first = next((r for r in rows if r["view"] == "front"), rows[0])
+    return atomic_write(target, first["image_png"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar3d.safeio import atomic_write
+
 
 def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
     out = Path(output_dir)
@@ -29,9 +31,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}} h2
 .note{{color:#666;font-size:13px}}</style></head><body>
 <h1>avatar3d pipeline report</h1><p class="note">{html.escape(str(out.resolve()))}</p>
 {body}</body></html>"""
-    path = rep / "index.html"
-    path.write_text(page)
-    return path
+    return atomic_write(rep / "index.html", page)
 
 
 def _img(name: str, caption: str) -> str:
@@ -70,14 +70,15 @@ def _dataset(out: Path, rep: Path) -> str:
 
     from PIL import Image
 
-    from avatar3d.datagen.shards import CARD_FILE, list_shards, read_dataset
+    from avatar3d.datagen.dataset import dataset_files, read_table
+    from avatar3d.datagen.shards import CARD_FILE
     from avatar3d.scene.pose_bins import VIEW_GROUPS
-    from avatar3d.training.samples import image_grid
+    from avatar3d.gan.samples import image_grid
 
     ds = out / "dataset"
-    if not ds.is_dir() or not list_shards(ds):
+    if not ds.is_dir() or not dataset_files(ds)[1]:
         return ""
-    table = read_dataset(ds, columns=["image_png", "view", "style"]).to_pydict()
+    table = read_table(ds, columns=["image_png", "view", "style"]).to_pydict()
     parts = ["<h2>3. Generated multi-view dataset</h2>"]
     card_path = ds / CARD_FILE
     if card_path.is_file():
@@ -104,9 +105,9 @@ def _dataset(out: Path, rep: Path) -> str:
 
 
 def _gan(out: Path, rep: Path) -> str:
-    from avatar3d.training.checkpoint import load_snapshot
+    from avatar3d.gan.snapshot import load_snapshot
     from avatar3d.training.job import FINAL_SNAPSHOT
-    from avatar3d.training.samples import sample_grids
+    from avatar3d.gan.samples import sample_grids
 
     snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
     if not snaps:

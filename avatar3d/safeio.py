@@ -1,4 +1,4 @@
-"""Pickle-free storage of nested state, written atomically.
+"""Pickle-free storage of nested state, and the project's atomic writes of files and folders.
 
 A "tree" is nested dicts / lists / tuples of tensors and plain values
 (numbers, strings, bools, None): optimiser states, RNG states, counters. It
@@ -87,6 +87,26 @@ def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(ptr)
         out[key] = t
     return out
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write a file so that ``path`` is either its old content or the complete new one (fsynced).
+
+    The one way files are written where a crash must not leave half a file: the
+    chain's state, reports, JSON results, dataset cards.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 @contextmanager

@@ -80,7 +80,7 @@ def main() -> int:
     from avatar3d.evaluation.features import get_extractor
     from avatar3d.evaluation.fid import evaluate_fid
     from avatar3d.runtime import set_torch_threads
-    from avatar3d.training.checkpoint import load_snapshot
+    from avatar3d.gan.snapshot import load_snapshot
     from avatar3d.training.job import run_train_gan
 
     set_torch_threads()
@@ -130,10 +130,10 @@ def real_floor(args, data: Path, extractor, out: Path) -> float:
     import numpy as np
 
     from avatar3d.evaluation.fid import FeatureStats, camera_groups, fid_between, iter_dataset, reference_stats
-    from avatar3d.training.data import check_dataset
+    from avatar3d.datagen.dataset import open_dataset
     from tests.training.fixtures import write_head_dataset
 
-    info = check_dataset(data)
+    info = open_dataset(data)
     other = out / "data_floor"
     if not (other / "shards").is_dir():
         write_head_dataset(other, n=info.num_rows, size=info.image_size[0], seed=args.seed + 1, rows_per_file=32)

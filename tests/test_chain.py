@@ -40,7 +40,16 @@ def test_guidance_and_report_stages_and_skip_on_rerun(tmp_path):
         f"output_dir={tmp_path}", "stages=[guidance, report]", "guidance_views=4", "guidance_size=32",
         "from_stage=report"]))
     assert forced.ran == ["report"] and forced.skipped == ["guidance"]
-    assert json.loads((tmp_path / "chain_state.json").read_text()) == ["guidance", "report"]
+    assert json.loads((tmp_path / "chain_state.json").read_text()) == {
+        "format": "avatar3d.chain-state/1", "done": ["guidance", "report"]}
+
+
+def test_chain_state_of_another_format_is_refused_in_one_line(tmp_path):
+    (tmp_path / "chain_state.json").write_text('["guidance"]')  # an unversioned state
+    cfg = load_config(ChainConfig, "jobs/configs/demo_tiny.yaml", [f"output_dir={tmp_path}", "stages=[guidance]"])
+    with pytest.raises(ConfigError, match="this avatar3d reads 'avatar3d.chain-state/1'") as err:
+        run_chain(cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "guidance").exists()
 
 
 def test_report_shows_dataset_and_gan_samples(tmp_path, head_dataset):
@@ -49,7 +58,7 @@ def test_report_shows_dataset_and_gan_samples(tmp_path, head_dataset):
     import torch
 
     from avatar3d.gan import GANConfig, TriPlaneGenerator
-    from avatar3d.training.checkpoint import save_snapshot
+    from avatar3d.gan.snapshot import save_snapshot
     from avatar3d.training.job import FINAL_SNAPSHOT
     from tests.training.fixtures import MICRO_GAN
 

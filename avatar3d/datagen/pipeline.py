@@ -21,18 +21,21 @@ Whether the *denoised* image is bit-identical across batch sizes depends on
 the kernels (batched matmuls may block differently); the tests check it for
 the CPU path.
 
-This module imports no Ray and no MLflow: the job wraps it.
+This module imports no Ray and no MLflow (a registered LoRA is fetched through
+:mod:`avatar3d.tracking.models`, which imports MLflow when it is asked to): the job wraps it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 
 from avatar3d.hub import ModelUnavailableError, check_model_available  # noqa: F401  (re-exported)
+from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
 
 GUIDANCE_TYPES = ("openpose", "depth", "hybrid")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -52,6 +55,7 @@ SCHEDULERS = {
     "heun": "HeunDiscreteScheduler",
 }
 
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET_OPENPOSE = "lllyasviel/control_v11p_sd15_openpose"
 DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
@@ -154,10 +158,27 @@ def check_models_available(cfg: PipelineConfig) -> None:
         _check_lora_available(cfg)
 
 
-def _check_lora_available(cfg: PipelineConfig) -> None:
-    from avatar3d.lora.resolve import is_registry_uri, resolve_lora
+def resolve_lora(uri_or_path: str, tracking_uri: str | None = None, field: str = "pipeline.lora") -> str:
+    """A ``pipeline.lora`` value -> what ``load_lora_weights`` takes.
 
-    if is_registry_uri(cfg.lora):
+    A local folder or ``.safetensors`` file, or a hub id, is returned as is (``~``
+    expanded); a registered LoRA (``models:/<name>/<version>``, ``@<alias>``, or
+    ``runs:/...``) is fetched once through :func:`avatar3d.tracking.models.resolve_model_uri`
+    (every Ray actor then reads the cached copy) and the folder holding
+    :data:`LORA_WEIGHTS` is returned.
+    """
+    value = str(uri_or_path)
+    if not is_mlflow_uri(value):
+        return os.path.expanduser(value)
+    folder = resolve_model_uri(value, tracking_uri, field=field)
+    hits = sorted(Path(folder).rglob(LORA_WEIGHTS))
+    if not hits:
+        raise ValueError(f"{field}: {value} holds no {LORA_WEIGHTS}; pass a LoRA registered by avatar3d lora-train")
+    return str(hits[0].parent)
+
+
+def _check_lora_available(cfg: PipelineConfig) -> None:
+    if is_mlflow_uri(cfg.lora):
         try:
             resolve_lora(cfg.lora)  # downloads once into the cache the actors then read
         except ValueError as err:
@@ -299,8 +320,6 @@ def build_pipeline(cfg: PipelineConfig):
     scheduler_cls = getattr(diffusers, SCHEDULERS[cfg.scheduler])
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     if cfg.lora:
-        from avatar3d.lora.resolve import resolve_lora
-
         # A folder, a .safetensors file, a hub id, or models:/<name>/<version> from lora-train's registry.
         pipe.load_lora_weights(resolve_lora(cfg.lora))
         # Fusing folds the LoRA into the UNet weights: no per-step adapter cost.

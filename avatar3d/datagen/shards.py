@@ -26,14 +26,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from avatar3d.datagen.dataset import SHARD_GLOB, SHARDS_DIR, read_table
 from avatar3d.datagen.schema import ROW_SCHEMA
+from avatar3d.safeio import atomic_write
 
-SHARDS_DIR = "shards"
 SPECS_FILE = "specs.parquet"
 JOB_FILE = "job.json"
 CARD_FILE = "dataset_card.json"
 TMP_SUFFIX = ".tmp"
-SHARD_GLOB = "part-*.parquet"
 
 
 def shards_dir(dataset_dir) -> Path:
@@ -51,10 +51,7 @@ def write_atomic_table(table: pa.Table, path: Path) -> Path:
 
 
 def write_atomic_json(data, path: Path) -> Path:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 class ShardWriter:
@@ -146,14 +143,8 @@ def list_shards(dataset_dir) -> list[Path]:
 
 
 def read_dataset(dataset_dir, columns: list[str] | None = None) -> pa.Table:
-    """All shards as one table (sorted by index). Pass ``columns`` to skip the images."""
-    paths = list_shards(dataset_dir)
-    if not paths:
-        return ROW_SCHEMA.empty_table() if columns is None else ROW_SCHEMA.empty_table().select(columns)
-    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
-    if "index" in table.column_names:
-        table = table.sort_by("index")
-    return table
+    """All shards as one table (sorted by index): :func:`avatar3d.datagen.dataset.read_table`."""
+    return read_table(dataset_dir, columns)
 
 
 # --------------------------------------------------------------------------- dataset card

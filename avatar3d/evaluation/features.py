@@ -28,6 +28,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from avatar3d.evaluation.options import EXTRACTORS
+
 CLEANFID_WEIGHTS = Path("/tmp/inception-2015-12-05.pt")
 INCEPTION_SIZE = 299
 
@@ -105,7 +107,6 @@ def fid_helper_weights() -> Path:
 def get_extractor(name: str = "inception", device: str | torch.device = "cpu") -> FeatureExtractor:
     """``inception`` (clean-fid's weights where present, else fid-helper's), ``inception-clean-fid``,
     ``inception-fid-helper``."""
-    sources = {"inception": "auto", "inception-clean-fid": "clean-fid", "inception-fid-helper": "fid-helper"}
-    if name not in sources:
-        raise ValueError(f"feature extractor {name!r} is unknown; pass one of {', '.join(sources)}")
-    return InceptionFeatures(sources[name], device=device)
+    if name not in EXTRACTORS:
+        raise ValueError(f"feature extractor {name!r} is unknown; pass one of {', '.join(EXTRACTORS)}")
+    return InceptionFeatures(EXTRACTORS[name], device=device)

@@ -27,16 +27,19 @@ Protocol (EG3D's, recorded with every number):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
+from avatar3d.datagen.dataset import TRAIN_COLUMNS, decode_png, open_dataset
+from avatar3d.evaluation.features import get_extractor
+from avatar3d.gan.samples import to_uint8
+from avatar3d.runtime import cache_dir as default_cache
+from avatar3d.safeio import atomic_write
 from avatar3d.scene.cameras import label_to_yaw_pitch
 from avatar3d.scene.pose_bins import VIEW_GROUPS, view_group
 
@@ -100,11 +103,8 @@ class FIDResult:
         return asdict(self)
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # NaN (a group too small) is written as null: strict JSON readers refuse NaN.
-        path.write_text(json.dumps(_nan_to_none(self.to_dict()), indent=2, allow_nan=False) + "\n")
-        return path
+        return atomic_write(path, json.dumps(_nan_to_none(self.to_dict()), indent=2, allow_nan=False) + "\n")
 
     def summary(self) -> str:
         views = "  ".join(f"{g} {v:.2f} (n={self.protocol['num_fakes_per_view'][g]})"
@@ -156,39 +156,21 @@ def fid_between(a: FeatureStats, b: FeatureStats, group: str = "all", method: st
 # -- the dataset side ---------------------------------------------------------------
 
 def dataset_hash(dataset_dir: str | Path) -> str:
-    """Content hash of a dataset: shard names + byte sizes + the ``id`` column (see the module docstring)."""
-    from avatar3d.training.data import dataset_files
-
-    files = dataset_files(dataset_dir)
-    if not files:
-        raise ValueError(f"--data: no Parquet shards in {dataset_dir}; pass a folder written by avatar3d generate")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-        for value in pq.read_table(f, columns=["id"]).column("id").to_pylist():
-            h.update(f"{value}\n".encode())
-    return h.hexdigest()[:16]
+    """Content hash of a dataset (:meth:`avatar3d.datagen.dataset.Dataset.fingerprint`)."""
+    return open_dataset(dataset_dir, columns=("id",), field="--data", check_images=False).fingerprint()
 
 
 def iter_dataset(dataset_dir: str | Path, resolution: int, batch_size: int = 64):
     """-> batches of (images (B, R, R, 3) uint8, camera labels (B, 25)) over every row."""
-    from avatar3d.training.data import check_dataset, decode_png
-
-    info = check_dataset(dataset_dir)
-    for f in info.files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=["image_png", "camera"]):
-            rows = batch.to_pydict()
-            images = np.stack([decode_png(b, resolution) for b in rows["image_png"]])
-            yield images, np.asarray(rows["camera"], dtype=np.float64)
+    ds = open_dataset(dataset_dir, columns=TRAIN_COLUMNS, field="--data")
+    for rows in ds.iter_batches(["image_png", "camera"], batch_size):
+        images = np.stack([decode_png(b, resolution) for b in rows["image_png"]])
+        yield images, np.asarray(rows["camera"], dtype=np.float64)
 
 
 def dataset_cameras(dataset_dir: str | Path) -> np.ndarray:
-    from avatar3d.training.data import check_dataset
-
-    info = check_dataset(dataset_dir)
-    cams = [np.asarray(pq.read_table(f, columns=["camera"]).column("camera").to_pylist(), dtype=np.float64)
-            for f in info.files]
-    return np.concatenate(cams)
+    ds = open_dataset(dataset_dir, columns=("camera",), field="--data", check_images=False)
+    return np.asarray(ds.read(["camera"]).column("camera").to_pylist(), dtype=np.float64)
 
 
 def camera_groups(cameras: np.ndarray) -> np.ndarray:
@@ -200,8 +182,6 @@ def reference_stats(dataset_dir: str | Path, extractor, resolution: int, cache_d
                     digest: str | None = None) -> tuple[FeatureStats, Path, bool]:
     """Real-image statistics, from the cache if present. -> (stats, cache file, was cached).
     ``digest``: the dataset hash when the caller has it already."""
-    from avatar3d.runtime import cache_dir as default_cache
-
     digest = digest or dataset_hash(dataset_dir)
     path = Path(cache_dir or default_cache()) / "fid_stats" / f"{digest}-{extractor.name}-r{resolution}.npz"
     if path.is_file():
@@ -234,8 +214,6 @@ def _eval_mode(G):
 def generate_fakes(G, cameras: np.ndarray, num: int, seed: int = 0, truncation_psi: float = 1.0,
                    batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """``num`` images (N, R, R, 3) uint8 of G, cameras drawn from ``cameras`` -> (images, their cameras)."""
-    from avatar3d.training.samples import to_uint8
-
     rng = np.random.default_rng(seed)
     picked = cameras[rng.integers(0, len(cameras), size=num)]
     z_gen = torch.Generator().manual_seed(seed)
@@ -252,7 +230,7 @@ def generate_fakes(G, cameras: np.ndarray, num: int, seed: int = 0, truncation_p
 
 def evaluate_fid(G, dataset_dir: str | Path, num_fakes: int = 10_000, seed: int = 0, truncation_psi: float = 1.0,
                  extractor=None, cache_dir: str | Path | None = None, per_view: bool = True,
-                 batch_size: int = 8, method: str = "clean-fid") -> FIDResult:
+                 batch_size: int = 8, method: str = "eigh") -> FIDResult:
     """FID of generator ``G`` against the dataset at ``dataset_dir`` (protocol in the module docstring).
 
     ``extractor``: a :class:`~avatar3d.evaluation.features.FeatureExtractor`
@@ -263,8 +241,6 @@ def evaluate_fid(G, dataset_dir: str | Path, num_fakes: int = 10_000, seed: int 
     if not 0.0 <= truncation_psi <= 1.0:
         raise ValueError(f"truncation_psi: {truncation_psi} must be in [0, 1] (1 = no truncation)")
     if extractor is None:
-        from avatar3d.evaluation.features import get_extractor
-
         extractor = get_extractor("inception", device=next(G.parameters()).device)
     resolution = int(G.cfg.output_resolution)
     t0 = time.perf_counter()

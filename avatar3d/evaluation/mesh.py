@@ -27,7 +27,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-EG3D_ISO_SIGMA = 10.0
+from avatar3d.evaluation.options import EG3D_ISO_SIGMA  # noqa: F401  (re-exported)
+
 MESH_FORMATS = ("glb", "ply", "obj")
 
 

@@ -48,7 +48,7 @@ def render_frames(G, ws: torch.Tensor, yaws, pitches, seed: int = 0) -> np.ndarr
     same whatever else is rendered with it, and the jitter pattern does not
     change between frames, so videos do not shimmer.
     """
-    from avatar3d.training.samples import to_uint8
+    from avatar3d.gan.samples import to_uint8
 
     device = next(G.parameters()).device
     cams = torch.tensor(camera_label(np.asarray(yaws, dtype=np.float64), np.asarray(pitches, dtype=np.float64)),
@@ -109,7 +109,7 @@ def turntable(G, seed: int, frames: int = 36, pitch: float = 0.0, truncation_psi
 
 
 def tile_grid(tiles: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    from avatar3d.training.samples import image_grid
+    from avatar3d.gan.samples import image_grid
 
     return np.asarray(image_grid(tiles, rows, cols))
 

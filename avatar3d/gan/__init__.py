@@ -7,6 +7,8 @@ Pure PyTorch, CPU or GPU. The public pieces other stages use:
     out = G.render(planes, ws, c)          # GeneratorOutput(image, image_raw, image_depth, image_mask)
     G.sample_density(planes, points)       # DensitySample(sigma, features)
     GANTrainer(cfg).step(real_img, real_c) # one G + D optimisation step
+    save_snapshot(path, G_ema, cfg.to_dict()); load_snapshot(path).generator   # the inference format
+    sample_grids(G, cfg) / to_uint8(images) / image_grid(tiles, rows, cols)      # pictures of G
 """
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.discriminator import DualDiscriminator

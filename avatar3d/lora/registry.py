@@ -5,7 +5,7 @@ folder written by ``lora-train`` (diffusers format + ``avatar3d_lora.json``
 + ``styles.yaml``). Two ways to use it:
 
 * as a LoRA: ``avatar3d generate ... pipeline.lora=models:/<name>/<version>``
-  (:func:`avatar3d.lora.resolve.resolve_lora` downloads the folder);
+  (:func:`avatar3d.datagen.pipeline.resolve_lora` downloads the folder);
 * as a model: ``mlflow.pyfunc.load_model("models:/<name>/1").predict(df)``
   paints text-to-image previews with the LoRA on its base model; columns
   ``seed`` (required), ``prompt`` (default: the training caption, which calls
@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from avatar3d.lora.resolve import LORA_WEIGHTS
+from avatar3d.datagen.pipeline import LORA_WEIGHTS
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 META_FILE = "avatar3d_lora.json"

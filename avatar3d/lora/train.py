@@ -48,11 +48,10 @@ from typing import Literal
 import numpy as np
 
 from avatar3d.config import ConfigError, to_dict
-from avatar3d.datagen.pipeline import DEFAULT_BASE_MODEL
+from avatar3d.datagen.pipeline import DEFAULT_BASE_MODEL, LORA_WEIGHTS
 from avatar3d.lora.base import PRESETS
 
 LORA_SUBDIR = "lora"
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
 META_FILE = "avatar3d_lora.json"
 STYLES_FILE = "styles.yaml"
 SAMPLES_FILE = "samples.png"

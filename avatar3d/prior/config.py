@@ -6,6 +6,7 @@ values. The scaling options are train-gan's (same Ray Train + DeepSpeed system).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from avatar3d.config import ConfigError
 from avatar3d.prior.model import PREDICTION_TYPES, SAMPLERS
@@ -91,3 +92,39 @@ class TrainPriorConfig:
                               f"{self.scaling.num_workers} (each worker takes an equal share)")
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"run_name: {self.run_name!r} must be a non-empty name without '/'")
+
+
+@dataclass
+class ImageToAvatarConfig:
+    """Options of ``avatar3d image-to-avatar`` (and the chain's ``image_to_avatar`` stage)."""
+
+    image: str = field(default="", metadata={"help": "input image (PNG/JPEG, at least 16x16)"})
+    prior: str = field(default="", metadata={"help": "prior folder (<run>/prior) or models:/<name>/<version|@alias>"})
+    output_dir: str = field(default="", metadata={"help": "views, turntable GIF, w.npy, mesh, avatar.json"})
+    generator: str = field(default="", metadata={"help": "generator snapshot to use instead of the prior's own"})
+    tracking_uri: str = field(default="", metadata={"help": "MLflow store for a models:/ prior"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed; same seed, same avatar"})
+    guidance_scale: Optional[float] = field(default=None, metadata={"min": 0.0,
+                                                                    "help": "CFG scale (default: the prior's)"})
+    steps: Optional[int] = field(default=None, metadata={"min": 1, "help": "sampling steps (default: the prior's)"})
+    sampler: Optional[str] = field(default=None, metadata={"help": f"{' or '.join(SAMPLERS)} (default: the prior's)"})
+    views: int = field(default=8, metadata={"min": 1, "help": "evenly spaced yaws over 360 degrees"})
+    pitch: float = field(default=0.0, metadata={"help": "camera elevation of the views, degrees"})
+    turntable_frames: int = field(default=36, metadata={"min": 0, "help": "GIF frames over 360 deg (0 = no GIF)"})
+    truncation_psi: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
+                                                         "help": "pull w toward the average w (1 = off)"})
+    mesh_resolution: int = field(default=128, metadata={"min": 0, "max": 1024,
+                                                        "help": "marching-cubes grid size (0 = no mesh)"})
+    mesh_iso: Optional[float] = field(default=None, metadata={"help": "surface density level (default EG3D's 10)"})
+
+    def validate(self) -> None:
+        if not self.image:
+            raise ConfigError("image: no input image given; pass the path of a PNG or JPEG")
+        if not self.prior:
+            raise ConfigError("prior: pass a prior folder written by train-prior or models:/<name>/<version>")
+        if not self.output_dir:
+            raise ConfigError("output_dir: pass the folder the avatar is written to")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if self.mesh_resolution and self.mesh_resolution < 8:
+            raise ConfigError(f"mesh_resolution: {self.mesh_resolution} is out of range; pass 8..1024 (0 = no mesh)")

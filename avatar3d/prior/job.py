@@ -48,7 +48,7 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     from avatar3d.prior.model import PriorSize
     from avatar3d.prior.pairs import check_pairs, w_statistics
     from avatar3d.runtime import apply_local_defaults
-    from avatar3d.training.checkpoint import read_snapshot_metadata
+    from avatar3d.gan.snapshot import read_snapshot_metadata
 
     apply_local_defaults()
     # Validate everything the workers and the final assembly will need, here.
@@ -127,7 +127,7 @@ def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card:
     from avatar3d.prior.model import train_scheduler
     from avatar3d.prior.pipeline import ImageToAvatarPipeline
     from avatar3d.safeio import atomic_folder
-    from avatar3d.training.checkpoint import load_snapshot
+    from avatar3d.gan.snapshot import load_snapshot
 
     if result.checkpoint is None:
         return None

@@ -65,7 +65,7 @@ class PairBuilder:
 
         from avatar3d.prior.encoder import load_image_encoder
         from avatar3d.runtime import default_device
-        from avatar3d.training.checkpoint import load_snapshot
+        from avatar3d.gan.snapshot import load_snapshot
 
         # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch should follow it.
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
@@ -115,7 +115,7 @@ class PairsResult:
 def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     """Build the pairs folder (Ray Data actor pool; ``use_ray=False``: the same builder in this process)."""
     from avatar3d.runtime import apply_local_defaults
-    from avatar3d.training.checkpoint import read_snapshot_metadata
+    from avatar3d.gan.snapshot import read_snapshot_metadata
 
     apply_local_defaults()
     meta = read_snapshot_metadata(cfg.snapshot)  # fail here, not in an actor

@@ -68,7 +68,7 @@ class ImageToAvatarPipeline:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
         from avatar3d.prior.encoder import quiet_transformers
-        from avatar3d.training.checkpoint import load_snapshot
+        from avatar3d.gan.snapshot import load_snapshot
 
         quiet_transformers()
         folder = Path(folder)

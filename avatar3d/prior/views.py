@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from avatar3d.scene.cameras import camera_label
-from avatar3d.training.samples import to_uint8
+from avatar3d.gan.samples import to_uint8
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avatar3d.config import ConfigError, closest, coerce
+from avatar3d.evaluation.options import FIDOptions
 
 
 @dataclass
@@ -78,14 +79,11 @@ class TrainGANConfig:
     snapshot_ticks: int = field(default=1, metadata={"min": 1, "help": "checkpoint + snapshot every N ticks"})
     image_ticks: int = field(default=1, metadata={"min": 1, "help": "sample grids every N ticks"})
     fid_ticks: int = field(default=0, metadata={"min": 0, "help": "FID (overall + per view) every N ticks; 0 = off"})
-    fid_num_fakes: int = field(default=1000, metadata={"min": 2, "help": "generated images per training-time FID"})
+    fid: FIDOptions = field(default_factory=FIDOptions, metadata={"help": "training-time FID protocol"})
     seed: int = 0
     resume: str = field(default="", metadata={"help": "resume state folder (a checkpoint of a run) to continue"})
     transfer: str = field(default="", metadata={"help": "snapshot .safetensors whose G weights start a new run"})
     max_failures: int = field(default=0, metadata={"min": -1, "help": "worker-group restarts (-1 = unlimited)"})
-    # Fault injection for tests of recovery: SIGKILL rank ``crash_rank`` once, after this many ticks.
-    crash_after_ticks: int = field(default=0, metadata={"min": 0})
-    crash_rank: int = field(default=0, metadata={"min": 0})
 
     def validate(self) -> None:
         if self.batch_size % self.scaling.num_workers:

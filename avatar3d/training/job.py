@@ -3,7 +3,9 @@
 1. validate the options and the dataset (before any worker starts),
 2. open (or re-open) the MLflow run of this run name and log the config,
 3. read the Parquet shards with Ray Data and start a ``TorchTrainer``
-   (gloo on CPU, NCCL on GPUs; DeepSpeed or plain engines inside),
+   (gloo on CPU, NCCL on GPUs; DeepSpeed or plain engines inside); the
+   workers get the typed config itself (as data, rebuilt by the same
+   ``from_dict``), not a hand-made dict,
 4. keep the final inference snapshot beside the run and register it.
 
 Running the same ``run_name`` again resumes it: Ray Train hands the workers
@@ -15,11 +17,22 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
+
+import mlflow
 
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
+from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset
+from avatar3d.gan.snapshot import read_snapshot_metadata
+from avatar3d.runtime import apply_local_defaults
+from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
 from avatar3d.training.config import TrainGANConfig
+from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
+from avatar3d.training.ray_fit import WorkerContext, fit_with_ray, torch_threads_from_env, worker_config
+from avatar3d.training.ray_worker import train_func
+from avatar3d.training.registry import register_generator
 
 FINAL_SNAPSHOT = "network-snapshot-final.safetensors"
 
@@ -42,22 +55,19 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def run_train_gan(cfg: TrainGANConfig) -> TrainResult:
-    from avatar3d.runtime import apply_local_defaults
-    from avatar3d.training.checkpoint import read_snapshot_metadata
-    from avatar3d.training.data import check_dataset
-    from avatar3d.training.loop import STATE_TREE
-
+def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train the GAN as ``cfg`` says. ``after_tick(tick, rank)`` runs on every worker after each tick
+    (tests inject faults there; it is not a user option)."""
     apply_local_defaults()
     # Validate everything the workers will need, here.
-    info = check_dataset(cfg.data.path)
+    dataset = open_dataset(cfg.data.path, columns=TRAIN_COLUMNS, field="data.path")
     gan_cfg = cfg.model.build()
     if cfg.transfer:
         read_snapshot_metadata(cfg.transfer)
     if cfg.resume and not (Path(cfg.resume) / STATE_TREE).is_dir():
         raise ConfigError(f"resume: {cfg.resume} is not a train-gan checkpoint folder (no {STATE_TREE}/ inside)")
     per_worker = cfg.batch_size // cfg.scaling.num_workers
-    rows_per_worker = info.num_rows // cfg.scaling.num_workers
+    rows_per_worker = dataset.num_rows // cfg.scaling.num_workers
     if rows_per_worker < per_worker:
         raise ConfigError(f"batch_size: each of {cfg.scaling.num_workers} worker(s) would get {rows_per_worker} "
                           f"rows, fewer than its batch of {per_worker}; lower batch_size or add data")
@@ -66,58 +76,36 @@ def run_train_gan(cfg: TrainGANConfig) -> TrainResult:
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
     writable_dir(output_dir, "output_dir")
+    if not is_remote(cfg.data.path):  # workers may start elsewhere: hand them an absolute path
+        cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     dump_config(cfg, run_dir / "config.yaml")
-    print(f"dataset: {info.summary()}")
+    print(f"dataset: {dataset.summary()}")
 
-    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
-
+    # One MLflow run per run name: a resumed job logs on in the same run.
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
     with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
         log_run_config(run, {"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
-        result = _fit(cfg, gan_cfg, info, rows_per_worker, tracking_uri, run.info.run_id, output_dir)
+        context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracking_uri,
+                                run_id=run.info.run_id, torch_threads=torch_threads_from_env())
+        result = fit_with_ray(train_func, worker_config(cfg, context, after_tick=after_tick), cfg.scaling,
+                              cfg.run_name, output_dir, cfg.max_failures, dataset.files,
+                              columns=["image_png", "camera"], filesystem=dataset.filesystem)
         snapshot = _keep_final_snapshot(result, run_dir)
-        import mlflow
-
         mlflow.log_metric("train_wall_s", time.time() - t0)
+
+        # The inference snapshot: kept beside the run, logged, registered.
         version = None
         if snapshot is not None:
             mlflow.log_artifact(str(snapshot), artifact_path="snapshot")
             if cfg.tracking.register_name:
-                from avatar3d.tracking.registry import register_generator
-
                 version = register_generator(snapshot, cfg.tracking.register_name)
         metrics = dict(result.metrics or {})
         return TrainResult(run_dir=run_dir, snapshot=snapshot, kimg=float(metrics.get("kimg", 0.0)),
                            metrics=metrics, mlflow_run_id=run.info.run_id, registered_version=version)
 
 
-def _fit(cfg: TrainGANConfig, gan_cfg, info, rows_per_worker: int, tracking_uri: str, run_id: str,
-         output_dir: Path):
-    from avatar3d.training.ray_fit import fit_with_ray
-    from avatar3d.training.ray_worker import train_func
-
-    loop = {
-        "total_kimg": cfg.total_kimg, "kimg_per_tick": cfg.kimg_per_tick, "snapshot_ticks": cfg.snapshot_ticks,
-        "image_ticks": cfg.image_ticks, "precision": cfg.scaling.precision, "eval_ticks": cfg.fid_ticks,
-        "crash_after_ticks": cfg.crash_after_ticks, "crash_rank": cfg.crash_rank,
-        "crash_marker": str(output_dir / cfg.run_name / ".crash-injected"),
-    }
-    train_config = {
-        "gan_config": gan_cfg.to_dict(), "seed": cfg.seed, "batch_size": cfg.batch_size,
-        "mirror": cfg.data.mirror, "strategy": cfg.scaling.strategy, "zero_stage": cfg.scaling.zero_stage,
-        "rows_per_worker": rows_per_worker, "loop": loop, "resume": cfg.resume, "transfer": cfg.transfer,
-        "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
-        "tracking": {"tracking_uri": tracking_uri, "run_id": run_id},
-        "fid": {"data_path": str(Path(cfg.data.path).resolve()), "num_fakes": cfg.fid_num_fakes},
-    }
-    return fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
-                        info.files, columns=["image_png", "camera"])
-
-
 def _keep_final_snapshot(result, run_dir: Path) -> Path | None:
-    from avatar3d.training.loop import SNAPSHOT_FILE
-
     if result.checkpoint is None:
         return None
     with result.checkpoint.as_directory() as folder:

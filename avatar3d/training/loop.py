@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,9 +27,9 @@ import torch
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.step import GANTrainer
 from avatar3d.safeio import load_tree, save_tree
-from avatar3d.training.checkpoint import save_snapshot
+from avatar3d.gan.snapshot import save_snapshot
 from avatar3d.training.data import TrainBatch
-from avatar3d.training.samples import sample_grids
+from avatar3d.gan.samples import sample_grids
 
 STATE_TREE = "loop_state"
 SNAPSHOT_FILE = "snapshot.safetensors"
@@ -45,9 +43,6 @@ class LoopOptions:
     image_ticks: int = 1
     eval_ticks: int = 0
     precision: str = "fp32"
-    crash_after_ticks: int = 0
-    crash_rank: int = 0
-    crash_marker: str = ""
 
 
 @dataclass
@@ -59,6 +54,8 @@ class LoopHooks:
     log_snapshot: Callable[[Path, dict[str, Any]], None] = lambda path, info: None
     # Rank 0's evaluation every ``eval_ticks`` (e.g. FID of the EMA generator): trainer -> metrics.
     evaluate: Callable[[GANTrainer], dict[str, float]] | None = None
+    # Called on every rank after each tick's report with (tick, rank): tests inject faults here.
+    after_tick: Callable[[int, int], None] = lambda tick, rank: None
     print: Callable[[str], None] = print
 
 
@@ -139,8 +136,7 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
                 save_snapshot(checkpoint / SNAPSHOT_FILE, trainer.G_ema, trainer.cfg.to_dict(), info)
                 hooks.log_snapshot(checkpoint / SNAPSHOT_FILE, info)
         hooks.report(metrics, checkpoint)
-        if opts.crash_after_ticks and tick == opts.crash_after_ticks and rank == opts.crash_rank:
-            _crash_once(Path(opts.crash_marker))
+        hooks.after_tick(tick, rank)
         tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
 
     return LoopResult(cur_nimg=trainer.cur_nimg, ticks=tick, last_metrics=metrics)
@@ -222,14 +218,6 @@ def peak_memory_gb(device) -> float:
 def format_hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
-def _crash_once(marker: Path) -> None:
-    """Fault injection for recovery tests: SIGKILL this worker, once per marker file."""
-    if marker.exists():
-        return
-    marker.write_text("crashed once\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build_trainer(gan_cfg: GANConfig, engine_factory, seed: int, rank: int, world_size: int,

@@ -12,15 +12,45 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from avatar3d.config import from_dict, to_dict
+
+
+@dataclass
+class WorkerContext:
+    """What the driver adds to a stage's typed config for its workers (nothing a user sets)."""
+
+    rows_per_worker: int
+    tracking_uri: str = ""
+    run_id: str = ""
+    torch_threads: int | None = None
+
+
+def worker_config(cfg, context: WorkerContext, **extra: Any) -> dict[str, Any]:
+    """``train_loop_config`` for Ray Train: the typed config as plain data (round-tripped by
+    :func:`unpack_worker_config` through the same ``from_dict`` the CLI uses) plus the driver's context."""
+    return {"config": to_dict(cfg), "context": asdict(context), **extra}
+
+
+def unpack_worker_config(config: dict[str, Any], cls):
+    """-> (the stage's typed config, validated again, WorkerContext)."""
+    return from_dict(cls, config["config"]), WorkerContext(**config["context"])
+
+
+def torch_threads_from_env() -> int | None:
+    return int(os.environ.get("OMP_NUM_THREADS", "0")) or None
+
 
 def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any], scaling, run_name: str,
-                 output_dir: Path, max_failures: int, files: list[Path], columns: list[str]):
-    """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files``; -> Ray's Result."""
+                 output_dir: Path, max_failures: int, files: Sequence[str | Path], columns: list[str],
+                 filesystem=None):
+    """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files`` (on ``filesystem``,
+    a pyarrow filesystem, for remote storage); -> Ray's Result."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -33,7 +63,7 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
     data_ctx.enable_progress_bars = False  # the loops print their own progress
-    dataset = ray.data.read_parquet([str(f) for f in files], columns=columns)
+    dataset = ray.data.read_parquet([str(f) for f in files], columns=columns, filesystem=filesystem)
     trainer = TorchTrainer(
         train_func,
         train_loop_config=train_config,

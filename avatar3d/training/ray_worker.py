@@ -13,74 +13,77 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import ray.train
 import torch
 
+from avatar3d.evaluation.features import get_extractor
+from avatar3d.evaluation.fid import evaluate_fid
+from avatar3d.evaluation.options import FIDOptions
+from avatar3d.gan.config import GANConfig
+from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
+from avatar3d.runtime import apply_local_defaults, set_torch_threads, use_caching_cpu_allocator
+from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import TrainBatch, decode_batch
+from avatar3d.training.engines import make_engine
+from avatar3d.training.loop import LoopHooks, LoopOptions, build_trainer, peek_batch_idx, training_loop
+from avatar3d.training.ray_fit import mlflow_hooks, ray_report, unpack_worker_config, worker_device
 
 
 def train_func(config: dict[str, Any]) -> None:
-    import ray.train
-
-    from avatar3d.gan.config import GANConfig
-    from avatar3d.runtime import apply_local_defaults, set_torch_threads, use_caching_cpu_allocator
-    from avatar3d.training.checkpoint import read_snapshot_metadata
-    from avatar3d.training.engines import make_engine
-    from avatar3d.training.ray_fit import mlflow_hooks, ray_report, worker_device
-    from avatar3d.training.loop import LoopHooks, LoopOptions, build_trainer, peek_batch_idx, training_loop
-
-    # Unpack the config first.
-    gan_cfg = GANConfig.from_dict(config["gan_config"])
-    seed, batch_size, mirror = config["seed"], config["batch_size"], config["mirror"]
-    strategy, zero_stage = config["strategy"], config["zero_stage"]
-    rows_per_worker = config["rows_per_worker"]
-    opts = LoopOptions(**config["loop"])
-    tracking = config.get("tracking") or {}
+    # Unpack the config first: the driver's TrainGANConfig, rebuilt and validated by the same from_dict.
+    cfg, context = unpack_worker_config(config, TrainGANConfig)
+    gan_cfg = cfg.model.build()
+    opts = LoopOptions(total_kimg=cfg.total_kimg, kimg_per_tick=cfg.kimg_per_tick, snapshot_ticks=cfg.snapshot_ticks,
+                       image_ticks=cfg.image_ticks, eval_ticks=cfg.fid_ticks, precision=cfg.scaling.precision)
 
     apply_local_defaults()
-    set_torch_threads(config.get("torch_threads"))
+    set_torch_threads(context.torch_threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device()
     use_caching_cpu_allocator(device)
-    per_worker = batch_size // world
+    per_worker = cfg.batch_size // world
 
     # Networks, identical on every rank; a transfer run starts G from a snapshot.
     def engine_factory(module, spec):
-        return make_engine(module, spec, strategy, zero_stage=zero_stage, micro_batch=per_worker)
+        return make_engine(module, spec, cfg.scaling.strategy, zero_stage=cfg.scaling.zero_stage,
+                           micro_batch=per_worker)
 
     G = None
-    if config.get("transfer"):
-        from avatar3d.training.checkpoint import load_snapshot
-
-        meta = read_snapshot_metadata(config["transfer"])
+    if cfg.transfer:
+        meta = read_snapshot_metadata(cfg.transfer)
         if GANConfig.from_dict(meta["gan_config"]) != gan_cfg:
             raise ValueError("transfer: the snapshot's GAN config differs from model options; "
                              "pass the same model preset/overrides as the snapshot")
-        G = load_snapshot(config["transfer"]).generator.train().requires_grad_(True)
-    torch.manual_seed(seed)
-    trainer = build_trainer(gan_cfg, engine_factory, seed, rank, world, device, G=G)
+        G = load_snapshot(cfg.transfer).generator.train().requires_grad_(True)
+    torch.manual_seed(cfg.seed)
+    trainer = build_trainer(gan_cfg, engine_factory, cfg.seed, rank, world, device, G=G)
 
     # Where to continue from: Ray's latest checkpoint of this run, else an explicit resume folder.
     checkpoint = ray.train.get_checkpoint()
     resume_dir = None
     if checkpoint is not None:
         resume_dir = Path(checkpoint.to_directory())
-    elif config.get("resume"):
-        resume_dir = Path(config["resume"])
+    elif cfg.resume:
+        resume_dir = Path(cfg.resume)
 
+    # What the loop hands outward: Ray reports, rank 0's MLflow logging and FID, the test hook.
     hooks = LoopHooks(report=ray_report, print=(print if rank == 0 else (lambda *_: None)))
-    if rank == 0 and tracking.get("run_id"):
-        hooks.log_images, hooks.log_snapshot, metric_hook = mlflow_hooks(tracking)
+    if rank == 0 and context.run_id:
+        hooks.log_images, hooks.log_snapshot, metric_hook = mlflow_hooks(
+            {"tracking_uri": context.tracking_uri, "run_id": context.run_id})
         report = hooks.report
         hooks.report = lambda metrics, ckpt: (metric_hook(metrics), report(metrics, ckpt))
-
     if rank == 0 and opts.eval_ticks:
-        hooks.evaluate = _fid_hook(config["fid"])
+        hooks.evaluate = _fid_hook(cfg.data.path, cfg.fid)
+    if config.get("after_tick") is not None:
+        hooks.after_tick = config["after_tick"]
 
+    # This worker's shard, resumed at the batch where the checkpoint stopped.
     shard = ray.train.get_dataset_shard("train")
     start_batch = peek_batch_idx(resume_dir) if resume_dir is not None else 0
-    batches = _batches(shard, per_worker, gan_cfg.output_resolution, mirror, seed * 1000 + rank, start_batch,
-                       rows_per_worker // per_worker)
+    batches = _batches(shard, per_worker, gan_cfg.output_resolution, cfg.data.mirror, cfg.seed * 1000 + rank,
+                       start_batch, context.rows_per_worker // per_worker)
     result = training_loop(trainer, batches, opts, hooks, rank=rank, world_size=world, device=device,
                            resume_from=resume_dir)
     if resume_dir is not None and checkpoint is not None:
@@ -112,13 +115,15 @@ def _batches(shard, per_worker: int, resolution: int, mirror: bool, seed: int, s
                              "lower batch_size or use fewer workers")
 
 
-def _fid_hook(fid: dict[str, Any]):
-    """FID of the EMA generator against the training data, overall and per view group (rank 0)."""
-    from avatar3d.evaluation.fid import evaluate_fid
+def _fid_hook(data: str, fid: FIDOptions):
+    """FID of the EMA generator against the training data, overall and per view group (rank 0),
+    with the protocol of the evaluation stage's options (the same defaults as ``avatar3d fid``)."""
 
     def evaluate(trainer) -> dict[str, float]:
-        # eigh gives clean-fid's number (to ~1e-14) about 5x faster than scipy's sqrtm.
-        result = evaluate_fid(trainer.G_ema, fid["data_path"], num_fakes=fid["num_fakes"], seed=0, method="eigh")
+        result = evaluate_fid(trainer.G_ema, data, num_fakes=fid.num_fakes, seed=fid.seed,
+                              truncation_psi=fid.truncation, per_view=fid.per_view, batch_size=fid.batch_size,
+                              method=fid.frechet,
+                              extractor=get_extractor(fid.extractor, next(trainer.G_ema.parameters()).device))
         return result.metrics()
 
     return evaluate

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar3d.gan import GANConfig, TriPlaneGenerator
-from avatar3d.training.checkpoint import save_snapshot
+from avatar3d.gan.snapshot import save_snapshot
 from tests.training.fixtures import MICRO_GAN
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avatar3d.evaluation.models import load_generator, resolve_snapshot
-from avatar3d.tracking.registry import register_generator
+from avatar3d.training.registry import register_generator
 from tests.evaluation.helpers import micro_generator, surface_iso, write_micro_snapshot
 
 torch.set_num_threads(1)
@@ -38,6 +38,26 @@ def test_models_uri_resolves_to_the_same_weights_and_is_cached(registered, tmp_p
     ref = micro_generator()
     for name, value in ref.state_dict().items():
         torch.testing.assert_close(G.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_an_alias_is_resolved_to_its_version_before_the_cache(registered, tmp_path):
+    """Moving @champion to a new version serves the new weights at once: the cache is keyed by version."""
+    client = mlflow.MlflowClient(tracking_uri=registered["uri"], registry_uri=registered["uri"])
+    client.set_registered_model_alias("micro-gan", "champion", "1")
+    first = resolve_snapshot("models:/micro-gan@champion", registered["uri"], cache_dir=tmp_path)
+    assert first.read_bytes() == registered["snapshot"].read_bytes()
+    # A second version with other weights; the alias moves to it.
+    snap2 = write_micro_snapshot(tmp_path / "v2.safetensors", seed=1)
+    mlflow.set_tracking_uri(registered["uri"])
+    mlflow.set_experiment("eval-test")
+    with mlflow.start_run():
+        assert register_generator(snap2, "micro-gan") == "micro-gan/2"
+    mlflow.set_tracking_uri("")
+    client.set_registered_model_alias("micro-gan", "champion", "2")
+    second = resolve_snapshot("models:/micro-gan@champion", registered["uri"], cache_dir=tmp_path)
+    assert second != first and second.read_bytes() == snap2.read_bytes()
+    assert resolve_snapshot("models:/micro-gan/latest", registered["uri"], cache_dir=tmp_path) == second
+    assert resolve_snapshot("models:/micro-gan/1", registered["uri"], cache_dir=tmp_path) == first
 
 
 def test_bad_model_references_fail_with_one_clear_line(registered, tmp_path, monkeypatch):
@@ -80,8 +100,8 @@ def test_pyfunc_rows_mix_labels_and_angles_and_reject_bad_labels(registered):
     import pandas as pd
 
     from avatar3d.scene.cameras import camera_label
-    from avatar3d.tracking.registry import GeneratorModel
-    from avatar3d.training.checkpoint import load_snapshot
+    from avatar3d.training.registry import GeneratorModel
+    from avatar3d.gan.snapshot import load_snapshot
 
     model = GeneratorModel()
     model.snapshot = load_snapshot(registered["snapshot"])

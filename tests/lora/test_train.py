@@ -119,7 +119,7 @@ def test_unknown_registry_version_fails_in_one_line(tiny_lora, monkeypatch):
     with pytest.raises(ModelUnavailableError) as err:
         check_models_available(PipelineConfig(preset="tiny", lora=f"models:/{cfg.register_name}/9"))
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith("pipeline.lora='models:/") and "MLFLOW_TRACKING_URI" in msg
+    assert "\n" not in msg and msg.startswith("pipeline.lora: cannot fetch models:/") and "MLFLOW_TRACKING_URI" in msg
 
 
 def test_mlflow_run_has_params_loss_curve_previews_and_registry_entry(tiny_lora):
@@ -235,7 +235,8 @@ def test_mixed_precision_needs_a_gpu_and_auto_is_fp32_on_cpu():
 
 
 def test_resolve_lora_passes_paths_and_hub_ids_through(tmp_path):
-    from avatar3d.lora.resolve import is_registry_uri, resolve_lora
+    from avatar3d.datagen.pipeline import resolve_lora
+    from avatar3d.tracking.models import is_mlflow_uri as is_registry_uri
 
     assert resolve_lora(str(tmp_path)) == str(tmp_path)
     assert resolve_lora("~/x") == str(Path("~/x").expanduser())

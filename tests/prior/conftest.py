@@ -11,7 +11,7 @@ from avatar3d.gan.config import GANConfig
 from avatar3d.gan.generator import TriPlaneGenerator
 from avatar3d.prior.config import BuildPairsConfig
 from avatar3d.prior.pairs import run_build_pairs
-from avatar3d.training.checkpoint import save_snapshot
+from avatar3d.gan.snapshot import save_snapshot
 from tests.training.fixtures import MICRO_GAN
 
 NUM_TRAIN_PAIRS = 256

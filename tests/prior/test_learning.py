@@ -26,7 +26,7 @@ from avatar3d.prior.model import PriorSize, build_prior, set_w_stats, train_sche
 from avatar3d.prior.pairs import read_pairs, w_statistics
 from avatar3d.prior.pipeline import ImageToAvatarPipeline
 from avatar3d.prior.views import render_w
-from avatar3d.training.checkpoint import load_snapshot
+from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.training.engines import make_engine
 from avatar3d.training.loop import LoopHooks
 

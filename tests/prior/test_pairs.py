@@ -14,7 +14,7 @@ from avatar3d.prior.config import BuildPairsConfig
 from avatar3d.prior.encoder import tiny_encoder
 from avatar3d.prior.pairs import CARD, check_pairs, read_pairs, row_seed, run_build_pairs
 from avatar3d.prior.views import map_front, seeded_z
-from avatar3d.training.checkpoint import load_snapshot
+from avatar3d.gan.snapshot import load_snapshot
 from tests.prior.conftest import NUM_TRAIN_PAIRS, build_pairs_local
 
 torch.set_num_threads(1)

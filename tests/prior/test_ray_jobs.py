@@ -93,10 +93,10 @@ def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, held
     assert front.shape == (1, 32, 32, 3) and np.abs(front[0].astype(int) - here.views[0, 0]).max() <= 1
 
     # image-to-avatar takes the registered prior too (--prior models:/name/version).
-    from avatar3d.prior.commands import load_pipeline
+    from avatar3d.prior.avatar import load_pipeline
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")
     registered = load_pipeline("models:/tiny-prior/1")
     assert torch.allclose(registered(image, seed=5, yaws=[0.0]).w, here.w, atol=1e-6)
-    with pytest.raises(ValueError, match="cannot load models:/tiny-prior/7"):
+    with pytest.raises(ValueError, match="cannot fetch models:/tiny-prior/7"):
         load_pipeline("models:/tiny-prior/7")

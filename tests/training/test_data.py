@@ -1,51 +1,13 @@
-"""Dataset checks and decoding for training."""
+"""Decoding training batches: scale, resize, mirror with the label."""
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
 
+from avatar3d.datagen.dataset import read_table
 from avatar3d.scene.cameras import flip_label, label_to_yaw_pitch
-from avatar3d.training.data import check_dataset, decode_batch, dataset_files
+from avatar3d.training.data import decode_batch
 
 
 def _rows(path):
-    return pq.read_table(dataset_files(path)).to_pydict()
-
-
-def test_check_dataset_counts_rows_and_sizes(head_dataset):
-    info = check_dataset(head_dataset)
-    assert info.num_rows == 16 and len(info.files) == 2 and info.image_size == (32, 32)
-
-
-@pytest.mark.parametrize("case, pattern", [
-    ("missing", "does not exist"),
-    ("empty_folder", "no Parquet shards"),
-    ("no_rows", "has no rows"),
-    ("wrong_schema", "lacks column"),
-    ("bad_label", "camera labels have 24 values"),
-    ("corrupt", "not readable Parquet"),
-    ("unset", "no dataset given"),
-])
-def test_bad_datasets_fail_with_one_line(tmp_path, head_dataset, case, pattern):
-    target = tmp_path / "ds"
-    (target / "shards").mkdir(parents=True)
-    rows = _rows(head_dataset)
-    if case == "missing":
-        target = tmp_path / "nope"
-    elif case == "no_rows":
-        pq.write_table(pa.table({k: v[:0] for k, v in rows.items()}), target / "shards" / "part-a-00000.parquet")
-    elif case == "wrong_schema":
-        pq.write_table(pa.table({"id": ["a"], "camera": [[0.0] * 25]}), target / "shards" / "part-a-00000.parquet")
-    elif case == "bad_label":
-        rows["camera"] = [c[:24] for c in rows["camera"]]
-        pq.write_table(pa.table(rows), target / "shards" / "part-a-00000.parquet")
-    elif case == "corrupt":
-        (target / "shards" / "part-a-00000.parquet").write_bytes(b"PAR1 not really")
-    elif case == "unset":
-        target = ""
-    with pytest.raises((ValueError, FileNotFoundError), match=pattern) as info:
-        check_dataset(target)
-    assert "\n" not in str(info.value)
+    return read_table(path).to_pydict()
 
 
 def test_decode_scales_to_minus_one_one_and_resizes(head_dataset):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from avatar3d.gan.config import GANConfig
-from avatar3d.training.checkpoint import load_snapshot, read_snapshot_metadata
-from avatar3d.training.data import dataset_files, decode_batch
+from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
+from avatar3d.datagen.dataset import read_table
+from avatar3d.training.data import decode_batch
 from avatar3d.training.loop import (SNAPSHOT_FILE, LoopHooks, LoopOptions, NonFiniteLossError, build_trainer,
                                     load_resume_state, training_loop)
 
@@ -45,7 +46,7 @@ def _run(rows, total_kimg, keep, resume=None):
 
 @pytest.fixture(scope="module")
 def rows(head_dataset):
-    return pq.read_table(dataset_files(head_dataset)).to_pydict()
+    return read_table(head_dataset).to_pydict()
 
 
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(rows):

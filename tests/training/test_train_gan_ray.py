@@ -13,7 +13,7 @@ import ray
 import torch
 
 from avatar3d.config import load_config
-from avatar3d.training.checkpoint import load_snapshot
+from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.job import run_train_gan
 from tests.training.fixtures import MICRO_GAN
@@ -43,7 +43,7 @@ def _kimg_history(result):
 def test_two_workers_deepspeed_tracks_registers_and_serves(tmp_path, head_dataset):
     cfg = _cfg(tmp_path, head_dataset, **{"scaling.num_workers": 2, "scaling.strategy": "deepspeed",
                                           "scaling.zero_stage": 2, "run_name": "ds2", "fid_ticks": 2,
-                                          "fid_num_fakes": 24})
+                                          "fid.num_fakes": 24})
     result = run_train_gan(cfg)
     assert result.kimg == pytest.approx(0.016)
     assert result.snapshot.is_file() and (result.run_dir / "config.yaml").is_file()
@@ -64,7 +64,7 @@ def test_two_workers_deepspeed_tracks_registers_and_serves(tmp_path, head_datase
     # The snapshot renders in a plain process, and the registered model serves from a fresh one.
     code = textwrap.dedent(f"""
         import mlflow, numpy as np, pandas as pd, torch
-        from avatar3d.training.checkpoint import load_snapshot
+        from avatar3d.gan.snapshot import load_snapshot
         snap = load_snapshot({str(result.snapshot)!r})
         mlflow.set_tracking_uri("sqlite:///{tmp_path}/mlflow.db")
         model = mlflow.pyfunc.load_model("models:/tiny-gan/1")
@@ -95,11 +95,20 @@ def test_resume_by_run_name_equals_uninterrupted_run(tmp_path, head_dataset):
 
 
 def test_killed_worker_recovers_from_last_checkpoint(tmp_path, head_dataset):
-    cfg = _cfg(tmp_path, head_dataset, run_name="crash", total_kimg=0.024, crash_after_ticks=1, crash_rank=1,
-               max_failures=1, **{"scaling.num_workers": 2, "scaling.strategy": "plain",
-                                  "tracking.register_name": ""})
-    result = run_train_gan(cfg)
-    assert (tmp_path / "crash" / ".crash-injected").is_file()  # the worker really was killed
+    cfg = _cfg(tmp_path, head_dataset, run_name="crash", total_kimg=0.024, max_failures=1,
+               **{"scaling.num_workers": 2, "scaling.strategy": "plain", "tracking.register_name": ""})
+    marker = tmp_path / "crash" / ".crash-injected"
+
+    def crash_rank1_once_after_tick1(tick, rank):  # the test hook, shipped to the workers by Ray (by value)
+        import os
+        import signal
+
+        if tick == 1 and rank == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    result = run_train_gan(cfg, after_tick=crash_rank1_once_after_tick1)
+    assert marker.is_file()  # the worker really was killed
     assert result.kimg == pytest.approx(0.024)
     history = _kimg_history(result)
     assert history[0] == pytest.approx(0.008) and history[-1] == pytest.approx(0.024)

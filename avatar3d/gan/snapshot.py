@@ -1,18 +1,12 @@
-"""Checkpoints that describe themselves and never unpickle.
+"""The generator's inference snapshot: the format every consumer of a trained GAN reads.
 
-Two kinds, kept apart as in NVlabs' code (``--resume`` vs ``--transfer``):
-
-- **Snapshot** (inference): the EMA generator's weights in one safetensors
-  file whose metadata holds the GAN config (JSON) and the training progress.
-  Loading needs torch + safetensors only: no Ray, no DeepSpeed, no pickle.
-- **Resume state**: everything to continue a run bit for bit: both engines'
-  weights and optimiser states, the EMA, the image counter, RNG states. The
-  engines write their own parts; the rest is a "tree" (safetensors for
-  tensors + JSON for the structure and plain values, :mod:`avatar3d.safeio`).
-
-Every folder is written under a temporary name and renamed into place, so a
-crash mid-write leaves the previous checkpoint intact and no half-written one
-that looks complete.
+One safetensors file holding the EMA generator's weights; its metadata holds
+the format tag, the GAN config (JSON) and the training progress. Loading needs
+torch + safetensors only: no Ray, no DeepSpeed, no pickle. It is kept apart
+from the training run's resume state (engines, optimisers, RNG streams; see
+:mod:`avatar3d.training.loop`), as in NVlabs' code (``--resume`` vs
+``--transfer``). The file is written under a temporary name, fsynced and
+renamed into place, so a crash never leaves a half-written snapshot.
 """
 from __future__ import annotations
 
@@ -24,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from avatar3d.gan.config import GANConfig
+from avatar3d.gan.generator import TriPlaneGenerator
 from avatar3d.safeio import unshared
 
 
@@ -66,8 +63,7 @@ def save_snapshot(path: str | Path, G_ema: torch.nn.Module, gan_config: dict[str
 
 
 def read_snapshot_metadata(path: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
-
+    """The format-checked metadata of a snapshot: {"gan_config": {...}, "info": {...}}."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"snapshot not found: {path} (pass a .safetensors file written by avatar3d train-gan)")
@@ -81,9 +77,6 @@ def read_snapshot_metadata(path: str | Path) -> dict[str, Any]:
 
 def load_snapshot(path: str | Path, device: str | torch.device = "cpu") -> Snapshot:
     """Rebuild the generator from a snapshot; plain PyTorch, no Ray or DeepSpeed."""
-    from avatar3d.gan.config import GANConfig
-    from avatar3d.gan.generator import TriPlaneGenerator
-
     meta = read_snapshot_metadata(path)
     cfg = GANConfig.from_dict(meta["gan_config"])
     G = TriPlaneGenerator(cfg)

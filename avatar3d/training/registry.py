@@ -38,7 +38,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     The identity depends on the seed (and truncation) only; the camera on yaw/pitch or ``camera``."""
 
     def load_context(self, context):
-        from avatar3d.training.checkpoint import load_snapshot
+        from avatar3d.gan.snapshot import load_snapshot
 
         self.snapshot = load_snapshot(context.artifacts["snapshot"])
 
@@ -47,7 +47,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from avatar3d.scene.cameras import camera_label
-        from avatar3d.training.samples import to_uint8
+        from avatar3d.gan.samples import to_uint8
 
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df:

@@ -16,28 +16,7 @@ import sys
 
 from avatar3d.config import ConfigError, writable_dir
 
-EPILOG_OVERRIDES = (
-    "Options not given as flags can be set as key=value overrides on top of the "
-    "--config file, with dotted names for nested options (e.g. pipeline.steps=4)."
-)
-
-
-def add_config_options(p, example: str, overrides_example: str) -> None:
-    """The options every config-driven stage takes: --config, --print-config, key=value overrides."""
-    p.add_argument("--config", default=None, help=f"YAML config, e.g. {example}")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {overrides_example}")
-
-
-def resolve_config(cls, args, extra_overrides: list[str] = ()):
-    """The validated config of a stage; with --print-config, print it and return None (nothing runs)."""
-    from avatar3d.config import load_config, to_dict
-
-    cfg = load_config(cls, args.config, [*args.overrides, *extra_overrides])
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return None
-    return cfg
+from avatar3d.cli.common import EPILOG_OVERRIDES, add_config_options, resolve_config  # noqa: F401
 
 
 # -- subcommands ----------------------------------------------------------------
@@ -175,7 +154,7 @@ SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate, _add_train_gan, _add_
 
 # Stages that own their subcommands: each module has ``register(subparsers)``
 # adding parsers whose ``func(args) -> int`` does the work (heavy imports inside).
-COMMAND_MODULES: list[str] = ["avatar3d.evaluation.commands", "avatar3d.lora.commands", "avatar3d.prior.commands"]
+COMMAND_MODULES: list[str] = ["avatar3d.cli.evaluation", "avatar3d.cli.lora", "avatar3d.cli.prior"]
 
 
 # -- entry point ----------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""Subcommands of the evaluation stage: ``fid``, ``walk``, ``turntable``, ``export-mesh``.
+
+Thin shells over :mod:`avatar3d.evaluation.stage`: each flag maps onto a field of
+that stage's option class and takes its default from there (the chain's
+``evaluate`` stage runs the same functions). ``--model`` takes a snapshot
+``.safetensors`` or an MLflow ``models:/...`` URI (:mod:`avatar3d.evaluation.models`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from avatar3d.cli.common import default, option_help
+from avatar3d.config import ConfigError, from_dict, writable_dir
+
+MODEL_HELP = ("generator: a snapshot .safetensors from avatar3d train-gan, or models:/<name>/<version> "
+              "(or models:/<name>@<alias>) from the MLflow registry")
+
+
+def _options():
+    # The option classes live with the stage; importing them here keeps --help free of torch.
+    from avatar3d.evaluation import options
+
+    return options
+
+
+def register(sub) -> None:
+    opts = _options()
+    _add_fid(sub, opts.FIDOptions)
+    _add_walk(sub, opts.WalkOptions)
+    _add_turntable(sub, opts.TurntableOptions)
+    _add_export_mesh(sub, opts.MeshOptions)
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store for models:/ URIs (default $MLFLOW_TRACKING_URI), "
+                        "e.g. sqlite:///outputs/gan/mlflow.db")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _load(args):
+    from avatar3d.evaluation.models import load_generator
+
+    return load_generator(args.model, args.tracking_uri, device=args.device)
+
+
+def _build(cls, args, names: dict[str, str]):
+    """Flags -> a validated option object (field name -> flag attribute); one-line errors name the flag."""
+    data = {field: getattr(args, attr) for field, attr in names.items()}
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        msg = str(exc)
+        for field, attr in names.items():
+            if msg.startswith(f"{field}:") or msg.startswith(f"{field} "):
+                msg = f"--{attr.replace('_', '-')}" + msg[len(field):]
+                break
+        raise ConfigError(msg) from None
+
+
+def _formats(text: str) -> list[str]:
+    formats = [f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()]
+    if not formats or any(f not in ("gif", "mp4") for f in formats):
+        raise ConfigError(f"--formats: {text!r} is not a list of gif / mp4; pass e.g. gif,mp4")
+    return formats
+
+
+# -- fid ------------------------------------------------------------------------------
+
+def _add_fid(sub, O) -> None:
+    p = sub.add_parser(
+        "fid", help="FID of a generator against its dataset, overall and per view group",
+        description="Inception features of generated vs dataset images; generator cameras drawn from "
+                    "the dataset's labels (EG3D protocol); FID per view group (front / side / back). Reference "
+                    "statistics are cached per dataset content hash. The number is printed and stored with "
+                    "its protocol.")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="dataset folder (or s3:// URI) written by avatar3d generate")
+    p.add_argument("--num-fakes", type=int, default=default(O, "num_fakes"), help=option_help(O, "num_fakes"))
+    p.add_argument("--seed", type=int, default=default(O, "seed"), help=option_help(O, "seed"))
+    p.add_argument("--truncation", type=float, default=default(O, "truncation"), help=option_help(O, "truncation"))
+    p.add_argument("--no-per-view", action="store_true", help="overall FID only (one matrix square root)")
+    p.add_argument("--extractor", default=default(O, "extractor"), choices=O.__dataclass_fields__["extractor"]
+                   .metadata["choices"], help=option_help(O, "extractor"))
+    p.add_argument("--frechet", default=default(O, "frechet"), choices=["eigh", "clean-fid"],
+                   help=option_help(O, "frechet"))
+    p.add_argument("--batch-size", type=int, default=default(O, "batch_size"), help=option_help(O, "batch_size"))
+    p.add_argument("--cache-dir", default=None, help="cache folder (default $AVATAR3D_CACHE_DIR or ./.cache)")
+    p.add_argument("--out", default=None, help="write the result + protocol as JSON here")
+    p.set_defaults(func=_run_fid, per_view=True)
+
+
+def _run_fid(args) -> int:
+    from avatar3d.evaluation.stage import compute_fid
+
+    args.per_view = not args.no_per_view
+    opts = _build(_options().FIDOptions, args, {"num_fakes": "num_fakes", "seed": "seed", "truncation": "truncation",
+                                                "per_view": "per_view", "extractor": "extractor",
+                                                "frechet": "frechet", "batch_size": "batch_size"})
+    from avatar3d.datagen.dataset import TRAIN_COLUMNS, open_dataset
+
+    open_dataset(args.data, columns=TRAIN_COLUMNS, field="--data")
+    result = compute_fid(_load(args), args.data, opts, args.device, args.model, args.cache_dir)
+    print(result.summary())
+    if args.out:
+        print(f"wrote {result.save_json(args.out)}")
+    return 0
+
+
+# -- walk / turntable ---------------------------------------------------------------------
+
+def _video_args(p, O) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--truncation", type=float, default=default(O, "truncation"), help=option_help(O, "truncation"))
+    p.add_argument("--fps", type=int, default=default(O, "fps"), help=option_help(O, "fps", "video frame rate"))
+    p.add_argument("--formats", default=",".join(default(O, "formats")),
+                   help=f"comma-separated video formats: gif, mp4 (default {','.join(default(O, 'formats'))})")
+
+
+def _add_walk(sub, O) -> None:
+    p = sub.add_parser(
+        "walk", help="latent walk: interpolate identities in w while the camera moves (grid PNG + GIF/MP4)",
+        description="Walk seed_0 -> seed_1 -> ... -> seed_0 by linear interpolation in w while the camera swings "
+                    "left-right. Writes walk_grid.png (row i: seed i -> i+1, yaw sweeping across columns) and "
+                    "walk.gif / walk.mp4.")
+    _model_args(p)
+    p.add_argument("--seeds", default=",".join(map(str, default(O, "seeds"))),
+                   help=f"comma-separated identities (default {','.join(map(str, default(O, 'seeds')))})")
+    p.add_argument("--frames-per-seed", type=int, default=default(O, "frames_per_seed"),
+                   help=option_help(O, "frames_per_seed"))
+    p.add_argument("--columns", type=int, default=default(O, "columns"), help=option_help(O, "columns"))
+    p.add_argument("--yaw", type=float, default=default(O, "yaw"), help=option_help(O, "yaw"))
+    p.add_argument("--pitch", type=float, default=default(O, "pitch"), help=option_help(O, "pitch"))
+    _video_args(p, O)
+    p.set_defaults(func=_run_walk)
+
+
+def _run_walk(args) -> int:
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers; pass e.g. 0,1,2")
+    args.format_list = _formats(args.formats)
+    opts = _build(_options().WalkOptions, args, {"seeds": "seed_list", "frames_per_seed": "frames_per_seed",
+                                                 "columns": "columns", "yaw": "yaw", "pitch": "pitch",
+                                                 "truncation": "truncation", "fps": "fps", "formats": "format_list"})
+    from avatar3d.evaluation.stage import write_walk
+
+    out = writable_dir(args.out, "--out")
+    for path in write_walk(_load(args).generator, opts, out):
+        print(path)
+    return 0
+
+
+def _add_turntable(sub, O) -> None:
+    p = sub.add_parser(
+        "turntable", help="one avatar seen from all around: camera orbiting 360 deg (grid PNG + GIF/MP4)",
+        description="Render one identity from evenly spaced yaws at a fixed elevation. Writes "
+                    "turntable_grid.png and turntable.gif / turntable.mp4.")
+    _model_args(p)
+    p.add_argument("--seed", type=int, default=default(O, "seed"), help=option_help(O, "seed"))
+    p.add_argument("--frames", type=int, default=default(O, "frames"), help=option_help(O, "frames"))
+    p.add_argument("--pitch", type=float, default=default(O, "pitch"), help=option_help(O, "pitch"))
+    _video_args(p, O)
+    p.set_defaults(func=_run_turntable)
+
+
+def _run_turntable(args) -> int:
+    args.format_list = _formats(args.formats)
+    opts = _build(_options().TurntableOptions, args, {"seed": "seed", "frames": "frames", "pitch": "pitch",
+                                                      "truncation": "truncation", "fps": "fps",
+                                                      "formats": "format_list"})
+    from avatar3d.evaluation.stage import write_turntable
+
+    out = writable_dir(args.out, "--out")
+    for path in write_turntable(_load(args).generator, opts, out):
+        print(path)
+    return 0
+
+
+# -- export-mesh ---------------------------------------------------------------------------
+
+def _add_export_mesh(sub, O) -> None:
+    p = sub.add_parser(
+        "export-mesh", help="extract one avatar's surface as a coloured mesh (GLB / PLY / OBJ) + preview PNG",
+        description="Sample the density on an N^3 grid in the tri-plane box, run marching cubes at an iso level "
+                    "of the raw density sigma (EG3D: 10), colour vertices with the decoder, export via trimesh. "
+                    "World units, y up, face towards +z.")
+    _model_args(p)
+    p.add_argument("--seed", type=int, default=default(O, "seed"), help=option_help(O, "seed"))
+    p.add_argument("--out", required=True, help="mesh file: .glb, .ply or .obj")
+    p.add_argument("--resolution", type=int, default=default(O, "resolution"), help=option_help(O, "resolution"))
+    p.add_argument("--iso", type=float, default=default(O, "iso"), help=option_help(O, "iso"))
+    p.add_argument("--smooth", type=int, default=default(O, "smooth"), help=option_help(O, "smooth"))
+    p.add_argument("--faces", type=int, default=default(O, "faces"), help=option_help(O, "faces"))
+    p.add_argument("--truncation", type=float, default=default(O, "truncation"), help=option_help(O, "truncation"))
+    p.add_argument("--preview", default=None, help="preview PNG (default: <out>_preview.png; 'none' to skip)")
+    p.set_defaults(func=_run_export_mesh)
+
+
+def _run_export_mesh(args) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() not in (".glb", ".ply", ".obj"):
+        raise ConfigError(f"--out: {out.name} must end in .glb, .ply or .obj")
+    args.format = out.suffix.lower()[1:]
+    args.with_preview = (args.preview or "").lower() != "none"
+    opts = _build(_options().MeshOptions, args, {"seed": "seed", "resolution": "resolution", "iso": "iso",
+                                                 "smooth": "smooth", "faces": "faces", "truncation": "truncation",
+                                                 "format": "format", "preview": "with_preview"})
+    from avatar3d.evaluation.stage import write_mesh
+
+    preview = Path(args.preview) if args.with_preview and args.preview else None
+    mesh, paths = write_mesh(_load(args).generator, opts, out, preview)
+    print(f"{paths[0]}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+          f"volume {mesh.to_trimesh().volume:.4f} (box units^3)")
+    for path in paths[1:]:
+        print(path)
+    return 0

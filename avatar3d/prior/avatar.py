@@ -1,0 +1,114 @@
+"""The image-to-avatar stage: an image in, a 3D avatar out (views, turntable, w, mesh).
+
+``run_image_to_avatar(ImageToAvatarConfig)`` is what ``avatar3d image-to-avatar``
+and the chain's ``image_to_avatar`` stage both call:
+
+1. check the input image (before any model loads: a bad file fails in well under a second),
+2. load the prior (a folder written by train-prior, or a registered prior fetched by the
+   project's one ``models:/`` resolver) and its generator,
+3. embed the image, sample w with classifier-free guidance, render the views,
+4. write the views, a strip, the turntable GIF, ``w.npy``, the mesh and ``avatar.json``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+from avatar3d.config import writable_dir
+from avatar3d.evaluation.mesh import EG3D_ISO_SIGMA, export_mesh as write_mesh, generator_mesh
+from avatar3d.prior.config import ImageToAvatarConfig
+from avatar3d.prior.encoder import load_input_image
+from avatar3d.prior.pipeline import PRIOR_JSON, ImageToAvatarPipeline
+from avatar3d.prior.views import broadcast_w
+from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
+
+
+@dataclass
+class AvatarResult:
+    output_dir: Path
+    files: list[Path]
+    w: np.ndarray
+
+
+def run_image_to_avatar(cfg: ImageToAvatarConfig) -> AvatarResult:
+    # Check the input before loading any model.
+    image = load_input_image(cfg.image, "image")
+    out = writable_dir(cfg.output_dir, "output_dir")
+
+    # The prior and its generator.
+    pipe = load_pipeline(cfg.prior, cfg.generator or None, cfg.tracking_uri or None)
+
+    # Image -> w -> views and turntable.
+    yaws = np.linspace(0.0, 360.0, cfg.views, endpoint=False)
+    yaws = np.where(yaws > 180.0, yaws - 360.0, yaws)
+    result = pipe(image, seed=cfg.seed, guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps,
+                  sampler=cfg.sampler, yaws=yaws, pitches=cfg.pitch, turntable_frames=cfg.turntable_frames,
+                  truncation_psi=cfg.truncation_psi)
+
+    # Files.
+    files = write_avatar(result, out, pipe.generator, cfg.mesh_resolution, cfg.image, cfg.mesh_iso)
+    return AvatarResult(output_dir=out, files=files, w=result.w[0].numpy())
+
+
+def load_pipeline(prior: str, generator: str | None = None, tracking_uri: str | None = None,
+                  field: str = "prior") -> ImageToAvatarPipeline:
+    """A prior folder, or a registered prior (``models:/...``) -> ImageToAvatarPipeline."""
+    folder = Path(prior)
+    if is_mlflow_uri(prior):
+        downloaded = resolve_model_uri(prior, tracking_uri, field=field)
+        found = sorted(downloaded.rglob(PRIOR_JSON))
+        if not found:
+            raise ValueError(f"{field}: {prior} holds no prior folder ({PRIOR_JSON}); pass a prior registered "
+                             "by avatar3d train-prior")
+        folder = found[0].parent
+    return ImageToAvatarPipeline.from_pretrained(folder, generator=generator)
+
+
+def write_avatar(result, out: Path, generator, mesh_resolution: int = 128, source: str = "",
+                 mesh_iso: float | None = None) -> list[Path]:
+    """Views (PNG each + a strip), turntable GIF, w (.npy), mesh, and a JSON record of the call."""
+    paths = []
+    views = result.views[0]
+    for yaw, image in zip(result.yaws, views):
+        path = out / f"view_yaw{yaw:+07.1f}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    strip = out / "views.png"
+    Image.fromarray(np.concatenate(list(views), axis=1)).save(strip)
+    paths.append(strip)
+    if result.turntable is not None:
+        gif = out / "turntable.gif"
+        iio.imwrite(gif, result.turntable[0], extension=".gif", duration=80, loop=0)
+        paths.append(gif)
+    w_path = out / "w.npy"
+    np.save(w_path, result.w[0].numpy())
+    paths.append(w_path)
+    mesh = export_mesh(generator, result.w[:1], out, mesh_resolution, mesh_iso) if mesh_resolution else None
+    if mesh is not None:
+        paths.append(mesh)
+    record = out / "avatar.json"
+    record.write_text(json.dumps({"input": source, **result.meta, "yaws": result.yaws, "pitches": result.pitches,
+                                  "mesh": str(mesh) if mesh else None}, indent=2))
+    paths.append(record)
+    return paths
+
+
+def export_mesh(generator, w, out: Path, resolution: int, iso: float | None = None) -> Path | None:
+    """The avatar's mesh (PLY with vertex colours) through :mod:`avatar3d.evaluation.mesh`.
+
+    A generator with no surface at the iso level (an untrained one, say) gets
+    a note instead of a failure: the renders are already written by then.
+    """
+    try:
+        mesh = generator_mesh(generator, broadcast_w(generator, w), resolution=resolution,
+                              iso=EG3D_ISO_SIGMA if iso is None else iso)
+    except ValueError as exc:
+        print(f"note: mesh skipped: {str(exc).splitlines()[0]} (use --mesh-iso)", file=sys.stderr)
+        return None
+    return write_mesh(mesh, out / "mesh.ply")
