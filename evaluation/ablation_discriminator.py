@@ -1,4 +1,4 @@
-"""Discriminator ablation (METHOD.md section 4): fine-only vs coarse-only vs coarse-to-fine pose labels.
+"""Discriminator ablation (docs/method.md section 4): fine-only vs coarse-only vs coarse-to-fine pose labels.
 
 Three ``avatar3d train-gan`` runs (Ray Train, the same code path as the CLI)
 that differ only in ``model.overrides.d_mode``: same data, seed, batch and

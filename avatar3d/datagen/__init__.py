@@ -1,4 +1,4 @@
-"""Multi-view dataset generation (METHOD.md section 2).
+"""Multi-view dataset generation (docs/method.md section 2).
 
 specs (prompts + cameras + pose bins) -> guidance images -> SD 1.5 + ControlNet
 -> Parquet shards, run on Ray Data by :mod:`avatar3d.datagen.job`.

@@ -1,4 +1,4 @@
-"""The dataset generation job on Ray Data (METHOD.md section 2).
+"""The dataset generation job on Ray Data (docs/method.md section 2).
 
     specs (driver, persisted) -> guidance images (CPU tasks)
       -> ControlNet painting (autoscaling actor pool, GPUs per actor)

@@ -1,4 +1,4 @@
-"""Stable Diffusion + ControlNet pipeline factory for multi-view data (METHOD.md section 2).
+"""Stable Diffusion + ControlNet pipeline factory for multi-view data (docs/method.md section 2).
 
 One factory, two presets:
 

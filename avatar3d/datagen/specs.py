@@ -1,4 +1,4 @@
-"""Sample specs: everything about an image except its pixels (METHOD.md section 2).
+"""Sample specs: everything about an image except its pixels (docs/method.md section 2).
 
 A spec is one row of the dataset before generation: id, seed, style, prompt,
 negative prompt, attributes, guidance type, camera (yaw, pitch, the 25-float

@@ -1,4 +1,4 @@
-"""Evaluation and outputs (METHOD.md section 7): what users look at and compare.
+"""Evaluation and outputs (docs/method.md section 7): what users look at and compare.
 
     evaluate_fid(G, dataset_dir, num_fakes)  -> FIDResult(overall, per_view, protocol)   (fid.py)
     generator_mesh(G, ws, resolution, iso)   -> ExtractedMesh; export_mesh(mesh, "a.glb") (mesh.py)

@@ -1,4 +1,4 @@
-"""FID of a generator against its multi-view dataset, overall and per view group (METHOD.md section 7).
+"""FID of a generator against its multi-view dataset, overall and per view group (docs/method.md section 7).
 
 One code path for training-time and offline evaluation::
 

@@ -1,4 +1,4 @@
-"""Meshes from the generator's density field (METHOD.md section 7).
+"""Meshes from the generator's density field (docs/method.md section 7).
 
     field on an N^3 grid in the box (chunked queries)
       -> marching cubes (PyMCubes) at an iso level

@@ -1,4 +1,4 @@
-"""Latent walks and turntables: what a person looks at to judge a 3D GAN (METHOD.md section 7).
+"""Latent walks and turntables: what a person looks at to judge a 3D GAN (docs/method.md section 7).
 
 - **Latent walk**: identities morph by linear interpolation in w (StyleGAN's
   habit: w space is the disentangled one, lerp there stays on the

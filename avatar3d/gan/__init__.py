@@ -1,4 +1,4 @@
-"""EG3D tri-plane 3D GAN with a coarse-to-fine pose-aware dual discriminator (METHOD.md sections 3-5).
+"""EG3D tri-plane 3D GAN with a coarse-to-fine pose-aware dual discriminator (docs/method.md sections 3-5).
 
 Pure PyTorch, CPU or GPU. The public pieces other stages use:
 

@@ -1,6 +1,6 @@
 """Every knob of the tri-plane GAN in one dataclass, with the ``tiny`` and ``paper`` presets.
 
-Values follow EG3D's FFHQ-512 recipe (METHOD.md sections 3-5) unless marked
+Values follow EG3D's FFHQ-512 recipe (docs/method.md sections 3-5) unless marked
 "ours": the ray range [2.0, 3.4] and the pivot at the origin cover a full 360
 degree head; the coarse-to-fine thresholds are ours too.
 """

@@ -1,4 +1,4 @@
-"""Dual discriminator with projection conditioning on the pose label (METHOD.md section 4).
+"""Dual discriminator with projection conditioning on the pose label (docs/method.md section 4).
 
 EG3D's DualDiscriminator: the raw neural render is resized (bilinear,
 antialiased) to the final image size and concatenated with it, giving 6

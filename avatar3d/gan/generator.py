@@ -1,4 +1,4 @@
-"""The EG3D tri-plane generator (METHOD.md section 3).
+"""The EG3D tri-plane generator (docs/method.md section 3).
 
     z, c_cond --mapping--> w --StyleGAN2 synthesis--> 3 x 32-channel planes
     planes + camera c --volume rendering--> raw features (neural resolution)

@@ -1,4 +1,4 @@
-"""EG3D's StyleGAN2Loss with the coarse-to-fine pose label (METHOD.md section 5).
+"""EG3D's StyleGAN2Loss with the coarse-to-fine pose label (docs/method.md section 5).
 
 Phases, each its own optimiser step, as in StyleGAN2's training loop:
   Gmain  non-saturating loss softplus(-D(G(z)))

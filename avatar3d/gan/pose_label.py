@@ -1,4 +1,4 @@
-"""Coarse-to-fine pose conditioning of the discriminator (METHOD.md section 4).
+"""Coarse-to-fine pose conditioning of the discriminator (docs/method.md section 4).
 
 Each image (real or generated) gets c_D = [c_fine ; c_coarse], the one-hot
 pose labels of :class:`avatar3d.scene.pose_bins.PoseBins`, with exactly one

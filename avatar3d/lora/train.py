@@ -1,4 +1,4 @@
-"""Character LoRA: fine-tune Stable Diffusion on ~10 images of one character (METHOD.md, character mode).
+"""Character LoRA: fine-tune Stable Diffusion on ~10 images of one character (docs/method.md, character mode).
 
 The paper's cartoon-character case: a LoRA on SD's UNet (optionally the
 text encoder too) learns one character from a handful of pictures; the

@@ -1,4 +1,4 @@
-"""Image-conditioned avatars: a diffusion prior in the GAN's W space (METHOD.md section 6).
+"""Image-conditioned avatars: a diffusion prior in the GAN's W space (docs/method.md section 6).
 
 - :mod:`avatar3d.prior.encoder`  CLIP vision tower (real or tiny random) and input-image checks
 - :mod:`avatar3d.prior.model`    ``PriorTransformer`` over w, DDPM training loss, DDIM/UniPC sampling with CFG

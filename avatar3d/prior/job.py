@@ -13,7 +13,6 @@ Running the same ``run_name`` again resumes it from its latest checkpoint.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,6 @@ class PriorTrainResult:
 def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     from avatar3d.prior.encoder import load_image_encoder
     from avatar3d.prior.loop import STATE_TREE
-    from avatar3d.prior.model import PriorSize
     from avatar3d.prior.pairs import check_pairs, w_statistics
     from avatar3d.runtime import apply_local_defaults
     from avatar3d.gan.snapshot import read_snapshot_metadata
@@ -72,7 +70,6 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     dump_config(cfg, run_dir / "config.yaml")
     print(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)
-    size = PriorSize.preset(cfg.model.size)
 
     from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
 
@@ -83,19 +80,13 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
         log_run_config(run, {"train": to_dict(cfg),
                              "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()
-        train_config = {
-            "w_dim": info.w_dim, "embed_dim": info.embed_dim, "size": vars(size),
-            "w_mean": w_mean.tolist(), "w_std": w_std.tolist(),
-            "prediction_type": cfg.model.prediction_type, "num_train_timesteps": cfg.model.num_train_timesteps,
-            "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "strategy": cfg.scaling.strategy, "zero_stage": cfg.scaling.zero_stage,
-            "rows_per_worker": rows_per_worker, "resume": cfg.resume,
-            "loop": {"total_steps": cfg.total_steps, "steps_per_tick": cfg.steps_per_tick,
-                     "checkpoint_ticks": cfg.checkpoint_ticks, "cond_drop_prob": cfg.model.cond_drop_prob,
-                     "precision": cfg.scaling.precision},
-            "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
-            "tracking": {"tracking_uri": tracking_uri, "run_id": run.info.run_id},
-        }
+        # The workers get the typed config itself plus what the driver derived from the pairs.
+        from avatar3d.training.ray_fit import WorkerContext, torch_threads_from_env, worker_config
+
+        context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracking_uri,
+                                run_id=run.info.run_id, torch_threads=torch_threads_from_env())
+        train_config = worker_config(cfg, context, pairs={"w_dim": info.w_dim, "embed_dim": info.embed_dim,
+                                                          "w_mean": w_mean.tolist(), "w_std": w_std.tolist()})
         result = _fit(cfg, info, train_config, output_dir)
         mlflow.log_metric("train_wall_s", time.time() - t0)
         prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card, run_dir / PRIOR_DIR)

@@ -1,4 +1,4 @@
-"""The W-space diffusion prior (METHOD.md section 6): a denoiser over one w, conditioned on a CLIP image embedding.
+"""The W-space diffusion prior (docs/method.md section 6): a denoiser over one w, conditioned on a CLIP image embedding.
 
 Choices, and why:
 

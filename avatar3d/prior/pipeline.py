@@ -1,4 +1,4 @@
-"""Image -> 3D avatar: CLIP embedding -> prior-sampled w -> generator renders (METHOD.md section 6).
+"""Image -> 3D avatar: CLIP embedding -> prior-sampled w -> generator renders (docs/method.md section 6).
 
 A trained prior is one self-contained folder (diffusers' habit of one folder
 per component)::

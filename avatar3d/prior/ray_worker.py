@@ -27,15 +27,20 @@ def train_func(config: dict[str, Any]) -> None:
     from avatar3d.runtime import apply_local_defaults, set_torch_threads
     from avatar3d.training.engines import make_engine
     from avatar3d.training.loop import LoopHooks
-    from avatar3d.training.ray_fit import mlflow_hooks, ray_report, worker_device
+    from avatar3d.prior.config import TrainPriorConfig
+    from avatar3d.training.ray_fit import mlflow_hooks, ray_report, unpack_worker_config, worker_device
 
-    # Unpack the config first.
-    seed, batch_size = config["seed"], config["batch_size"]
-    opts = PriorLoopOptions(**config["loop"])
-    tracking = config.get("tracking") or {}
+    # Unpack the config first: the driver's TrainPriorConfig, rebuilt by the same from_dict, and the pairs' facts.
+    cfg, context = unpack_worker_config(config, TrainPriorConfig)
+    pairs = config["pairs"]
+    seed, batch_size = cfg.seed, cfg.batch_size
+    opts = PriorLoopOptions(total_steps=cfg.total_steps, steps_per_tick=cfg.steps_per_tick,
+                            checkpoint_ticks=cfg.checkpoint_ticks, cond_drop_prob=cfg.model.cond_drop_prob,
+                            precision=cfg.scaling.precision)
+    tracking = {"tracking_uri": context.tracking_uri, "run_id": context.run_id}
 
     apply_local_defaults()
-    set_torch_threads(config.get("torch_threads"))
+    set_torch_threads(context.torch_threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device()
@@ -43,27 +48,27 @@ def train_func(config: dict[str, Any]) -> None:
 
     # The denoiser, identical on every rank, with the pairs' w statistics frozen inside it.
     torch.manual_seed(seed)
-    prior = build_prior(config["w_dim"], config["embed_dim"], PriorSize(**config["size"]))
-    set_w_stats(prior, torch.tensor(config["w_mean"]), torch.tensor(config["w_std"]))
-    engine = make_engine(prior.to(device), OptimizerSpec(lr=config["lr"], betas=(0.9, 0.999)), config["strategy"],
-                         zero_stage=config["zero_stage"], micro_batch=per_worker)
-    trainer = PriorTrainer(engine, train_scheduler(config["prediction_type"], config["num_train_timesteps"]),
+    prior = build_prior(pairs["w_dim"], pairs["embed_dim"], PriorSize.preset(cfg.model.size))
+    set_w_stats(prior, torch.tensor(pairs["w_mean"]), torch.tensor(pairs["w_std"]))
+    engine = make_engine(prior.to(device), OptimizerSpec(lr=cfg.lr, betas=(0.9, 0.999)), cfg.scaling.strategy,
+                         zero_stage=cfg.scaling.zero_stage, micro_batch=per_worker)
+    trainer = PriorTrainer(engine, train_scheduler(cfg.model.prediction_type, cfg.model.num_train_timesteps),
                            seed, rank)
 
     # Where to continue from: Ray's latest checkpoint of this run, else an explicit resume folder.
     checkpoint = ray.train.get_checkpoint()
     resume_dir = Path(checkpoint.to_directory()) if checkpoint is not None else (
-        Path(config["resume"]) if config.get("resume") else None)
+        Path(cfg.resume) if cfg.resume else None)
 
     hooks = LoopHooks(report=ray_report, print=(print if rank == 0 else (lambda *_: None)))
-    if rank == 0 and tracking.get("run_id"):
+    if rank == 0 and context.run_id:
         _, _, log_metrics = mlflow_hooks(tracking, step_key="step", step_scale=1.0)
         report = hooks.report
         hooks.report = lambda metrics, ckpt: (log_metrics(metrics), report(metrics, ckpt))
 
     shard = ray.train.get_dataset_shard("train")
     start = peek_step(resume_dir) if resume_dir is not None else 0
-    batches = shard_batches(shard, per_worker, seed * 1000 + rank, start, config["rows_per_worker"] // per_worker)
+    batches = shard_batches(shard, per_worker, seed * 1000 + rank, start, context.rows_per_worker // per_worker)
     result = training_loop(trainer, batches, opts, hooks, rank=rank, world_size=world, device=device,
                            resume_from=resume_dir)
     if resume_dir is not None and checkpoint is not None:

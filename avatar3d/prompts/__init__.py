@@ -1,4 +1,4 @@
-"""Prompt stage: style + view + attribute prompts with view-aware negatives (METHOD.md section 2)."""
+"""Prompt stage: style + view + attribute prompts with view-aware negatives (docs/method.md section 2)."""
 from avatar3d.prompts.builder import (
     BACK_NEGATIVE,
     BASE_NEGATIVE,

@@ -1,4 +1,4 @@
-"""Text prompts for the multi-view avatar data (METHOD.md section 2).
+"""Text prompts for the multi-view avatar data (docs/method.md section 2).
 
 A prompt is ``style part, subject, view part, attribute part``, with a
 view-aware negative prompt:
@@ -13,7 +13,7 @@ view-aware negative prompt:
   can be seen from behind (hair, headwear, clothes, ...): asking for "blue
   eyes" on a back view makes the diffusion model paint a face there.
 
-The view part comes right after the subject (METHOD.md's order: style, view,
+The view part comes right after the subject (docs/method.md's order: style, view,
 attributes) so that it is never lost to CLIP's 77-token truncation and keeps
 the weight of an early phrase. The negative prompt names the face parts for
 back views, which is what stops faces being painted on the back of the head.

@@ -1,4 +1,4 @@
-"""Cameras and the EG3D 25-float pose label (METHOD.md section 1).
+"""Cameras and the EG3D 25-float pose label (docs/method.md section 1).
 
 Label layout, exactly as EG3D stores it in ``dataset.json``:
     c[0:16]  = OpenCV camera-to-world 4x4, row-major

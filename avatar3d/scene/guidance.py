@@ -1,4 +1,4 @@
-"""ControlNet guidance images of the canonical head for any camera (METHOD.md section 2).
+"""ControlNet guidance images of the canonical head for any camera (docs/method.md section 2).
 
 For a 25-float camera label this renders
 

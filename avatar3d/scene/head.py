@@ -1,4 +1,4 @@
-"""The canonical head-and-shoulders model the pose guidance is rendered from (METHOD.md section 2).
+"""The canonical head-and-shoulders model the pose guidance is rendered from (docs/method.md section 2).
 
 StyleAvatar3D renders its OpenPose and depth guidance from an existing 3D
 head rather than running a detector on images. No head scan ships with

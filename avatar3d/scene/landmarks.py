@@ -1,4 +1,4 @@
-"""3D landmarks of the guidance head: names, order, file format (METHOD.md section 2).
+"""3D landmarks of the guidance head: names, order, file format (docs/method.md section 2).
 
 A head carries 78 landmarks, always in this order:
 

@@ -1,4 +1,4 @@
-"""Fine and coarse pose labels for the coarse-to-fine discriminator (METHOD.md section 1, 4).
+"""Fine and coarse pose labels for the coarse-to-fine discriminator (docs/method.md section 1, 4).
 
 A pose label is a one-hot yaw bin followed by a one-hot pitch bin. Yaw bins
 are centred on yaw 0 (the front view), so bin 0 is always "front": with 4
@@ -6,7 +6,7 @@ coarse bins they are front, left (yaw +90, the subject's left side), back,
 right (yaw -90). Pitch bins split ``pitch_range`` evenly; pitches outside it
 clamp to the end bins.
 
-Defaults (ours, METHOD.md): fine = 36 yaw bins (10 deg) + 6 pitch bins
+Defaults (ours, docs/method.md section 1): fine = 36 yaw bins (10 deg) + 6 pitch bins
 (10 deg over [-30, 30]); coarse = 4 yaw bins + 1 pitch bin.
 """
 from __future__ import annotations

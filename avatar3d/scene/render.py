@@ -1,4 +1,4 @@
-"""Depth and normal maps of a head mesh for one camera label, by CPU ray casting (METHOD.md section 2).
+"""Depth and normal maps of a head mesh for one camera label, by CPU ray casting (docs/method.md section 2).
 
 One ray per pixel centre, the same rays as ``avatar3d.scene.cameras.camera_rays``
 (row-major from the top row, through (i + 0.5) / size), traced headless with

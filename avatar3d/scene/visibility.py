@@ -1,4 +1,4 @@
-"""Project the head's 3D landmarks into a camera and decide which are visible (METHOD.md section 2).
+"""Project the head's 3D landmarks into a camera and decide which are visible (docs/method.md section 2).
 
 A landmark is visible iff all of these hold:
 

@@ -1,4 +1,4 @@
-"""Prompt-set throughput and CLIP token lengths (the prompt stage, METHOD.md section 2).
+"""Prompt-set throughput and CLIP token lengths (the prompt stage, docs/method.md section 2).
 
 Prints samples per second for ``sample_prompts`` (one process, one thread)
 and the distribution of CLIP BPE token counts of prompts and negative prompts,

@@ -1,4 +1,4 @@
-"""Guidance rendering speed on one core (the pose/depth stage, METHOD.md section 2).
+"""Guidance rendering speed on one core (the pose/depth stage, docs/method.md section 2).
 
 Goal: well under 1 s per 512x512 view (openpose + depth + normal) on one CPU
 core, so guidance is never the bottleneck next to a ControlNet forward pass.
