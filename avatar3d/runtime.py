@@ -12,9 +12,10 @@ already exported, so a cluster's runtime_env wins over these.
   so the one-off JIT build is reused across runs.
 - ``DS_ACCELERATOR=cpu`` where there is no CUDA device.
 
-Training processes on CPU also keep large freed tensor blocks for reuse
-(:func:`use_caching_cpu_allocator`): glibc hands them back to the OS, and
-faulting them in again was a sixth of a 64 px GAN step.
+The C allocator is not chosen here: glibc reads its tunables and the loader
+``LD_PRELOAD`` only when a process starts, so the Makefile and
+``cluster/runtime_env.yaml`` set them for the processes they start
+(``evaluation/gan/README.md``, "Allocator").
 """
 from __future__ import annotations
 
@@ -73,28 +74,6 @@ def env_flag(name: str, default: bool = True) -> bool:
     if raw is None:
         return default
     return raw.strip().lower() not in ("0", "false", "no", "off")
-
-
-CPU_CACHE_ENV = "AVATAR3D_CPU_CACHE_MB"
-DEFAULT_CPU_CACHE_MB = 8192
-
-
-def use_caching_cpu_allocator(device: str | None = None) -> bool:
-    """Keep up to ``$AVATAR3D_CPU_CACHE_MB`` (default 8192; 0 = off) MB of freed large CPU
-    tensor blocks for reuse in this process. Only for CPU training (``device`` "cpu" or
-    None): on a GPU the CPU holds little. Returns whether the cache is on."""
-    if device is not None and str(device).split(":")[0] != "cpu":
-        return False
-    raw = os.environ.get(CPU_CACHE_ENV, str(DEFAULT_CPU_CACHE_MB)).strip()
-    try:
-        limit_mb = int(raw)
-    except ValueError:
-        raise ValueError(f"{CPU_CACHE_ENV}={raw!r}: pass a whole number of megabytes (0 turns the cache off)")
-    if limit_mb <= 0:
-        return False
-    from avatar3d.native import install_caching_cpu_allocator
-
-    return install_caching_cpu_allocator(limit_mb)
 
 
 def init_local_ray(num_cpus: int | None = None, **kwargs):

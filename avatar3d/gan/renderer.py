@@ -74,12 +74,13 @@ class OSGDecoder(nn.Module):
         self.fc0 = FullyConnected(in_features, hidden)
         self.fc1 = FullyConnected(hidden, 1 + out_features)
 
-    def forward(self, feats: torch.Tensor, input_scale: float = 1.0) -> DecoderOutput:
-        """feats (N, C, ...) mean plane features (or their sum with ``input_scale`` = 1/3)."""
+    def forward(self, feats: torch.Tensor, input_scale: float = 1.0, compiled: bool = False) -> DecoderOutput:
+        """feats (N, C, ...) mean plane features (or their sum with ``input_scale`` = 1/3).
+        ``compiled``: as in :func:`bias_softplus`."""
         shape = feats.shape
         x = feats.reshape(shape[0], shape[1], -1)  # (N, C, P)
         w0, b0 = _channel_weights(self.fc0, x.dtype, input_scale)
-        x = bias_softplus(torch.bmm(w0.expand(x.shape[0], -1, -1), x), b0)
+        x = bias_softplus(torch.bmm(w0.expand(x.shape[0], -1, -1), x), b0, compiled)
         w1, b1 = _channel_weights(self.fc1, x.dtype)
         x = torch.bmm(w1.expand(x.shape[0], -1, -1), x).add_(b1.view(1, -1, 1)).view(shape[0], -1, *shape[2:])
         return DecoderOutput(sigma=x[:, :1], unit=torch.sigmoid(x[:, 1:]))
@@ -90,14 +91,15 @@ def _channel_weights(fc: FullyConnected, dtype: torch.dtype, input_scale: float 
     return fc.weight.to(dtype) * (fc.weight_gain * input_scale), fc.bias.to(dtype) * fc.bias_gain
 
 
-def bias_softplus(h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """softplus(h + b) with a bias per channel, h (N, H, P).
+def bias_softplus(h: torch.Tensor, b: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+    """softplus(h + b) with a bias per channel, h (N, H, P): the bias add and ATen's softplus.
 
-    On CPU (float32, AVX-512) one compiled pass (:mod:`avatar3d.native`), 4x faster than
-    the bias add and ATen's softplus, whose log1p is not vectorised; elsewhere those two ops.
+    With ``compiled`` (training-mode renders) in a process that enabled
+    :func:`avatar3d.native.enable_training_ops`, on CPU (float32, AVX-512): one compiled
+    pass, 4x faster than those two ops, whose log1p is not vectorised.
     """
-    if h.device.type == "cpu" and h.dtype == torch.float32 and h.is_contiguous():
-        ops = native.triplane_ops()
+    if compiled and h.device.type == "cpu" and h.dtype == torch.float32 and h.is_contiguous():
+        ops = native.training_ops()
         if ops is not None and ops.has_vector_math():
             return _BiasSoftplus.apply(h, b, ops)
     return F.softplus(h + b.view(1, -1, 1))
@@ -214,8 +216,14 @@ class ImportanceRenderer(nn.Module):
         self.density_noise, self.white_back = density_noise, white_back
 
     def run_model(self, planes: torch.Tensor, points: torch.Tensor) -> DecoderOutput:
-        """Decode at points (N, A, B, 3) -> DecoderOutput with (N, *, A, B) tensors."""
-        out = self.decoder(sample_triplane(planes, points, self.box_warp, reduce="sum"), input_scale=1.0 / 3.0)
+        """Decode at points (N, A, B, 3) -> DecoderOutput with (N, *, A, B) tensors.
+
+        Training-mode renders may take the compiled CPU ops (where the process enabled them);
+        eval-mode renders never do, so inference gives the same bytes in every process.
+        """
+        compiled = self.training
+        feats = sample_triplane(planes, points, self.box_warp, reduce="sum", compiled=compiled)
+        out = self.decoder(feats, input_scale=1.0 / 3.0, compiled=compiled)
         if self.density_noise > 0 and self.training:
             out.sigma = out.sigma + torch.randn_like(out.sigma) * self.density_noise
         return out

@@ -14,18 +14,19 @@ EG3D's first release built the third plane from a matrix that projected to
 zero padding of ``grid_sample`` returns zero features.
 
 The features of the three planes are averaged (EG3D's decoder does the mean).
-Two paths compute the same sum of bilinear lookups:
+Two paths compute the same sum of bilinear lookups (up to float rounding):
 
-* on CPU (float32), a compiled kernel (:mod:`avatar3d.native`) that reads
+* one ``grid_sample`` per plane on a view of the plane tensor, summed as it
+  goes: no (N*3, C, ...) stack to copy, reduce and (in the backward)
+  re-expand. The default, and the only path of every inference render;
+* with ``compiled=True`` (the renderer passes it for training-mode renders), in
+  a process that called :func:`avatar3d.native.enable_training_ops`, on CPU
+  float32 with no gradient wanted for the points: a compiled kernel that reads
   and writes each pixel's features as one contiguous row (the channels-last
-  synthesis output is read in place; other layouts are copied once);
-  3x faster forward and 3-5x faster backward than ``grid_sample`` on the
-  renderer's shapes, where ``grid_sample``'s backward was a third of a
-  render's forward + backward;
-* everywhere else (GPU, half types, a gradient wanted for the points, or
-  ``AVATAR3D_NATIVE_OPS=0``), one ``grid_sample`` per plane on a view of the
-  plane tensor, summed as it goes: no (N*3, C, ...) stack to copy, reduce and
-  (in the backward) re-expand.
+  synthesis output is read in place; other layouts are copied once); 3x faster
+  forward and 3-5x faster backward than ``grid_sample`` on the renderer's
+  shapes, where ``grid_sample``'s backward was a third of a render's forward +
+  backward. See :mod:`avatar3d.native` for why inference never takes it.
 
 Channels stay first in the result, (N, C, ...).
 """
@@ -42,12 +43,13 @@ PLANE_AXES = ((0, 1), (0, 2), (2, 1))
 
 
 def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float = 1.0,
-                    reduce: str = "mean") -> torch.Tensor:
+                    reduce: str = "mean", compiled: bool = False) -> torch.Tensor:
     """Mean (or, with ``reduce="sum"``, sum) of the tri-plane features at world points.
 
     planes: (N, 3, C, H, W); points: (N, A, B, 3) (any two point dims, e.g. rays x samples).
     Returns (N, C, A, B) in the planes' dtype. The renderer takes the sum and folds the
     1/3 into the decoder's first layer, saving a full pass (and its backward) per lookup.
+    ``compiled`` allows the compiled kernel where this process enabled it (training only).
     """
     if planes.ndim != 5 or planes.shape[1] != 3:
         raise ValueError(f"planes must have shape (N, 3, C, H, W), got {tuple(planes.shape)}")
@@ -56,7 +58,7 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float 
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     coords = points.to(planes.dtype) * (2.0 / box_warp)
-    ops = _native_ops(planes, coords)
+    ops = _native_ops(planes, coords) if compiled else None
     if ops is not None:
         n, a, b = coords.shape[:3]
         total = _NativeLookup.apply(planes, coords.reshape(n, a * b, 3).contiguous(), ops).view(n, -1, a, b)
@@ -70,10 +72,11 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_warp: float 
 
 
 def _native_ops(planes: torch.Tensor, coords: torch.Tensor):
-    """The compiled kernel where it applies: CPU float32, no gradient wanted for the points."""
+    """The compiled kernel where it applies: enabled in this process, CPU float32, no gradient
+    wanted for the points."""
     if planes.device.type != "cpu" or planes.dtype != torch.float32 or coords.requires_grad:
         return None
-    return native.triplane_ops()
+    return native.training_ops()
 
 
 def _kernel_layout(planes: torch.Tensor) -> torch.Tensor:

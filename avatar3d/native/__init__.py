@@ -1,17 +1,29 @@
-"""Optional compiled CPU code, each piece with a pure-PyTorch path that computes the same.
+"""Compiled CPU ops for training processes: opt-in per process, never built by model code.
 
-* ``triplane_ops()``: the tri-plane bilinear lookup and its gradient
-  (:mod:`avatar3d.gan.triplane` uses it for CPU float32 tensors), and the
-  decoder's bias + softplus in one vectorised pass (:mod:`avatar3d.gan.renderer`).
-* ``install_caching_cpu_allocator()``: keeps large freed CPU blocks for reuse
-  instead of returning them to the OS (no maths involved; see the source).
+``triplane_cpu.cpp`` holds the tri-plane bilinear lookup with its gradient and the
+decoder's bias + softplus in one vectorised pass. They compute what the PyTorch
+paths of :mod:`avatar3d.gan.triplane` and :mod:`avatar3d.gan.renderer` compute,
+up to float rounding (another summation order, libmvec's ``expf``/``log1pf``).
 
-Built on first use with ``torch.utils.cpp_extension.load`` (gcc and ninja, which
-the install brings for DeepSpeed's ops too) into ``$TORCH_EXTENSIONS_DIR``, under
-names that hash the source, the torch version and this CPU's flags (the builds
-use ``-march=native``), so a shared cache never hands one machine another's
-binary. ``AVATAR3D_NATIVE_OPS=0`` turns all of it off; a failed build warns once
-and falls back the same way.
+Who uses them, and why only they:
+
+* A process opts in with :func:`enable_training_ops` (the GAN's Ray Train worker,
+  the benchmarks). That builds the extension once with ``-march=native`` (gcc and
+  ninja, ~40 s, cached in ``$TORCH_EXTENSIONS_DIR`` under a name that hashes the
+  source, the torch version and this CPU's flags) and loads it. Nothing else
+  builds or loads it: importing or running :mod:`avatar3d.gan` for inference (a
+  pyfunc consumer, export-mesh, FID) never compiles C++.
+* Even there, only **training-mode** renders use them (the renderer passes
+  ``compiled=self.training``): the trainer's G forward and backward. Every
+  eval-mode render -- the EMA generator's sample grids, FID, snapshots (loaded in
+  eval mode), pyfunc, export-mesh -- takes the PyTorch path in every process, so
+  one snapshot, seed and camera give the same bytes in the process that trained
+  it and in any consumer. (Training mode already renders differently: density
+  noise.)
+
+``AVATAR3D_NATIVE_OPS=0`` turns the ops off (:func:`enable_training_ops` then
+returns False and builds nothing); a failed build warns once and the PyTorch
+paths run.
 """
 from __future__ import annotations
 
@@ -25,55 +37,39 @@ from avatar3d.runtime import env_flag
 
 _HERE = Path(__file__).parent
 _lock = threading.Lock()
-_loaded: dict[str, ModuleType | None] = {}
+_enabled = False  # set by enable_training_ops() only
+_module: ModuleType | None = None  # the loaded build (None before one, or after a failed one)
+_tried = False  # a failed build is not retried (nor warned about) again in this process
 # glibc's vector math library (16-lane expf / log1pf) for the decoder's softplus.
-_LDFLAGS = {"triplane_cpu": ["-lmvec"]}
+_LDFLAGS = ["-lmvec"]
 
 
 def native_ops_enabled() -> bool:
+    """The ``AVATAR3D_NATIVE_OPS`` switch (default on); read at each call, so a process can flip it."""
     return env_flag("AVATAR3D_NATIVE_OPS")
 
 
-def triplane_ops() -> ModuleType | None:
-    """The compiled tri-plane module (``forward`` / ``backward``), or None to use PyTorch ops."""
-    return _module("triplane_cpu") if native_ops_enabled() else None
+def enable_training_ops(device: str | None = None) -> bool:
+    """Build (first time on this machine) and load the compiled CPU ops for this process's training.
 
-
-def install_caching_cpu_allocator(limit_mb: int) -> bool:
-    """Make torch keep up to ``limit_mb`` MB of freed large CPU blocks for reuse. True if installed.
-
-    Process-wide and meant for training / benchmark processes (the default limit is
-    :data:`avatar3d.runtime.DEFAULT_CPU_CACHE_MB`); called again, it only changes the limit.
-    A no-op returning False where native code is off or could not be built.
+    For training and benchmark processes only. ``device`` is where training runs: on a
+    GPU the ops would never be used, so nothing is built. Returns whether they are on.
     """
+    global _enabled, _module, _tried
+    if device is not None and str(device).split(":")[0] != "cpu":
+        return False
     if not native_ops_enabled():
         return False
-    mod = _module("caching_allocator")
-    if mod is None:
-        return False
-    mod.install(int(limit_mb) << 20)
-    return True
-
-
-def empty_caching_allocator() -> int:
-    """Free every cached block now; returns the bytes released (0 if the allocator was never built)."""
-    mod = _loaded.get("caching_allocator")
-    return int(mod.empty_cache()) if mod is not None else 0
-
-
-def caching_allocator_stats() -> dict[str, int] | None:
-    """installed, cached_bytes, limit, hits, misses of the caching allocator (None if never built)."""
-    mod = _loaded.get("caching_allocator")
-    if mod is None:
-        return None
-    return dict(zip(("installed", "cached_bytes", "limit", "hits", "misses"), mod.stats()))
-
-
-def _module(name: str) -> ModuleType | None:
     with _lock:
-        if name not in _loaded:
-            _loaded[name] = _build(name)
-        return _loaded[name]
+        if not _tried:
+            _module, _tried = _build("triplane_cpu"), True
+        _enabled = _module is not None
+    return _enabled
+
+
+def training_ops() -> ModuleType | None:
+    """The compiled module if this process enabled it (and the switch is on), else None. Never builds."""
+    return _module if _enabled and native_ops_enabled() else None
 
 
 def _cpu_signature() -> str:
@@ -96,8 +92,7 @@ def _build(name: str) -> ModuleType | None:
     digest = hashlib.sha1(source.read_bytes() + torch.__version__.encode() + _cpu_signature().encode())
     try:
         return load(name=f"avatar3d_{name}_{digest.hexdigest()[:12]}", sources=[str(source)],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], extra_ldflags=_LDFLAGS.get(name, []),
-                    verbose=False)
+                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], extra_ldflags=_LDFLAGS, verbose=False)
     except Exception as exc:  # no compiler, no ninja, a read-only cache...: the PyTorch paths still work
         first = str(exc).splitlines()[0] if str(exc) else ""
         warnings.warn(f"avatar3d: compiled CPU code {name!r} is unavailable ({type(exc).__name__}: {first}); "

@@ -21,7 +21,8 @@ from avatar3d.evaluation.fid import evaluate_fid
 from avatar3d.evaluation.options import FIDOptions
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
-from avatar3d.runtime import apply_local_defaults, set_torch_threads, use_caching_cpu_allocator
+from avatar3d.native import enable_training_ops
+from avatar3d.runtime import apply_local_defaults, set_torch_threads
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import TrainBatch, decode_batch
 from avatar3d.training.engines import make_engine
@@ -41,7 +42,7 @@ def train_func(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = worker_device()
-    use_caching_cpu_allocator(device)
+    enable_training_ops(device)  # compiled CPU ops for this worker's training-mode renders (CPU only)
     per_worker = cfg.batch_size // world
 
     # Networks, identical on every rank; a transfer run starts G from a snapshot.

@@ -61,15 +61,11 @@ def _grid_sample_sum(planes, points, box_warp=1.0):
                for k, (u, v) in enumerate(PLANE_AXES))
 
 
-def test_compiled_cpu_kernel_matches_grid_sample_forward_and_backward(monkeypatch):
-    from avatar3d import native
-
-    monkeypatch.setenv("AVATAR3D_NATIVE_OPS", "1")
-    assert native.triplane_ops() is not None, "the compiled tri-plane kernel did not build"
+def test_compiled_cpu_kernel_matches_grid_sample_forward_and_backward(compiled_ops):
     planes, points = _lookup_case()
     p_native = planes.clone().requires_grad_(True)
     p_ref = planes.clone().requires_grad_(True)
-    out = sample_triplane(p_native, points, 0.9, reduce="sum")
+    out = sample_triplane(p_native, points, 0.9, reduce="sum", compiled=True)
     ref = _grid_sample_sum(p_ref, points, 0.9)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(ref)
@@ -79,32 +75,34 @@ def test_compiled_cpu_kernel_matches_grid_sample_forward_and_backward(monkeypatc
     torch.testing.assert_close(p_native.grad, p_ref.grad, rtol=1e-5, atol=1e-5)
     # Points far outside the box (and exactly on its faces) match too.
     edge = torch.tensor([[[[5.0, 0.0, 0.0], [0.45, 0.45, -0.45], [-0.45, 0.45, 0.45], [0.0, -9.0, 3.0]]]])
-    torch.testing.assert_close(sample_triplane(planes[:1], edge, 0.9, reduce="sum"),
+    torch.testing.assert_close(sample_triplane(planes[:1], edge, 0.9, reduce="sum", compiled=True),
                                _grid_sample_sum(planes[:1], edge, 0.9), rtol=1e-5, atol=1e-6)
 
 
-def test_pytorch_path_when_disabled_or_points_need_gradients(monkeypatch):
+def test_pytorch_path_unless_asked_for_or_when_disabled_or_points_need_gradients(compiled_ops, monkeypatch):
     planes, points = _lookup_case(seed=1)
     ref = _grid_sample_sum(planes, points)
+    # Enabled in this process, but not asked for (every eval-mode render): bit-identical to grid_sample.
+    assert torch.equal(sample_triplane(planes, points, reduce="sum"), ref)
+    assert not torch.equal(sample_triplane(planes, points, reduce="sum", compiled=True), ref)  # the kernel ran
     monkeypatch.setenv("AVATAR3D_NATIVE_OPS", "0")
-    torch.testing.assert_close(sample_triplane(planes, points, reduce="sum"), ref)
+    assert torch.equal(sample_triplane(planes, points, reduce="sum", compiled=True), ref)
     # A gradient for the sample points (not needed by the GAN) goes through grid_sample.
     monkeypatch.setenv("AVATAR3D_NATIVE_OPS", "1")
     pts = points.clone().requires_grad_(True)
-    sample_triplane(planes, pts).sum().backward()
+    sample_triplane(planes, pts, compiled=True).sum().backward()
     assert pts.grad is not None and pts.grad.abs().sum() > 0
 
 
-def test_compiled_kernel_reads_the_channels_last_synthesis_layout_in_place(monkeypatch):
+def test_compiled_kernel_reads_the_channels_last_synthesis_layout_in_place(compiled_ops):
     """Planes viewed from an NHWC (N, 3 * C, H, W) tensor, as the CPU synthesis network makes them."""
-    monkeypatch.setenv("AVATAR3D_NATIVE_OPS", "1")
     planes, points = _lookup_case(seed=2)
     n, _, c, h, w = planes.shape
     nhwc = planes.reshape(n, 3 * c, h, w).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     view = nhwc.view(n, 3, c, h, w)
     assert not view.is_contiguous() and view.stride(2) == 1
     ref_planes = planes.clone().requires_grad_(True)
-    out = sample_triplane(view, points, reduce="sum")
+    out = sample_triplane(view, points, reduce="sum", compiled=True)
     ref = _grid_sample_sum(ref_planes, points)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(ref)
