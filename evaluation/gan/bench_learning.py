@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,6 @@ from scipy import linalg
 
 from avatar3d import native
 from avatar3d.gan import GANConfig, GANTrainer
-from avatar3d.runtime import use_caching_cpu_allocator
 from avatar3d.scene.cameras import CameraSampler, camera_label
 from avatar3d.scene.head import canonical_head
 from avatar3d.scene.render import render_mesh
@@ -145,7 +145,7 @@ def main():
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cache_on = use_caching_cpu_allocator("cpu")  # as GAN training on CPU runs
+    ops_on = native.enable_training_ops("cpu")  # as GAN training on CPU runs
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,8 @@ def main():
         "config": cfg.to_dict(), "batch": args.batch, "steps": steps, "kimg": tr.cur_nimg / 1e3,
         "train_wall_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu_s, 1),
         "threads": torch.get_num_threads(),
-        "native_triplane_lookup": native.triplane_ops() is not None, "caching_cpu_allocator": cache_on,
+        "compiled_training_ops": ops_on,
+        "allocator_env": {k: os.environ.get(k) for k in ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF")},
         "init": init_metrics, "final": final_metrics, "real_vs_real_floor": floor,
         # IoU a constant "everything is foreground" silhouette would get: the bar to beat.
         "silhouette_iou_all_foreground": float(hold_masks.mean((1, 2)).mean()),

@@ -5,10 +5,14 @@ VM), so comparing separate runs hides effects of that size. Here every variant
 runs in the same process, interleaved round by round, and the median per-call
 CPU time of each is reported; a variant turns ONE speed-up off:
 
-  all on             the default on CPU
+  all on             the default of a CPU training process
   no native lookup   AVATAR3D_NATIVE_OPS=0 (grid_sample lookup, ATen softplus)
   no channels-last   AVATAR3D_CHANNELS_LAST=0 (NCHW convolutions)
-  no block cache     the caching CPU allocator's limit set to 0 (blocks go back to the OS)
+
+The forward is the generator's in training mode, no grad (as the D phase runs
+it): the compiled ops serve training-mode renders only. The allocator is chosen
+when the process starts, so its effect is measured across processes instead
+(``bench_allocators.py``).
 
     OMP_NUM_THREADS=1 python evaluation/gan/bench_speedups.py --configs A B --rounds 3
 """
@@ -24,7 +28,6 @@ import torch
 
 from avatar3d import native
 from avatar3d.gan import GANTrainer
-from avatar3d.runtime import DEFAULT_CPU_CACHE_MB, use_caching_cpu_allocator
 
 try:  # run as a script from the repository root or from this folder
     from bench_throughput import batch, config
@@ -35,17 +38,12 @@ VARIANTS = {
     "all on": {},
     "no native lookup": {"AVATAR3D_NATIVE_OPS": "0"},
     "no channels-last": {"AVATAR3D_CHANNELS_LAST": "0"},
-    "no block cache": {"cache_mb": 0},
 }
 
 
 def _apply(variant: dict) -> None:
     for key in ("AVATAR3D_NATIVE_OPS", "AVATAR3D_CHANNELS_LAST"):
         os.environ[key] = variant.get(key, "1")
-    limit = variant.get("cache_mb", DEFAULT_CPU_CACHE_MB)
-    native.install_caching_cpu_allocator(limit)
-    if limit == 0:
-        native.empty_caching_allocator()
 
 
 def bench(name: str, rounds: int) -> dict:
@@ -91,7 +89,7 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "speedups.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if not use_caching_cpu_allocator("cpu") or native.triplane_ops() is None:
+    if not native.enable_training_ops("cpu"):
         raise SystemExit("bench_speedups: the compiled CPU code is off or failed to build; nothing to compare")
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "runs": []}
     for name in args.configs:

@@ -3,7 +3,9 @@
 Measures, for the two reference configurations of the GAN issue (batch 4):
   * full training step (Gmain + Dmain, each with its optimiser step; no R1,
     no density regulariser, no EMA, no blur) in images/s;
-  * generator forward only (no grad) in renders/s;
+  * generator forward only (no grad, eval mode: the render a consumer of a
+    snapshot gets) in renders/s, and the same in training mode (as the D phase
+    runs it) beside it in the JSON;
   * a torch.profiler breakdown of one training step (top ops);
 rates are per CPU-second of this (single-threaded) process, the wall-clock
 rates and the load average are recorded beside them (the machine is shared);
@@ -20,9 +22,12 @@ This machine's speed drifts by 10-20% from one process to the next (a shared
 VM), more than within a process; ``--processes K`` measures each config in K
 fresh interpreters and reports the median and range of their medians.
 
-Runs as training runs on CPU: the compiled tri-plane lookup and the caching CPU
-allocator are on (both recorded in the JSON). ``AVATAR3D_NATIVE_OPS=0`` measures
-the pure-PyTorch paths, ``AVATAR3D_CPU_CACHE_MB=0`` the plain allocator.
+Runs as training runs on CPU: the process enables the compiled CPU ops
+(:func:`avatar3d.native.enable_training_ops`), which training-mode renders use
+and eval-mode renders never do; ``AVATAR3D_NATIVE_OPS=0`` measures the
+pure-PyTorch paths. The C allocator is whatever the process was started with
+(``LD_PRELOAD``, ``GLIBC_TUNABLES``, ``MALLOC_CONF`` are recorded in the JSON);
+the Makefile sets the recommended one (README, "Allocator").
 """
 from __future__ import annotations
 
@@ -37,10 +42,12 @@ import torch
 
 from avatar3d import native
 from avatar3d.gan import GANConfig, GANTrainer, TriPlaneGenerator, build_discriminator
-from avatar3d.runtime import use_caching_cpu_allocator
 from avatar3d.scene.cameras import camera_label
 
 REFERENCE = {"A": {"step": 2.6, "forward": 12.0}, "B": {"step": 0.26, "forward": 1.3}}
+# (measured rate, reference it is compared with, name of the ratio)
+RATIOS = (("images_per_s", "step", "speedup_step"), ("renders_per_s", "forward", "speedup_forward"),
+          ("train_renders_per_s", "forward", "speedup_train_forward"))
 
 
 def config(name: str) -> GANConfig:
@@ -95,14 +102,18 @@ def bench(name: str, iters: int, profile: bool) -> dict:
         with torch.no_grad():
             G(z, c)
 
+    G.eval()  # inference: the PyTorch path in every process
     fwd_s, fwd_cpu = time_it(fwd, 1, max(iters, 3))
+    G.train()  # as the trainer's D phase runs it: the compiled ops where enabled
+    train_fwd_s, train_fwd_cpu = time_it(fwd, 1, max(iters, 3))
     out = {"config": name, "batch": n,
            "step_wall_s": step_s, "step_cpu_s": step_cpu, "forward_wall_s": fwd_s, "forward_cpu_s": fwd_cpu,
-           "images_per_s": n / step_cpu, "renders_per_s": n / fwd_cpu,
+           "train_forward_cpu_s": train_fwd_cpu,
+           "images_per_s": n / step_cpu, "renders_per_s": n / fwd_cpu, "train_renders_per_s": n / train_fwd_cpu,
            "images_per_wall_s": n / step_s, "renders_per_wall_s": n / fwd_s,
            "load_avg_1min": os.getloadavg()[0], "reference": REFERENCE[name]}
-    out["speedup_step"] = out["images_per_s"] / REFERENCE[name]["step"]
-    out["speedup_forward"] = out["renders_per_s"] / REFERENCE[name]["forward"]
+    for key, ref, label in RATIOS:
+        out[label] = out[key] / REFERENCE[name][ref]
     if profile:
         from torch.profiler import profile as prof
         with prof() as p:
@@ -149,11 +160,11 @@ def in_fresh_processes(name: str, iters: int, processes: int) -> dict:
                             "--no-flops"], check=True, stdout=subprocess.DEVNULL)
             runs.append(json.loads(out.read_text())["runs"][0])
     summary = {"config": name, "processes": processes, "reference": REFERENCE[name], "per_process": runs}
-    for key, ref in (("images_per_s", "step"), ("renders_per_s", "forward")):
+    for key, ref, label in RATIOS:
         vals = sorted(r[key] for r in runs)
         summary[key] = float(np.median(vals))
         summary[f"{key}_range"] = [vals[0], vals[-1]]
-        summary[f"speedup_{ref}"] = summary[key] / REFERENCE[name][ref]
+        summary[label] = summary[key] / REFERENCE[name][ref]
     return summary
 
 
@@ -169,10 +180,10 @@ def main():
     if args.processes < 1 or args.iters < 1:
         raise SystemExit("bench_throughput: --processes and --iters take a whole number >= 1")
     torch.set_num_threads(1)
-    cache_on = use_caching_cpu_allocator("cpu")
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-               "native_triplane_lookup": native.triplane_ops() is not None,
-               "caching_cpu_allocator": cache_on, "runs": []}
+               "compiled_training_ops": native.enable_training_ops("cpu"),
+               "allocator_env": {k: os.environ.get(k) for k in ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF")},
+               "runs": []}
     for name in args.configs:
         if args.processes > 1:
             r = in_fresh_processes(name, args.iters, args.processes)
@@ -189,7 +200,6 @@ def main():
     if not args.no_flops:
         results["paper_flops_per_image"] = paper_flops()
         print(json.dumps(results["paper_flops_per_image"]))
-    results["allocator_stats"] = native.caching_allocator_stats()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
 
