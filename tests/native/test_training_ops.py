@@ -46,7 +46,7 @@ def test_inference_never_builds_or_loads_the_compiled_ops(tmp_path):
     ext_dir, snapshot = tmp_path / "torch_extensions", tmp_path / "g.safetensors"
     out = _run(f"""
         from avatar3d import native
-        from avatar3d.training.checkpoint import load_snapshot, save_snapshot
+        from avatar3d.gan.snapshot import load_snapshot, save_snapshot
         torch.manual_seed(0)
         cfg = GANConfig.tiny()
         G = TriPlaneGenerator(cfg)
@@ -66,7 +66,7 @@ def test_eval_render_is_the_same_bytes_with_and_without_the_compiled_ops(tmp_pat
     # The producer: a training process with the ops on saves a snapshot and renders it (sample grid, FID).
     prod = _run(f"""
         from avatar3d import native
-        from avatar3d.training.checkpoint import load_snapshot, save_snapshot
+        from avatar3d.gan.snapshot import load_snapshot, save_snapshot
         assert native.enable_training_ops("cpu"), "the compiled ops did not build"
         torch.manual_seed(0)
         cfg = GANConfig.tiny()
@@ -79,7 +79,7 @@ def test_eval_render_is_the_same_bytes_with_and_without_the_compiled_ops(tmp_pat
     # The consumer: a pyfunc / export-mesh process loads the snapshot and renders; no ops.
     cons = _run(f"""
         from avatar3d import native
-        from avatar3d.training.checkpoint import load_snapshot
+        from avatar3d.gan.snapshot import load_snapshot
         G = load_snapshot("{snapshot}").generator
         torch.save({{"eval": render(G), "train": render(G.train())}}, "{consumer_out}")
         print(json.dumps({{"ops": native.training_ops() is not None}}))
