@@ -31,6 +31,9 @@ import tempfile
 from pathlib import Path
 
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+# Whatever allocator settings this process inherited (the Makefile exports GLIBC_TUNABLES)
+# are cleared first, so "glibc" means glibc's defaults.
+CLEAR = {"GLIBC_TUNABLES": "", "LD_PRELOAD": "", "MALLOC_CONF": ""}
 # Each variant's environment. AVATAR3D_CPU_CACHE_MB only means something to a pre-removal
 # checkout: 0 there turns its caching allocator off, so glibc (or jemalloc) serves torch.
 VARIANTS = {
@@ -53,7 +56,7 @@ def run_once(bench: Path, root: Path, config: str, iters: int, env_extra: dict[s
     """One fresh ``bench_throughput.py`` process; its rates plus peak RSS and page faults."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "one.json"
-        env = {**os.environ, **env_extra, "PYTHONPATH": str(root)}
+        env = {**os.environ, **CLEAR, **env_extra, "PYTHONPATH": str(root)}
         cmd = [sys.executable, str(bench), "--configs", config, "--iters", str(iters), "--out", str(out), "--no-flops"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
