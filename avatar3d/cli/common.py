@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from avatar3d.config import load_config, to_dict
+from avatar3d.config import ConfigError, from_dict, load_config, to_dict
 
 EPILOG_OVERRIDES = (
     "Options not given as flags can be set as key=value overrides on top of the "
@@ -41,3 +41,17 @@ def option_help(cls, name: str, text: str | None = None) -> str:
     """Help text for a flag mirroring option ``name``: the config's help plus its default."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     return f"{text or f.metadata.get('help', name)} (default {default(cls, name)})"
+
+
+def from_flags(cls, data: dict, flags: dict[str, str] | None = None):
+    """Flag values (field -> value) -> a validated config; an error names the flag, not the field
+    (``flags`` maps a field to its flag where it is not ``--<field with dashes>``)."""
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        msg = str(exc)
+        field = msg.split(":", 1)[0].split(" ", 1)[0]
+        if field not in data:
+            raise
+        flag = (flags or {}).get(field, "--" + field.replace("_", "-"))
+        raise ConfigError(flag + msg[len(field):]) from None

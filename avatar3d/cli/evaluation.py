@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from avatar3d.cli.common import default, option_help
-from avatar3d.config import ConfigError, from_dict, writable_dir
+from avatar3d.cli.common import default, from_flags, option_help
+from avatar3d.config import ConfigError, writable_dir
 
 MODEL_HELP = ("generator: a snapshot .safetensors from avatar3d train-gan, or models:/<name>/<version> "
               "(or models:/<name>@<alias>) from the MLflow registry")
@@ -47,16 +47,8 @@ def _load(args):
 
 def _build(cls, args, names: dict[str, str]):
     """Flags -> a validated option object (field name -> flag attribute); one-line errors name the flag."""
-    data = {field: getattr(args, attr) for field, attr in names.items()}
-    try:
-        return from_dict(cls, data)
-    except ConfigError as exc:
-        msg = str(exc)
-        for field, attr in names.items():
-            if msg.startswith(f"{field}:") or msg.startswith(f"{field} "):
-                msg = f"--{attr.replace('_', '-')}" + msg[len(field):]
-                break
-        raise ConfigError(msg) from None
+    return from_flags(cls, {field: getattr(args, attr) for field, attr in names.items()},
+                      {field: "--" + attr.replace("_", "-") for field, attr in names.items()})
 
 
 def _formats(text: str) -> list[str]:

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from avatar3d.cli.common import add_config_options, resolve_config
-from avatar3d.config import ConfigError, from_dict
+from avatar3d.cli.common import add_config_options, from_flags, resolve_config
+from avatar3d.config import ConfigError
 
 EPILOG_OVERRIDES = ("Options not given as flags can be set as key=value overrides on top of the --config file, "
                     "with dotted names for nested options (e.g. model.cond_drop_prob=0.2).")
@@ -101,13 +101,3 @@ def run_image_to_avatar_command(args) -> int:
         print(path)
     return 0
 
-
-def from_flags(cls, data: dict, names: dict[str, str]):
-    """Flags -> a validated config; an error names the flag (``--guidance-scale``), not the field."""
-    try:
-        return from_dict(cls, data)
-    except ConfigError as exc:
-        msg = str(exc)
-        field = msg.split(":", 1)[0]
-        flag = names.get(field, "--" + field.replace("_", "-"))
-        raise ConfigError(flag + msg[len(field):]) from None
