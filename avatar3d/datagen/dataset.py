@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from avatar3d.datagen.schema import CAMERA_DIM, ROW_SCHEMA
+from avatar3d.datagen.schema import CAMERA_DIM, KNOWN_VERSIONS, ROW_SCHEMA, format_version
 
 SHARDS_DIR = "shards"
 SHARD_GLOB = "part-*.parquet"
@@ -149,6 +149,10 @@ def open_dataset(uri: str | Path | None, columns: Sequence[str] = TRAIN_COLUMNS,
             raise ValueError(f"{field}: shard {Path(f).name} is not readable Parquet ({str(exc).splitlines()[0]}); "
                              "move it away and re-run avatar3d generate, which regenerates missing rows") from None
         schema = meta.schema.to_arrow_schema()
+        version = format_version(schema)
+        if version not in KNOWN_VERSIONS:
+            raise ValueError(f"{field}: shard {Path(f).name} is dataset format v{version}, this avatar3d reads "
+                             f"v{', v'.join(map(str, KNOWN_VERSIONS))}; upgrade avatar3d or regenerate the dataset")
         missing = [c for c in columns if c not in schema.names]
         if missing:
             raise ValueError(f"{field}: shard {Path(f).name} lacks column(s) {', '.join(missing)}; "
@@ -195,3 +199,10 @@ def decode_png(data: bytes, resolution: int | None = None) -> np.ndarray:
     if resolution is not None and img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.LANCZOS)
     return np.asarray(img)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """HWC uint8 RGB -> lossless PNG with fixed settings (same pixels -> same bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()

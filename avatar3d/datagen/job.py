@@ -41,6 +41,8 @@ import numpy as np
 
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.pipeline import GUIDANCE_TYPES, PipelineConfig
+from avatar3d.datagen.procedural import ProceduralOptions, ProceduralPainter
+from avatar3d.datagen.dataset import encode_png
 from avatar3d.datagen.shards import (
     CARD_FILE,
     JOB_FILE,
@@ -94,6 +96,8 @@ class GenerateConfig:
     ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: $RAY_ADDRESS or a local Ray)"})
     ray_progress_bars: bool = field(default=False, metadata={"help": "show Ray Data's own progress bars"})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    procedural: ProceduralOptions = field(default_factory=ProceduralOptions, metadata={
+        "help": "failure model of pipeline.preset=procedural (ControlNet's misses at side and back views)"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> "GenerateConfig":
@@ -115,6 +119,7 @@ class GenerateConfig:
             self.pipeline.validate()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        self.procedural.validate()
         for name in ("rows_per_file", "batch_size", "min_actors", "max_actors", "guidance_batch_size"):
             _check_int(name, getattr(self, name), 1)
         if self.max_actors < self.min_actors:
@@ -180,6 +185,7 @@ class GenerateConfig:
             "yaw_range": list(self.yaw_range), "pitch_range": list(self.pitch_range),
             "model_ids": p.model_ids(), "lora_scale": p.lora_scale, "scheduler": p.scheduler, "steps": p.steps,
             "guidance_scale": p.guidance_scale, "conditioning_scales": list(p.conditioning_scales), "dtype": p.dtype,
+            **({"procedural": self.procedural.to_dict()} if p.preset == "procedural" else {}),
         }
 
 
@@ -302,17 +308,6 @@ class ControlNetPainter:
             "call_start": np.full(n, call_start),
             "call_end": np.full(n, time.time()),
         }
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless PNG, fixed settings (same pixels -> same bytes)."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- driver
@@ -441,7 +436,10 @@ def build_dataset(cfg: GenerateConfig, specs):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray_progress_bars
     kinds = cfg.pipeline.controlnet_kinds
-    columns = specs.select(["id", "seed", "prompt", "negative_prompt", "camera"])
+    procedural = cfg.pipeline.preset == "procedural"
+    names = (["id", "seed", "index", "style", "attributes", "view", "yaw", "pitch", "camera"] if procedural
+             else ["id", "seed", "prompt", "negative_prompt", "camera"])
+    columns = specs.select(names)
     # Small input blocks: an actor task returns its output block only when the
     # whole block is painted, so the block size sets how late rows reach the
     # driver (progress, shards, work lost on a kill). One batch per block, but
@@ -450,6 +448,12 @@ def build_dataset(cfg: GenerateConfig, specs):
     block_rows = max(cfg.batch_size, -(-per_block // cfg.batch_size) * cfg.batch_size)
     blocks = [columns.slice(i, block_rows) for i in range(0, columns.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
+    pool = ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors)
+    if procedural:  # paints from the camera itself: no guidance images to render
+        return ds.map_batches(
+            ProceduralPainter, fn_constructor_kwargs={"options": cfg.procedural.to_dict(), "resolution": cfg.resolution},
+            batch_size=cfg.batch_size, batch_format="numpy", compute=pool, num_cpus=cfg.cpus_per_actor,
+        )
     ds = ds.map_batches(
         render_guidance_batch, fn_kwargs={"resolution": cfg.resolution, "kinds": kinds},
         batch_size=cfg.guidance_batch_size, batch_format="numpy", num_cpus=cfg.guidance_cpus,
@@ -458,8 +462,7 @@ def build_dataset(cfg: GenerateConfig, specs):
         ControlNetPainter,
         fn_constructor_kwargs={"pipeline": cfg.pipeline.to_dict(), "resolution": cfg.resolution},
         batch_size=cfg.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
-        num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
+        compute=pool, num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
     )
     return ds
 
@@ -468,7 +471,7 @@ def _rows_for(specs, generated, model_ids: dict, resolution: int):
     """Join painted ``id`` + PNG with the planned spec rows (spec row i has index i)."""
     import pyarrow as pa
 
-    from avatar3d.datagen.schema import ROW_SCHEMA
+    from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
 
     ids = [str(i) for i in generated["id"]]
     rows = specs.take(pa.array([int(i) for i in ids], type=pa.int64()))
@@ -481,10 +484,18 @@ def _rows_for(specs, generated, model_ids: dict, resolution: int):
         "controlnets": pa.array([model_ids["controlnets"]] * n, type=pa.list_(pa.string())),
         "lora": pa.array([model_ids["lora"]] * n, type=pa.string()),
     }
+    for name, kind in TRUTH_FIELDS:  # null unless the painter knows the truth
+        values = generated.get(name)
+        if values is None:
+            extra[name] = pa.nulls(n, type=kind)
+        elif name == "truth_camera":
+            extra[name] = pa.array([np.asarray(v, dtype=np.float64).tolist() for v in values], type=kind)
+        else:
+            extra[name] = pa.array(list(values), type=kind)
     table = rows.select([f.name for f in ROW_SCHEMA if f.name not in extra])
     for name, column in extra.items():
         table = table.append_column(name, column)
-    return table.select([f.name for f in ROW_SCHEMA]).cast(ROW_SCHEMA).replace_schema_metadata(None)
+    return table.select([f.name for f in ROW_SCHEMA]).cast(ROW_SCHEMA)
 
 
 def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | None = None,

@@ -40,7 +40,7 @@ from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
 GUIDANCE_TYPES = ("openpose", "depth", "hybrid")
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
-PRESETS = ("sd15", "tiny")
+PRESETS = ("sd15", "tiny", "procedural")
 # Scheduler names -> diffusers class names. Every one is built with
 # ``from_config(base_scheduler.config)`` so the noise schedule of the
 # checkpoint (betas, prediction type) is kept.
@@ -71,8 +71,9 @@ TINY_WEIGHT_SEED = 0
 class PipelineConfig:
     """How to build the diffusion pipeline. ``preset=tiny`` ignores the model ids."""
 
-    preset: Literal["sd15", "tiny"] = field(
-        default="sd15", metadata={"help": "sd15: real weights (hub ids or local folders); tiny: random tiny weights for tests", "choices": list(PRESETS)})
+    preset: Literal["sd15", "tiny", "procedural"] = field(
+        default="sd15", metadata={"help": "sd15: real weights (hub ids or local folders); tiny: random tiny weights for tests; "
+                                          "procedural: the parametric avatar painter with known truth (no diffusion)", "choices": list(PRESETS)})
     base_model: str = field(
         default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder"})
     controlnet_openpose: str = field(
@@ -102,6 +103,8 @@ class PipelineConfig:
 
         if self.preset not in PRESETS:
             bad("preset", self.preset, f"one of {list(PRESETS)}")
+        if self.preset == "procedural" and self.lora:
+            bad("lora", self.lora, "no LoRA with preset=procedural (it paints without a diffusion model)")
         if self.guidance not in GUIDANCE_TYPES:
             bad("guidance", self.guidance, f"one of {list(GUIDANCE_TYPES)}")
         if self.dtype not in DTYPES:
@@ -125,6 +128,8 @@ class PipelineConfig:
         return ("openpose", "depth") if self.guidance == "hybrid" else (self.guidance,)
 
     def controlnet_ids(self) -> list[str]:
+        if self.preset == "procedural":
+            return []
         if self.preset == "tiny":
             return [TINY_CONTROLNET_IDS[k] for k in self.controlnet_kinds]
         ids = {"openpose": self.controlnet_openpose, "depth": self.controlnet_depth}
@@ -132,6 +137,10 @@ class PipelineConfig:
 
     def model_ids(self) -> dict:
         """What the dataset records about the models that painted it."""
+        if self.preset == "procedural":
+            from avatar3d.datagen.procedural import PAINTER_ID
+
+            return {"base_model": PAINTER_ID, "controlnets": [], "lora": ""}
         return {
             "base_model": TINY_MODEL_ID if self.preset == "tiny" else self.base_model,
             "controlnets": self.controlnet_ids(),
@@ -148,7 +157,9 @@ class PipelineConfig:
 
 
 def check_models_available(cfg: PipelineConfig) -> None:
-    """Check every model the config needs (nothing to check for the tiny preset)."""
+    """Check every model the config needs (nothing to check for the tiny and procedural presets)."""
+    if cfg.preset == "procedural":
+        return
     if cfg.preset != "tiny":
         check_model_available(cfg.base_model, "pipeline.base_model")
         names = {"openpose": "pipeline.controlnet_openpose", "depth": "pipeline.controlnet_depth"}

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avatar3d.datagen.dataset import SHARD_GLOB, SHARDS_DIR, read_table
-from avatar3d.datagen.schema import ROW_SCHEMA
+from avatar3d.datagen.schema import FORMAT_VERSION, ROW_SCHEMA
 from avatar3d.safeio import atomic_write
 
 SPECS_FILE = "specs.parquet"
@@ -96,7 +96,7 @@ class ShardWriter:
         self._pending_rows = rest.num_rows
         path = self.dir / f"part-{self.run_tag}-{self.seq:05d}.parquet"
         self.seq += 1
-        write_atomic_table(head.combine_chunks(), path)
+        write_atomic_table(head.combine_chunks().replace_schema_metadata(self.schema.metadata), path)
         self.written.append(path)
         self.rows_written += head.num_rows
         return path
@@ -159,7 +159,7 @@ def build_card(dataset_dir, config: dict, model_ids: dict, timings: dict, num_pl
         return dict(sorted(Counter(table.column(name).to_pylist()).items()))
 
     return {
-        "format": "avatar3d multi-view dataset v1",
+        "format": f"avatar3d multi-view dataset v{FORMAT_VERSION}",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "num_rows": table.num_rows,
         "num_unique_ids": len(set(ids)),

@@ -18,7 +18,6 @@ crashed job leaves no half-written pairs folder that looks complete.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avatar3d.config import ConfigError, to_dict
+from avatar3d.datagen.dataset import encode_png
 from avatar3d.prior.config import BuildPairsConfig
 
 SHARDS = "shards"
@@ -47,14 +47,6 @@ def pairs_schema() -> pa.Schema:
 def row_seed(seed: int, index: int) -> int:
     """A 31-bit seed for row ``index`` of a job seeded ``seed`` (independent streams per row)."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
 
 
 class PairBuilder:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from avatar3d.datagen.schema import ROW_SCHEMA
+from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_COLUMNS
 from avatar3d.datagen.shards import ShardWriter
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.guidance import render_guidance
@@ -42,6 +42,8 @@ def write_head_dataset(folder, n=16, size=32, seed=0, rows_per_file=8):
                       image_png=buf.getvalue(), width=size, height=size, base_model="test", controlnets=[], lora="")
         for key, value in values.items():
             rows[key].append(value)
+    for name in TRUTH_COLUMNS:  # canonical-head renders know no avatar identity
+        rows[name] = [None] * n
     writer = ShardWriter(folder, rows_per_file=rows_per_file, run_tag="test")
     writer.add(pa.table(rows, schema=ROW_SCHEMA))
     writer.flush()
