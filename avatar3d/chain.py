@@ -18,10 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from avatar3d.config import ConfigError, dump_config, load_config
 from avatar3d.datagen.dataset import read_table
 from avatar3d.datagen.job import GenerateConfig, run_generation
 from avatar3d.evaluation.stage import EvaluateConfig, run_evaluate
+from avatar3d.evaluation.truth import has_truth, heldout_identities, render_truth, truth_styles
 from avatar3d.prior.avatar import run_image_to_avatar
 from avatar3d.prior.config import BuildPairsConfig, ImageToAvatarConfig, TrainPriorConfig
 from avatar3d.prior.job import run_train_prior
@@ -151,7 +155,7 @@ def run_chain(cfg: ChainConfig) -> ChainResult:
         elif stage == "train_prior":
             print(run_train_prior(stages.prior).summary(), flush=True)
         elif stage == "image_to_avatar":
-            write_input_image(out / "dataset", Path(stages.avatar.image))
+            write_input_image(out / "dataset", Path(stages.avatar.image), stages.avatar)
             result = run_image_to_avatar(stages.avatar)
             print(f"avatar: {len(result.files)} files in {result.output_dir}", flush=True)
         elif stage == "report":
@@ -185,8 +189,26 @@ def write_state(out: Path, done: set[str]) -> Path:
     return atomic_write(out / STATE_FILE, json.dumps({"format": STATE_FORMAT, "done": sorted(done)}, indent=2))
 
 
-def write_input_image(dataset: Path, target: Path) -> Path:
-    """The image-to-avatar stage's input: the first front view of the generated dataset, as a PNG file."""
+def write_input_image(dataset: Path, target: Path, avatar: ImageToAvatarConfig | None = None) -> Path:
+    """The image-to-avatar stage's input, as a PNG file.
+
+    In the procedural world: the front view of a held-out identity (one no dataset row shows), with its
+    truth views at the stage's yaws beside it (``truth_views.png``) for the report. Otherwise the first
+    front view of the generated dataset.
+    """
+    if has_truth(str(dataset)):
+        identity = heldout_identities(truth_styles(str(dataset)), 1)[0]
+        size = int(read_table(dataset, columns=["width"]).column("width")[0].as_py())
+        front, _ = render_truth([identity], [0.0], [0.0], size)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if avatar is not None:
+            yaws = np.linspace(0.0, 360.0, avatar.views, endpoint=False)
+            yaws = np.where(yaws > 180.0, yaws - 360.0, yaws)
+            views, _ = render_truth([identity] * len(yaws), yaws, [avatar.pitch] * len(yaws), size)
+            Image.fromarray(np.concatenate(list(views), axis=1)).save(target.parent / "truth_views.png")
+            atomic_write(target.parent / "truth_identity.json", identity.to_json())
+        Image.fromarray(front[0]).save(target)
+        return target
     rows = read_table(dataset, columns=["image_png", "view"]).to_pylist()
     if not rows:
         raise ValueError(f"image_to_avatar: the dataset at {dataset} has no rows; run the generate stage first")

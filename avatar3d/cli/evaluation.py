@@ -1,4 +1,4 @@
-"""Subcommands of the evaluation stage: ``fid``, ``walk``, ``turntable``, ``export-mesh``.
+"""Subcommands of the evaluation stage: ``fid``, ``truth-metrics``, ``walk``, ``turntable``, ``export-mesh``.
 
 Thin shells over :mod:`avatar3d.evaluation.stage`: each flag maps onto a field of
 that stage's option class and takes its default from there (the chain's
@@ -26,6 +26,7 @@ def _options():
 def register(sub) -> None:
     opts = _options()
     _add_fid(sub, opts.FIDOptions)
+    _add_truth(sub, opts.TruthOptions)
     _add_walk(sub, opts.WalkOptions)
     _add_turntable(sub, opts.TurntableOptions)
     _add_export_mesh(sub, opts.MeshOptions)
@@ -97,6 +98,45 @@ def _run_fid(args) -> int:
     print(result.summary())
     if args.out:
         print(f"wrote {result.save_json(args.out)}")
+    return 0
+
+
+# -- truth metrics ----------------------------------------------------------------------
+
+def _add_truth(sub, O) -> None:
+    p = sub.add_parser(
+        "truth-metrics", help="silhouette agreement, view consistency and KID per view against the procedural "
+                              "world's truth (datasets of pipeline.preset=procedural only)",
+        description="Measures that need the truth the procedural painter keeps (docs/method.md section 9): "
+                    "silhouette agreement with the nearest held-out truth identity at held-out cameras (beside "
+                    "the mean-silhouette baseline), view consistency from a view classifier trained on truth "
+                    "renders, and KID per view group against clean truth renders. Every figure is printed with "
+                    "the number of images behind it.")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="dataset folder (or URI) painted by the procedural painter")
+    for name, flag in (("num_avatars", "--num-avatars"), ("num_identities", "--num-identities"),
+                       ("per_group", "--per-group"), ("seed", "--seed")):
+        p.add_argument(flag, type=int, default=default(O, name), help=option_help(O, name))
+    p.add_argument("--cache-dir", default=None, help="cache folder for the view classifier "
+                                                     "(default $AVATAR3D_CACHE_DIR or ./.cache)")
+    p.add_argument("--out", default=None, help="write the figures + protocol as JSON here")
+    p.set_defaults(func=_run_truth)
+
+
+def _run_truth(args) -> int:
+    from avatar3d.evaluation.stage import compute_truth
+    from avatar3d.evaluation.truth import has_truth
+    from avatar3d.safeio import atomic_write
+
+    opts = _build(_options().TruthOptions, args, {"num_avatars": "num_avatars", "num_identities": "num_identities",
+                                                  "per_group": "per_group", "seed": "seed"})
+    if not has_truth(args.data, field="--data"):
+        raise ConfigError(f"--data: {args.data} has no truth columns; pass a dataset made with "
+                          "pipeline.preset=procedural")
+    result = compute_truth(_load(args).generator, args.data, opts, args.cache_dir)
+    print(result.summary())
+    if args.out:
+        print(f"wrote {atomic_write(Path(args.out), result.to_json())}")
     return 0
 
 

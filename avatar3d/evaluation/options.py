@@ -15,7 +15,7 @@ EXTRACTORS = {"inception": "auto", "inception-clean-fid": "clean-fid", "inceptio
 # EG3D's surface level of the raw density sigma for meshes of trained generators.
 EG3D_ISO_SIGMA = 10.0
 
-PARTS = ("fid", "walk", "turntable", "mesh")
+PARTS = ("fid", "truth", "walk", "turntable", "mesh")
 VIDEO_FORMATS = ("gif", "mp4")
 MESH_FORMATS = ("glb", "ply", "obj")
 
@@ -32,6 +32,16 @@ class FIDOptions:
         "choices": ["eigh", "clean-fid"],
         "help": "matrix square root: eigh (clean-fid's value to ~1e-14, ~5x faster) or clean-fid's sqrtm"})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "generator batch (part of the protocol)"})
+
+
+@dataclass
+class TruthOptions:
+    """Truth metrics (datasets of the procedural painter only): avatar3d.evaluation.truth."""
+
+    num_avatars: int = field(default=32, metadata={"min": 1, "help": "generated avatars for silhouette agreement"})
+    num_identities: int = field(default=64, metadata={"min": 2, "help": "held-out truth identities to match against"})
+    per_group: int = field(default=48, metadata={"min": 2, "help": "renders per view group for view consistency and KID"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "seed of latents, held-out identities and cameras"})
 
 
 @dataclass
@@ -86,6 +96,8 @@ class EvaluateConfig:
     device: str = field(default="cpu", metadata={"help": "torch device"})
     parts: list[str] = field(default_factory=lambda: list(PARTS), metadata={"choices": list(PARTS)})
     fid: FIDOptions = field(default_factory=FIDOptions)
+    truth: TruthOptions = field(default_factory=TruthOptions, metadata={
+        "help": "truth metrics; skipped with a note when the dataset has no truth columns"})
     walk: WalkOptions = field(default_factory=WalkOptions)
     turntable: TurntableOptions = field(default_factory=TurntableOptions)
     mesh: MeshOptions = field(default_factory=MeshOptions)

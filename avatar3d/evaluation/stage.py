@@ -21,8 +21,11 @@ from avatar3d.evaluation.fid import FIDResult, evaluate_fid
 from avatar3d.evaluation.mesh import export_mesh, generator_mesh, preview_image, seed_latent
 from avatar3d.evaluation.models import load_generator
 from avatar3d.evaluation.options import (  # noqa: F401  (re-exported: the stage's config)
-    PARTS, EvaluateConfig, FIDOptions, MeshOptions, TurntableOptions, WalkOptions,
+    PARTS, EvaluateConfig, FIDOptions, MeshOptions, TruthOptions, TurntableOptions, WalkOptions,
 )
+from avatar3d.evaluation.truth import TruthMetrics, TruthWorld, has_truth
+from avatar3d.runtime import cache_dir as default_cache
+from avatar3d.safeio import atomic_write
 from avatar3d.evaluation.walk import latent_walk, save_outputs, turntable
 
 @dataclass
@@ -31,9 +34,11 @@ class EvaluateResult:
     fid: FIDResult | None
     files: dict[str, list[Path]]
     notes: list[str]
+    truth: TruthMetrics | None = None
 
     def summary(self) -> str:
         lines = [self.fid.summary()] if self.fid else []
+        lines += [self.truth.summary()] if self.truth else []
         lines += [f"{part}: {', '.join(str(p) for p in paths)}" for part, paths in self.files.items()]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
@@ -51,6 +56,13 @@ def compute_fid(snapshot, data: str, opts: FIDOptions, device: str = "cpu", mode
     result.protocol["model"] = model
     result.protocol["model_kimg"] = snapshot.info.get("kimg")
     return result
+
+
+def compute_truth(G, data: str, opts: TruthOptions, cache_dir: str | Path | None = None) -> TruthMetrics:
+    """Truth metrics of a generator against the procedural world its dataset was painted in."""
+    world = TruthWorld.build(data, int(G.cfg.output_resolution), num_identities=opts.num_identities,
+                             kid_per_group=opts.per_group, cache_dir=cache_dir or default_cache(), seed=opts.seed)
+    return world.evaluate(G, num_avatars=opts.num_avatars, seed=opts.seed)
 
 
 def write_walk(G, opts: WalkOptions, out_dir: Path) -> list[Path]:
@@ -94,6 +106,15 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         fid = compute_fid(snapshot, cfg.data, cfg.fid, cfg.device, cfg.model)
         files["fid"] = [fid.save_json(out / "fid.json")]
 
+    # Truth metrics, where the procedural painter made the dataset.
+    truth = None
+    if "truth" in cfg.parts:
+        if has_truth(cfg.data):
+            truth = compute_truth(G, cfg.data, cfg.truth)
+            files["truth"] = [atomic_write(out / "truth.json", truth.to_json())]
+        else:
+            notes.append("no truth metrics: the dataset has no truth columns (only the procedural painter's have)")
+
     # Latent walk and turntable.
     if "walk" in cfg.parts:
         files["walk"] = write_walk(G, cfg.walk, writable_dir(out / "walk", "output_dir"))
@@ -107,7 +128,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             _, files["mesh"] = write_mesh(G, cfg.mesh, target)
         except ValueError as exc:
             notes.append(f"no mesh: {str(exc).splitlines()[0]} (lower mesh.iso or train longer)")
-    return EvaluateResult(output_dir=out, fid=fid, files=files, notes=notes)
+    return EvaluateResult(output_dir=out, fid=fid, files=files, notes=notes, truth=truth)
 
 
 def _suffixes(formats: list[str]) -> tuple[str, ...]:

@@ -21,8 +21,10 @@ Shading families (:data:`FAMILIES`), chosen per style (``style_family``):
 
 Lighting is fixed in the world (a key light front-left-above, a weaker fill
 from behind, a sky/ground ambient), so views of one identity agree with each
-other, as the 3D GAN assumes. The background is one flat grey
-(:data:`BACKGROUND`).
+other, as the 3D GAN assumes. The background is flat white (:data:`BACKGROUND`):
+empty space, for a volume renderer that composites on white (EG3D's
+``white_back``, as for its ShapeNet models), so a generator can reproduce it
+with no density at all.
 
 A *Janus* render (``janus=True``) mirrors the face onto the back of the head
 and trims the hair there: the failure of image diffusion at back views that the
@@ -49,7 +51,7 @@ HATS = ("none", "cap", "beanie", "wide_brim", "headband", "crown")
 GLASSES = ("none", "round", "square", "sunglasses", "thin")
 FACIAL_HAIR = ("none", "beard", "stubble", "moustache", "goatee")
 NECKWEAR = ("none", "scarf", "necklace", "bow_tie", "choker")
-BACKGROUND = (0.86, 0.86, 0.86)
+BACKGROUND = (1.0, 1.0, 1.0)  # white: empty space for a volume renderer that composites on white (white_back)
 
 # Materials, in the order the renderer indexes them.
 MATERIALS = ("skin", "eye", "lips", "hair", "cloth", "hat", "glasses", "metal")

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from avatar3d.config import ConfigError, closest, coerce
-from avatar3d.evaluation.options import FIDOptions
+from avatar3d.evaluation.options import FIDOptions, TruthOptions
 
 
 @dataclass
 class DataOptions:
     path: str = field(default="", metadata={"help": "dataset folder written by avatar3d generate"})
     mirror: bool = field(default=True, metadata={"help": "x-flip augmentation with label mirroring"})
+    shuffle_labels: bool = field(default=False, metadata={
+        "help": "control experiment: permute the camera labels among each batch's images (no image keeps its "
+                "own camera), to show what the labels are worth"})
 
 
 @dataclass
@@ -80,6 +83,10 @@ class TrainGANConfig:
     image_ticks: int = field(default=1, metadata={"min": 1, "help": "sample grids every N ticks"})
     fid_ticks: int = field(default=0, metadata={"min": 0, "help": "FID (overall + per view) every N ticks; 0 = off"})
     fid: FIDOptions = field(default_factory=FIDOptions, metadata={"help": "training-time FID protocol"})
+    truth_ticks: int = field(default=0, metadata={
+        "min": 0, "help": "truth metrics (silhouette agreement, view consistency, KID per view) every N ticks; "
+                          "needs a dataset of the procedural painter; 0 = off"})
+    truth: TruthOptions = field(default_factory=TruthOptions, metadata={"help": "training-time truth metrics"})
     seed: int = 0
     resume: str = field(default="", metadata={"help": "resume state folder (a checkpoint of a run) to continue"})
     transfer: str = field(default="", metadata={"help": "snapshot .safetensors whose G weights start a new run"})

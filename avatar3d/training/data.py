@@ -26,19 +26,32 @@ class TrainBatch:
     cameras: torch.Tensor  # (N, 25) float32
 
 
-def decode_batch(batch: dict, resolution: int, mirror: bool, rng: np.random.Generator) -> TrainBatch:
+def decode_batch(batch: dict, resolution: int, mirror: bool, rng: np.random.Generator,
+                 shuffle_labels: bool = False) -> TrainBatch:
     """Rows (a dict of column arrays, as Ray Data's ``iter_batches`` gives) -> tensors.
 
     With ``mirror``, each image is flipped left-right with probability 1/2 and
-    its camera label mirrored with it (EG3D's x-flip augmentation).
+    its camera label mirrored with it (EG3D's x-flip augmentation). With
+    ``shuffle_labels`` (a control experiment), the batch's camera labels are
+    permuted among its images first, so no image keeps its own camera.
     """
     images = np.stack([decode_png(b, resolution) for b in batch["image_png"]])
     cams = np.stack([np.asarray(c, dtype=np.float64) for c in batch["camera"]])
     if cams.shape[1] != CAMERA_DIM:
         raise ValueError(f"camera labels have {cams.shape[1]} values, expected {CAMERA_DIM}")
+    if shuffle_labels and len(cams) > 1:
+        cams = cams[_derangement(rng, len(cams))]
     if mirror:
         flip = rng.random(len(images)) < 0.5
         images[flip] = images[flip][:, :, ::-1, :]
         cams[flip] = flip_label(cams[flip])
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return TrainBatch(images=x, cameras=torch.from_numpy(cams).float())
+
+
+def _derangement(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random permutation of range(n) with no fixed point (a random cyclic shift of a random order)."""
+    order = rng.permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.roll(order, int(rng.integers(1, n)))
+    return out

@@ -25,6 +25,7 @@ import mlflow
 
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset
+from avatar3d.evaluation.truth import has_truth
 from avatar3d.gan.snapshot import read_snapshot_metadata
 from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
@@ -62,6 +63,9 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     # Validate everything the workers will need, here.
     dataset = open_dataset(cfg.data.path, columns=TRAIN_COLUMNS, field="data.path")
     gan_cfg = cfg.model.build()
+    if cfg.truth_ticks and not has_truth(cfg.data.path):
+        raise ConfigError(f"truth_ticks={cfg.truth_ticks}: data.path={cfg.data.path} has no truth columns; the truth "
+                          "metrics need a dataset of the procedural painter (pipeline.preset=procedural), or pass truth_ticks=0")
     if cfg.transfer:
         read_snapshot_metadata(cfg.transfer)
     if cfg.resume and not (Path(cfg.resume) / STATE_TREE).is_dir():

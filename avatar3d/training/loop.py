@@ -41,7 +41,6 @@ class LoopOptions:
     kimg_per_tick: float
     snapshot_ticks: int = 1
     image_ticks: int = 1
-    eval_ticks: int = 0
     precision: str = "fp32"
 
 
@@ -52,8 +51,8 @@ class LoopHooks:
     report: Callable[[dict[str, float], Path | None], None] = lambda metrics, ckpt: None
     log_images: Callable[[dict[str, Any], int], None] = lambda grids, step: None
     log_snapshot: Callable[[Path, dict[str, Any]], None] = lambda path, info: None
-    # Rank 0's evaluation every ``eval_ticks`` (e.g. FID of the EMA generator): trainer -> metrics.
-    evaluate: Callable[[GANTrainer], dict[str, float]] | None = None
+    # Rank 0's evaluations, each (every N ticks, trainer -> metrics), e.g. FID of the EMA generator.
+    evaluators: list[tuple[int, Callable[[GANTrainer], dict[str, float]]]] = field(default_factory=list)
     # Called on every rank after each tick's report with (tick, rank): tests inject faults here.
     after_tick: Callable[[int, int], None] = lambda tick, rank: None
     print: Callable[[str], None] = print
@@ -123,9 +122,13 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
         sums.clear()
         if rank == 0 and (tick % opts.image_ticks == 0 or done):
             hooks.log_images(sample_grids(trainer.G_ema, trainer.cfg, device=device), trainer.cur_nimg)
-        if rank == 0 and hooks.evaluate is not None and opts.eval_ticks and (tick % opts.eval_ticks == 0 or done):
-            metrics.update(hooks.evaluate(trainer))
-            hooks.print("  " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith("fid")))
+        evaluated = {}
+        for every, evaluate in hooks.evaluators if rank == 0 else []:
+            if every and (tick % every == 0 or done):
+                evaluated.update(evaluate(trainer))
+        if evaluated:
+            metrics.update(evaluated)
+            hooks.print("  " + "  ".join(f"{k} {v:.3g}" for k, v in evaluated.items()))
         checkpoint = None
         if tick % opts.snapshot_ticks == 0 or done:
             checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-ckpt-"))

@@ -18,11 +18,12 @@ import torch
 
 from avatar3d.evaluation.features import get_extractor
 from avatar3d.evaluation.fid import evaluate_fid
-from avatar3d.evaluation.options import FIDOptions
+from avatar3d.evaluation.options import FIDOptions, TruthOptions
+from avatar3d.evaluation.truth import TruthWorld
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.native import enable_training_ops
-from avatar3d.runtime import apply_local_defaults, set_torch_threads
+from avatar3d.runtime import apply_local_defaults, cache_dir, set_torch_threads
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import TrainBatch, decode_batch
 from avatar3d.training.engines import make_engine
@@ -35,7 +36,7 @@ def train_func(config: dict[str, Any]) -> None:
     cfg, context = unpack_worker_config(config, TrainGANConfig)
     gan_cfg = cfg.model.build()
     opts = LoopOptions(total_kimg=cfg.total_kimg, kimg_per_tick=cfg.kimg_per_tick, snapshot_ticks=cfg.snapshot_ticks,
-                       image_ticks=cfg.image_ticks, eval_ticks=cfg.fid_ticks, precision=cfg.scaling.precision)
+                       image_ticks=cfg.image_ticks, precision=cfg.scaling.precision)
 
     apply_local_defaults()
     set_torch_threads(context.torch_threads)
@@ -75,8 +76,9 @@ def train_func(config: dict[str, Any]) -> None:
             {"tracking_uri": context.tracking_uri, "run_id": context.run_id})
         report = hooks.report
         hooks.report = lambda metrics, ckpt: (metric_hook(metrics), report(metrics, ckpt))
-    if rank == 0 and opts.eval_ticks:
-        hooks.evaluate = _fid_hook(cfg.data.path, cfg.fid)
+    if rank == 0:
+        hooks.evaluators = [(cfg.fid_ticks, _fid_hook(cfg.data.path, cfg.fid)),
+                            (cfg.truth_ticks, _truth_hook(cfg.data.path, cfg.truth))]
     if config.get("after_tick") is not None:
         hooks.after_tick = config["after_tick"]
 
@@ -84,7 +86,7 @@ def train_func(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     start_batch = peek_batch_idx(resume_dir) if resume_dir is not None else 0
     batches = _batches(shard, per_worker, gan_cfg.output_resolution, cfg.data.mirror, cfg.seed * 1000 + rank,
-                       start_batch, context.rows_per_worker // per_worker)
+                       start_batch, context.rows_per_worker // per_worker, cfg.data.shuffle_labels)
     result = training_loop(trainer, batches, opts, hooks, rank=rank, world_size=world, device=device,
                            resume_from=resume_dir)
     if resume_dir is not None and checkpoint is not None:
@@ -94,7 +96,7 @@ def train_func(config: dict[str, Any]) -> None:
 
 
 def _batches(shard, per_worker: int, resolution: int, mirror: bool, seed: int, start_batch: int,
-             batches_per_epoch: int) -> Iterator[TrainBatch]:
+             batches_per_epoch: int, shuffle_labels: bool = False) -> Iterator[TrainBatch]:
     """Endless decoded batches from this worker's shard, one epoch after another.
 
     After a resume the first ``start_batch % batches_per_epoch`` batches of the
@@ -109,7 +111,7 @@ def _batches(shard, per_worker: int, resolution: int, mirror: bool, seed: int, s
             if skip:
                 skip -= 1
                 continue
-            yield decode_batch(rows, resolution, mirror, np.random.default_rng([seed, counter]))
+            yield decode_batch(rows, resolution, mirror, np.random.default_rng([seed, counter]), shuffle_labels)
             counter += 1
         if seen == 0:
             raise ValueError(f"this worker's data shard holds fewer than {per_worker} rows (one batch); "
@@ -126,5 +128,19 @@ def _fid_hook(data: str, fid: FIDOptions):
                               method=fid.frechet,
                               extractor=get_extractor(fid.extractor, next(trainer.G_ema.parameters()).device))
         return result.metrics()
+
+    return evaluate
+
+
+def _truth_hook(data: str, opts: TruthOptions):
+    """Truth metrics of the EMA generator (rank 0); the truth world is built on first use and kept."""
+    world: list[TruthWorld] = []
+
+    def evaluate(trainer) -> dict[str, float]:
+        G = trainer.G_ema
+        if not world:
+            world.append(TruthWorld.build(data, int(G.cfg.output_resolution), num_identities=opts.num_identities,
+                                          kid_per_group=opts.per_group, cache_dir=cache_dir(), seed=opts.seed))
+        return world[0].evaluate(G, num_avatars=opts.num_avatars, seed=opts.seed).metrics()
 
     return evaluate

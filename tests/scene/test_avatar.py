@@ -116,7 +116,7 @@ def test_mask_is_a_centred_head_and_shoulders(yaw, pitch):
 
 
 @pytest.mark.parametrize("family", ["cel", "smooth", "metal", "matte"])
-def test_background_is_flat_grey_away_from_the_avatar(family):
+def test_background_is_flat_away_from_the_avatar(family):
     ident = AvatarIdentity(family=family, hair="long", hat="wide_brim", glasses="round")
     for yaw in (0.0, 90.0, -150.0):
         r = _render(ident, yaw, 10.0, size=32)

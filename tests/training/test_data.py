@@ -34,3 +34,19 @@ def test_mirror_flips_image_and_label_together(head_dataset):
             assert abs(((y0 + y1 + 180) % 360) - 180) < 1e-3
         else:
             assert np.array_equal(mirrored.images[i].numpy(), plain.images[i].numpy())
+
+
+def test_shuffled_labels_move_every_camera_to_another_image_and_keep_the_set(head_dataset):
+    """The control run's labels: the batch's cameras permuted with no fixed point, images untouched."""
+    rows = _rows(head_dataset)
+    sub = {k: rows[k][:8] for k in ("image_png", "camera")}
+    plain = decode_batch(sub, 16, False, np.random.default_rng(3))
+    for seed in range(20):
+        shuffled = decode_batch(sub, 16, False, np.random.default_rng(seed), shuffle_labels=True)
+        assert np.array_equal(shuffled.images.numpy(), plain.images.numpy())
+        cams, orig = shuffled.cameras.numpy(), plain.cameras.numpy()
+        assert not np.isclose(cams, orig).all(1).any()  # no image keeps its own camera
+        assert sorted(map(tuple, cams.round(6))) == sorted(map(tuple, orig.round(6)))  # same cameras, reassigned
+    again = decode_batch(sub, 16, False, np.random.default_rng(5), shuffle_labels=True)
+    same = decode_batch(sub, 16, False, np.random.default_rng(5), shuffle_labels=True)
+    assert np.array_equal(again.cameras.numpy(), same.cameras.numpy())  # resumable: the batch's seed decides

@@ -71,11 +71,14 @@ def test_evaluation_hook_runs_on_its_ticks_and_reports_metrics(rows):
     trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
     seen, reported = [], []
     hooks = LoopHooks(report=lambda m, c: reported.append(dict(m)), print=lambda *_: None,
-                      evaluate=lambda tr: seen.append(tr.cur_nimg) or {"fid": float(tr.cur_nimg)})
-    opts = LoopOptions(total_kimg=0.02, kimg_per_tick=0.004, snapshot_ticks=100, image_ticks=100, eval_ticks=2)
+                      evaluators=[(2, lambda tr: seen.append(tr.cur_nimg) or {"fid": float(tr.cur_nimg)}),
+                                  (3, lambda tr: {"truth_x": 1.0}), (0, lambda tr: {"never": 1.0})])
+    opts = LoopOptions(total_kimg=0.02, kimg_per_tick=0.004, snapshot_ticks=100, image_ticks=100)
     training_loop(trainer, _batches(rows), opts, hooks)
     assert seen == [8, 16, 20]  # every 2nd tick, and the last
     assert [m.get("fid") for m in reported] == [None, 8.0, None, 16.0, 20.0]
+    assert [m.get("truth_x") for m in reported] == [None, None, 1.0, None, 1.0]  # every 3rd tick, and the last
+    assert not any("never" in m for m in reported)
 
 
 def test_snapshot_loads_and_renders_in_a_plain_process(rows, tmp_path):

@@ -1,0 +1,365 @@
+"""Metrics that use the procedural world's truth (docs/method.md section 9).
+
+Only a dataset painted by the procedural painter knows what its avatars really
+are; these measures use that truth and so exist only for such datasets:
+
+* **view consistency**: a small CNN (:class:`ViewClassifier`) is trained on
+  clean truth renders to tell front / side / back from the image alone; the
+  share of generator renders whose predicted group matches the group of
+  their camera, per group. A Janus head (a face at the back) scores low at
+  the back.
+* **silhouette agreement**: each generated avatar (a latent) is matched to
+  the held-out truth identity whose front silhouette it overlaps most
+  (IoU); the score is the mean IoU between the generator's silhouette
+  (accumulated opacity > 0.5) and that identity's truth silhouette at the
+  held-out cameras: left and right profile and the back. Beside it, the
+  *mean-silhouette baseline*: the same IoU for a predictor that knows no
+  identity and answers the mean truth silhouette at each camera. All avatars
+  share a head-and-shoulders outline, so that baseline is high; the same pair
+  is also given over only the pixels where the held-out identities differ
+  (covered by 5-95% of them): ``sil_varying`` and ``sil_varying_baseline``,
+  where knowing the identity's 3D shape is what counts.
+* **KID per view group** against clean truth renders of held-out identities
+  at the same cameras (not against the misaligned training images), on the
+  view classifier's 64-d features (cheap, for curves) or on any FID extractor.
+
+Held-out identities are drawn with :func:`avatar3d.datagen.procedural.identity_for`
+from a seed stream no dataset row uses (:data:`HELDOUT_SEED`), in the
+dataset's style mix, with no attributes named. Every figure is returned with
+the number of images behind it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from avatar3d.datagen.dataset import open_dataset
+from avatar3d.datagen.procedural import PAINTER_ID, identity_for
+from avatar3d.evaluation.fid import _eval_mode
+from avatar3d.gan.samples import to_uint8
+from avatar3d.scene.avatar import render_avatar
+from avatar3d.scene.cameras import camera_label
+from avatar3d.scene.pose_bins import VIEW_GROUPS, view_group
+
+HELDOUT_SEED = 0x7E57_0000  # held-out identities: identity_for(HELDOUT_SEED, k, ...); dataset seeds are row seeds
+CLASSIFIER_SIZE = 32
+# Cameras the silhouette agreement compares at (yaw, pitch): matched at the front, scored at the rest.
+MATCH_CAMERA = (0.0, 0.0)
+HELDOUT_CAMERAS = {"left": (90.0, 0.0), "right": (-90.0, 0.0), "back": (180.0, 0.0)}
+# Yaw ranges of the generator renders per group for view consistency and KID (degrees; pitch 0).
+GROUP_YAWS = {"front": (-30.0, 30.0), "side": (65.0, 115.0), "back": (155.0, 205.0)}
+
+
+def has_truth(dataset: str, field: str = "data") -> bool:
+    """Whether a dataset carries the procedural painter's truth columns (with values); a missing or
+    unreadable dataset fails in one line naming ``field``."""
+    ds = open_dataset(dataset, columns=("id",), field=field, check_images=False)
+    if "truth_identity" not in ds.columns:
+        return False
+    return ds.read(["truth_identity"]).column("truth_identity").null_count < ds.num_rows
+
+
+def truth_styles(dataset: str) -> list[str]:
+    """The style of every row of a procedural dataset (ValueError when it has no truth)."""
+    ds = open_dataset(dataset, columns=("style", "truth_identity"), field="data", check_images=False)
+    table = ds.read(["style", "truth_identity"])
+    if table.column("truth_identity").null_count == table.num_rows:
+        raise ValueError(f"data: {dataset} has no truth columns (it was not painted by {PAINTER_ID}); "
+                         "truth metrics need a dataset made with pipeline.preset=procedural")
+    return [str(s) for s in table.column("style").to_pylist()]
+
+
+def heldout_identities(styles: list[str], n: int, seed: int = HELDOUT_SEED):
+    """``n`` identities in the styles' mix (round-robin over the sorted distinct styles)."""
+    names = sorted(set(styles))
+    return [identity_for(seed, k, names[k % len(names)], {}) for k in range(n)]
+
+
+# --------------------------------------------------------------------------- the view classifier
+
+
+class ViewClassifier(nn.Module):
+    """32x32 RGB -> logits over front / side / back (and a 64-d feature for KID)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(16, 32, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(64, 64, 3, 1, 1), nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Linear(64, len(VIEW_GROUPS))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _to_input(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, 32, 32) in [-1, 1] (area resize)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if x.shape[-1] != CLASSIFIER_SIZE:
+        x = F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="area")
+    return x
+
+
+def _random_views(rng: np.random.Generator, n: int):
+    yaw = rng.uniform(-180.0, 180.0, n)
+    pitch = rng.uniform(-25.0, 25.0, n)
+    return yaw, pitch
+
+
+def render_truth(identities, yaws, pitches, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clean renders of ``identities[k]`` at ``(yaws[k], pitches[k])`` -> (images, masks)."""
+    images, masks = [], []
+    for ident, yaw, pitch in zip(identities, yaws, pitches):
+        r = render_avatar(ident, camera_label(float(yaw), float(pitch)), size)
+        images.append(r.image)
+        masks.append(r.mask)
+    return np.stack(images), np.stack(masks)
+
+
+@dataclass
+class TrainedClassifier:
+    model: ViewClassifier
+    accuracy: float        # on held-out truth renders
+    num_train: int
+    num_test: int
+    seconds: float = 0.0
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.array(VIEW_GROUPS)[self.model(_to_input(images)).argmax(1).numpy()]
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.model.features(_to_input(images)).double().numpy()
+
+
+def train_view_classifier(styles: list[str], num_train: int = 768, num_test: int = 192, steps: int = 400,
+                          seed: int = 0, cache_dir: str | Path | None = None) -> TrainedClassifier:
+    """Train (or load from ``cache_dir``) the view classifier on clean truth renders of the styles' mix."""
+    t0 = time.perf_counter()
+    key = hashlib.sha256(json.dumps([PAINTER_ID, sorted(set(styles)), num_train, num_test, steps, seed,
+                                     CLASSIFIER_SIZE]).encode()).hexdigest()[:16]
+    cached = Path(cache_dir) / "view_classifier" / f"{key}.safetensors" if cache_dir else None
+    if cached is not None and cached.is_file():
+        state = load_file(str(cached))
+        accuracy = float(state.pop("__accuracy__").item())
+        model = ViewClassifier()
+        model.load_state_dict(state)
+        return TrainedClassifier(model.eval(), accuracy, num_train, num_test, time.perf_counter() - t0)
+    rng = np.random.default_rng([seed, 0x71E])
+    idents = heldout_identities(styles, num_train + num_test, seed=HELDOUT_SEED + 1 + seed)
+    yaw, pitch = _random_views(rng, num_train + num_test)
+    images, _ = render_truth(idents, yaw, pitch, CLASSIFIER_SIZE)
+    labels = torch.from_numpy(np.array([VIEW_GROUPS.index(g) for g in np.atleast_1d(view_group(yaw))]))
+    x = _to_input(images)
+    x_train, y_train, x_test, y_test = x[:num_train], labels[:num_train], x[num_train:], labels[num_train:]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights and the batches: the same classifier for the same key
+        model = ViewClassifier()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(steps):
+            pick = torch.randint(0, num_train, (64,))
+            xb = x_train[pick]
+            flip = torch.rand(len(xb)) < 0.5  # a mirrored view stays in its group
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            loss = F.cross_entropy(model(xb), y_train[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        state["__accuracy__"] = torch.tensor(accuracy)
+        tmp = cached.with_name(cached.name + ".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(cached)
+    return TrainedClassifier(model, accuracy, num_train, num_test, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- generator renders
+
+
+@torch.no_grad()
+def generator_views(G, yaws, pitches, seed: int = 0, batch_size: int = 8, truncation_psi: float = 1.0,
+                    z: torch.Tensor | None = None):
+    """Render one latent per camera (or the given ``z``, one row per camera) -> (images uint8, masks bool).
+
+    The mask is the accumulated opacity > 0.5, upsampled (nearest) to the output resolution.
+    """
+    n = len(yaws)
+    labels = camera_label(np.asarray(yaws, dtype=np.float64), np.asarray(pitches, dtype=np.float64))
+    gen = torch.Generator().manual_seed(seed)
+    zs = z if z is not None else torch.randn(n, G.z_dim, generator=gen)
+    images, masks = [], []
+    with _eval_mode(G) as device:
+        torch.manual_seed(seed)
+        for i in range(0, n, batch_size):
+            c = torch.tensor(labels[i:i + batch_size], dtype=torch.float32, device=device)
+            ws = G.mapping(zs[i:i + batch_size].to(device), c, truncation_psi=truncation_psi)
+            out = G.synthesis(ws, c, noise_mode="const")
+            images.append(to_uint8(out.image))
+            size = out.image.shape[-1]
+            mask = F.interpolate(out.image_mask.float(), size=(size, size), mode="nearest")[:, 0] > 0.5
+            masks.append(mask.cpu().numpy())
+    return np.concatenate(images), np.concatenate(masks)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boolean masks over the last two axes (1 where both are empty)."""
+    inter = np.logical_and(a, b).sum(axis=(-2, -1))
+    union = np.logical_or(a, b).sum(axis=(-2, -1))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def kid(a: np.ndarray, b: np.ndarray, subset: int = 100, subsets: int = 50, seed: int = 0) -> float:
+    """Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel; clean-fid's estimator) of two
+    feature sets; NaN when either has fewer than 2 rows."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    d = a.shape[1]
+    m = min(len(a), len(b), subset)
+    total = 0.0
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        total += ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
+    return float(total / subsets)
+
+
+# --------------------------------------------------------------------------- the metrics
+
+
+@dataclass
+class TruthMetrics:
+    values: dict[str, float]
+    counts: dict[str, int]
+    protocol: dict = field(default_factory=dict)
+
+    def metrics(self, prefix: str = "truth_") -> dict[str, float]:
+        return {prefix + k: v for k, v in self.values.items()}
+
+    def to_json(self) -> str:
+        return json.dumps({"values": self.values, "counts": self.counts, "protocol": self.protocol,
+                           "painted_by": PAINTER_ID}, indent=2)
+
+    def summary(self) -> str:
+        v, c = self.values, self.counts
+        return (f"silhouette agreement {v['sil_agreement']:.3f} (mean-silhouette baseline "
+                f"{v['sil_baseline']:.3f}; where identities differ {v['sil_varying']:.3f} vs baseline "
+                f"{v['sil_varying_baseline']:.3f}; {c['sil_avatars']} avatars x {len(HELDOUT_CAMERAS)} held-out views vs "
+                f"{c['sil_identities']} truth identities) | view consistency front {v['view_front']:.2f} "
+                f"side {v['view_side']:.2f} back {v['view_back']:.2f} ({c['view_per_group']} renders per group; "
+                f"classifier accuracy {v['classifier_accuracy']:.2f} on {c['classifier_test']} truth renders) | "
+                f"KID front {v['kid_front']:.3g} side {v['kid_side']:.3g} back "
+                f"{v['kid_back']:.3g} ({c['kid_per_group']} fakes vs {c['kid_per_group']} truth per group, "
+                f"{self.protocol.get('kid_features', '?')})")
+
+
+@dataclass
+class TruthWorld:
+    """What the truth metrics compare against, built once per dataset (and reused every ``fid_ticks``)."""
+
+    styles: list[str]
+    size: int
+    classifier: TrainedClassifier
+    identities: list
+    masks: dict[str, np.ndarray]        # camera name -> (K, S, S) truth silhouettes (front + held-out cameras)
+    kid_truth: dict[str, np.ndarray]    # group -> truth images (M, S, S, 3) at GROUP_YAWS cameras
+    kid_yaws: dict[str, np.ndarray]
+
+    @classmethod
+    def build(cls, dataset: str, size: int, num_identities: int = 64, kid_per_group: int = 64,
+              cache_dir: str | Path | None = None, seed: int = 0,
+              classifier: TrainedClassifier | None = None) -> "TruthWorld":
+        """``classifier``: a view classifier already trained (default: train one, or load it from ``cache_dir``)."""
+        styles = truth_styles(dataset)
+        classifier = classifier or train_view_classifier(styles, seed=seed, cache_dir=cache_dir)
+        idents = heldout_identities(styles, num_identities, seed=HELDOUT_SEED + 100 + seed)
+        masks = {}
+        for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
+            _, masks[name] = render_truth(idents, [yaw] * len(idents), [pitch] * len(idents), size)
+        rng = np.random.default_rng([seed, 0x61D])
+        kid_idents = heldout_identities(styles, kid_per_group * len(GROUP_YAWS), seed=HELDOUT_SEED + 200 + seed)
+        kid_truth, kid_yaws = {}, {}
+        for g_i, (group, (lo, hi)) in enumerate(GROUP_YAWS.items()):
+            yaws = rng.uniform(lo, hi, kid_per_group) * rng.choice([-1.0, 1.0], kid_per_group)
+            kid_yaws[group] = yaws
+            chunk = kid_idents[g_i * kid_per_group:(g_i + 1) * kid_per_group]
+            kid_truth[group], _ = render_truth(chunk, yaws, np.zeros(kid_per_group), size)
+        return cls(styles, size, classifier, idents, masks, kid_truth, kid_yaws)
+
+    # -- the measures --------------------------------------------------------------
+    def varying_region(self, name: str) -> np.ndarray:
+        """Pixels where the held-out identities disagree at camera ``name`` (covered by 5-95% of them)."""
+        freq = self.masks[name].mean(axis=0)
+        return (freq > 0.05) & (freq < 0.95)
+
+    def silhouette_agreement(self, gen_masks: dict[str, np.ndarray], varying: bool = False) -> tuple[float, np.ndarray]:
+        """gen_masks: camera name -> (A, S, S) for the same A avatars -> (mean IoU at held-out cameras, match index).
+
+        ``varying``: IoU only over the pixels where identities differ (the shared outline left out)."""
+        front = iou(gen_masks["front"][:, None], self.masks["front"][None])  # (A, K)
+        match = front.argmax(axis=1)
+        scores = []
+        for name in HELDOUT_CAMERAS:
+            region = self.varying_region(name) if varying else True
+            scores.append(iou(gen_masks[name] & region, self.masks[name][match] & region))
+        return float(np.mean(scores)), match
+
+    def mean_silhouette_baseline(self, varying: bool = False) -> float:
+        """The same IoU for a predictor that answers the mean truth silhouette at each camera for everyone."""
+        scores = []
+        for name in HELDOUT_CAMERAS:
+            region = self.varying_region(name) if varying else True
+            mean = self.masks[name].mean(axis=0) >= 0.5
+            scores.append(iou((mean & region)[None], self.masks[name] & region).mean())
+        return float(np.mean(scores))
+
+    def evaluate(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8) -> TruthMetrics:
+        """All truth metrics of generator ``G`` (its EMA copy in training)."""
+        if int(G.cfg.output_resolution) != self.size:
+            raise ValueError(f"the truth world was built at {self.size} px, the generator renders "
+                             f"{G.cfg.output_resolution} px: build it at the generator's resolution")
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(num_avatars, G.z_dim, generator=gen)
+        gen_masks = {}
+        for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
+            _, gen_masks[name] = generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, batch_size,
+                                                 z=z)
+        agreement, _ = self.silhouette_agreement(gen_masks)
+        varying, _ = self.silhouette_agreement(gen_masks, varying=True)
+        values = {"sil_agreement": agreement, "sil_baseline": self.mean_silhouette_baseline(),
+                  "sil_varying": varying, "sil_varying_baseline": self.mean_silhouette_baseline(varying=True),
+                  "classifier_accuracy": self.classifier.accuracy}
+        per_group = len(next(iter(self.kid_yaws.values())))
+        for group, yaws in self.kid_yaws.items():
+            images, _ = generator_views(G, yaws, np.zeros(len(yaws)), seed + 1, batch_size)
+            values[f"view_{group}"] = float(np.mean(self.classifier.predict(images) == group))
+            values[f"kid_{group}"] = kid(self.classifier.features(images), self.classifier.features(self.kid_truth[group]))
+        values["view_mean"] = float(np.mean([values[f"view_{g}"] for g in GROUP_YAWS]))
+        counts = {"sil_avatars": num_avatars, "sil_identities": len(self.identities), "view_per_group": per_group,
+                  "kid_per_group": per_group, "classifier_test": self.classifier.num_test}
+        protocol = {"painter": PAINTER_ID, "heldout_seed": HELDOUT_SEED, "match_camera": MATCH_CAMERA,
+                    "heldout_cameras": HELDOUT_CAMERAS, "group_yaws": GROUP_YAWS, "mask": "opacity > 0.5",
+                    "kid_features": "view-classifier-64d", "seed": seed}
+        return TruthMetrics(values, counts, protocol)

@@ -1,0 +1,442 @@
+"""Truth metrics (avatar3d.evaluation.truth) on a small procedural world at 32 px.
+
+The procedural dataset is painted by the job's own pieces (``plan_specs`` ->
+``ProceduralPainter`` -> ``_rows_for`` -> ``ShardWriter``) without Ray: starting
+a local Ray for the real job costs ~35 s on a 2-core machine, and the truth
+metrics read only the dataset's truth and style columns. One view classifier
+(512 train / 96 test renders, 400 steps, global torch seed 0) and one truth
+world (16 identities, 12 renders per view group) are built per module.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avatar3d.cli import main
+from avatar3d.config import ConfigError, load_config
+from avatar3d.datagen.procedural import PAINTER_ID
+from avatar3d.evaluation import truth as T
+from avatar3d.evaluation.truth import (
+    GROUP_YAWS,
+    HELDOUT_SEED,
+    TruthWorld,
+    has_truth,
+    heldout_identities,
+    iou,
+    kid,
+    render_truth,
+    train_view_classifier,
+    truth_styles,
+)
+from avatar3d.scene.avatar import render_avatar
+from avatar3d.scene.cameras import camera_label
+from tests.evaluation.helpers import micro_generator, write_micro_snapshot
+from tests.training.fixtures import MICRO_GAN
+
+torch.set_num_threads(1)
+
+STYLES = ("pixar", "anime", "bronze_statue")
+CLASSIFIER_ARGS = dict(num_train=512, num_test=96, steps=400)
+WORLD_IDENTITIES, WORLD_PER_GROUP = 16, 12
+VALUE_KEYS = {"sil_agreement", "sil_baseline", "sil_varying", "sil_varying_baseline", "view_front", "view_side",
+              "view_back", "view_mean", "kid_front", "kid_side", "kid_back", "classifier_accuracy"}
+
+
+def write_procedural_dataset(folder, n=12, size=32, seed=3):
+    """A procedural dataset written the way ``run_generation`` writes one, minus Ray."""
+    from avatar3d.datagen.job import GenerateConfig, _rows_for, plan_specs
+    from avatar3d.datagen.procedural import ProceduralPainter
+    from avatar3d.datagen.shards import ShardWriter
+
+    cfg = load_config(GenerateConfig, "jobs/configs/generate_procedural.yaml", [
+        f"output_dir={folder}", f"num_samples={n}", f"resolution={size}", f"styles=[{','.join(STYLES)}]",
+        "tracking.enabled=false", f"seed={seed}", f"rows_per_file={n // 2}"])
+    specs = plan_specs(cfg)
+    batch = specs.select(["id", "seed", "index", "style", "attributes", "view", "yaw", "pitch", "camera"]).to_pydict()
+    painted = ProceduralPainter(cfg.procedural.to_dict(), cfg.resolution)(batch)
+    writer = ShardWriter(folder, rows_per_file=cfg.rows_per_file, run_tag="test")
+    writer.add(_rows_for(specs, painted, cfg.pipeline.model_ids(), cfg.resolution))
+    writer.flush()
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def procedural_dataset(tmp_path_factory):
+    return write_procedural_dataset(tmp_path_factory.mktemp("procedural"))
+
+
+@pytest.fixture(scope="module")
+def classifier(procedural_dataset, tmp_path_factory):
+    """(the trained classifier, its cache folder). The global torch seed is fixed around the call because the
+    classifier's initial weights come from the global RNG (see test_classifier_initial_weights_are_seeded)."""
+    cache = tmp_path_factory.mktemp("cache")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clf = train_view_classifier(truth_styles(procedural_dataset), cache_dir=cache, **CLASSIFIER_ARGS)
+    return clf, cache
+
+
+@pytest.fixture(scope="module")
+def world(procedural_dataset, classifier):
+    return TruthWorld.build(procedural_dataset, size=32, num_identities=WORLD_IDENTITIES,
+                            kid_per_group=WORLD_PER_GROUP, classifier=classifier[0])
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    return write_micro_snapshot(tmp_path_factory.mktemp("snap") / "g.safetensors")
+
+
+@pytest.fixture(scope="module")
+def group_renders(world):
+    """Clean truth renders of the world's identities at GROUP_YAWS cameras, and Janus renders at the back ones."""
+    rng = np.random.default_rng(11)
+    idents = world.identities + heldout_identities(world.styles, 16, seed=HELDOUT_SEED + 300)  # 32 identities
+    clean, yaws = {}, {}
+    for group, (lo, hi) in GROUP_YAWS.items():
+        yaws[group] = rng.uniform(lo, hi, len(idents)) * rng.choice([-1.0, 1.0], len(idents))
+        clean[group], _ = render_truth(idents, yaws[group], np.zeros(len(idents)), 32)
+    janus = np.stack([render_avatar(i, camera_label(float(y), 0.0), 32, janus=True).image
+                      for i, y in zip(idents, yaws["back"])])
+    return clean, janus
+
+
+def _probe_images(world):
+    return np.concatenate([world.kid_truth[g] for g in GROUP_YAWS])
+
+
+# ============================================================== iou and kid
+
+
+def test_iou_of_known_masks():
+    left = np.zeros((4, 4), bool)
+    left[:, :2] = True                         # 8 pixels
+    top = np.zeros((4, 4), bool)
+    top[:2] = True                             # 8 pixels, 4 shared with left
+    empty = np.zeros((4, 4), bool)
+    assert iou(left, left) == 1.0
+    assert iou(left, ~left) == 0.0
+    assert iou(left, top) == pytest.approx(4 / 12)
+    assert iou(empty, empty) == 1.0
+    assert iou(empty, left) == 0.0
+    # Over the last two axes, batched and broadcast.
+    got = iou(np.stack([left, left, left, empty]), np.stack([left, ~left, top, empty]))
+    np.testing.assert_allclose(got, [1.0, 0.0, 1 / 3, 1.0])
+    assert iou(left[None], np.stack([left, top, empty])).shape == (3,)
+
+
+def test_kid_of_a_hand_computed_case():
+    # d = 1, k(x, y) = (x y + 1)^3: off-diagonal kxx (1 + 1) / 2 = 1, kyy (343 + 343) / 2 = 343,
+    # kxy mean (1 + 1 + 27 + 64) / 4 = 23.25 -> 1 + 343 - 2 * 23.25 = 297.5 (every subset is the whole set).
+    a, b = np.array([[0.0], [1.0]]), np.array([[2.0], [3.0]])
+    assert kid(a, b) == pytest.approx(297.5)
+    assert kid(a, b, subsets=3, seed=5) == pytest.approx(297.5)
+
+
+def _mmd2_unbiased(x, y):
+    d = x.shape[1]
+    k = lambda p, q: (p @ q.T / d + 1) ** 3  # noqa: E731
+    m = len(x)
+    off = lambda K: (K.sum() - np.trace(K)) / (m * (m - 1))  # noqa: E731
+    return off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean()
+
+
+def test_kid_same_vs_shifted_distribution():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
+    shifted = rng.normal(size=(200, 16)) + 0.5
+    same, moved = kid(a, b), kid(a, shifted)
+    assert moved > 0.5                              # measured 1.5
+    assert abs(same) < 0.05 * moved                 # measured |same| / moved ~ 0.005
+    # With one subset as large as the sets, KID is the unbiased MMD^2 of the whole sets (order does not matter).
+    assert kid(a, shifted, subset=200, subsets=1) == pytest.approx(_mmd2_unbiased(a, shifted), rel=1e-10)
+    # Fewer than 2 rows on either side: no estimate.
+    assert math.isnan(kid(a[:1], b)) and math.isnan(kid(a, b[:1])) and math.isnan(kid(a[:0], b))
+
+
+# ============================================================== the view classifier
+
+
+def test_view_classifier_is_well_above_chance(classifier):
+    clf, _ = classifier
+    # Chance: 1/3 uniform, 1/2 always "side" (the side group is half the yaw circle). Measured 0.82
+    # (0.74-0.93 over other seeds and sizes of this training set).
+    assert clf.accuracy > 0.75, clf.accuracy
+    assert clf.num_train == 512 and clf.num_test == 96
+
+
+def test_view_classifier_second_call_loads_from_the_cache(classifier, procedural_dataset, world):
+    clf, cache = classifier
+    cached = list((Path(cache) / "view_classifier").glob("*.safetensors"))
+    assert len(cached) == 1 and not list((Path(cache) / "view_classifier").glob("*.tmp"))
+    again = train_view_classifier(truth_styles(procedural_dataset), cache_dir=cache, **CLASSIFIER_ARGS)
+    assert again.seconds < 0.05 * clf.seconds and again.seconds < 2.0, (again.seconds, clf.seconds)
+    assert again.accuracy == clf.accuracy
+    probe = _probe_images(world)
+    assert np.array_equal(again.predict(probe), clf.predict(probe))
+    np.testing.assert_array_equal(again.features(probe), clf.features(probe))
+    assert again.features(probe).shape == (len(probe), 64)
+    assert not again.model.training
+
+
+def test_classifier_initial_weights_are_seeded():
+    states = []
+    for global_seed in (1, 2):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(global_seed)
+            clf = train_view_classifier(list(STYLES), num_train=6, num_test=3, steps=2, seed=0)
+        states.append(clf.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+# ============================================================== the truth world
+
+
+def test_world_shapes(world):
+    assert len(world.identities) == WORLD_IDENTITIES
+    assert set(world.masks) == {"front", "left", "right", "back"}
+    assert all(m.shape == (WORLD_IDENTITIES, 32, 32) and m.dtype == bool and m.any() for m in world.masks.values())
+    assert set(world.kid_truth) == set(GROUP_YAWS)
+    for group, (lo, hi) in GROUP_YAWS.items():
+        assert world.kid_truth[group].shape == (WORLD_PER_GROUP, 32, 32, 3)
+        yaws = np.abs(world.kid_yaws[group])  # drawn in [lo, hi], mirrored to either side at random
+        assert len(yaws) == WORLD_PER_GROUP and yaws.min() >= max(lo, 0.0) and yaws.max() <= hi
+
+
+def test_silhouette_agreement_extremes_and_baseline(world):
+    score, match = world.silhouette_agreement(world.masks)
+    assert score == 1.0 and world.silhouette_agreement(world.masks, varying=True)[0] == 1.0
+    front = world.masks["front"].reshape(WORLD_IDENTITIES, -1)
+    if len(np.unique(front, axis=0)) == WORLD_IDENTITIES:  # distinct front silhouettes: each avatar finds itself
+        assert np.array_equal(match, np.arange(WORLD_IDENTITIES))
+        perm = np.random.default_rng(0).permutation(WORLD_IDENTITIES)
+        score_p, match_p = world.silhouette_agreement({k: v[perm] for k, v in world.masks.items()})
+        assert score_p == 1.0 and np.array_equal(match_p, perm)
+    rng = np.random.default_rng(0)
+    noise = {k: rng.random((8, 32, 32)) < 0.5 for k in world.masks}
+    noise_score, noise_match = world.silhouette_agreement(noise)
+    assert noise_score < 0.5 and noise_match.shape == (8,)          # measured 0.33
+    baseline = world.mean_silhouette_baseline()
+    assert noise_score < baseline < 1.0                               # measured 0.88
+    # Over the pixels where identities differ only: the shared outline no longer props the baseline up.
+    for name in world.masks:
+        region = world.varying_region(name)
+        coverage = world.masks[name].mean(axis=0)
+        assert region.any() and not region.all()
+        assert np.all(region == ((coverage > 0.05) & (coverage < 0.95)))
+    noise_varying, _ = world.silhouette_agreement(noise, varying=True)
+    varying_baseline = world.mean_silhouette_baseline(varying=True)
+    assert noise_varying < varying_baseline < baseline                # measured 0.41 < 0.50 < 0.88
+    # Silhouettes of other truth identities (not in the world): matched at the front, they score below the
+    # world's own silhouettes but above the identity-blind baseline where identities differ (measured 0.61).
+    others = heldout_identities(world.styles, 6, seed=HELDOUT_SEED + 500)
+    strangers = {name: render_truth(others, [yaw] * 6, [pitch] * 6, 32)[1]
+                 for name, (yaw, pitch) in {"front": T.MATCH_CAMERA, **T.HELDOUT_CAMERAS}.items()}
+    stranger_score, _ = world.silhouette_agreement(strangers)
+    assert noise_score < stranger_score < 1.0
+    stranger_varying, _ = world.silhouette_agreement(strangers, varying=True)
+    assert varying_baseline < stranger_varying < 1.0
+
+
+def test_view_consistency_of_truth_renders_and_of_janus_backs(world, group_renders):
+    clean, janus = group_renders
+    clf = world.classifier
+    consistency = {g: float(np.mean(clf.predict(images) == g)) for g, images in clean.items()}
+    assert all(v > 0.75 for v in consistency.values()), consistency   # measured front 1, side 1, back 0.94
+    janus_pred = clf.predict(janus)
+    janus_back = float(np.mean(janus_pred == "back"))
+    # A face at the back pulls back views towards "front": clearly lower consistency at the back.
+    assert janus_back <= consistency["back"] - 0.1, (janus_back, consistency["back"])  # measured 0.56 vs 0.94
+    assert np.mean(janus_pred == "front") >= np.mean(clf.predict(clean["back"]) == "front") + 0.1
+
+
+def test_kid_on_classifier_features_tells_groups_apart(world, group_renders):
+    clean, janus = group_renders
+    f = world.classifier.features
+    same = {g: kid(f(clean[g]), f(world.kid_truth[g])) for g in GROUP_YAWS}
+    across = kid(f(clean["front"]), f(world.kid_truth["back"]))
+    assert all(abs(v) < 0.2 * across for v in same.values()), (same, across)  # measured |same| <= 7.4, across 134
+
+
+# ============================================================== evaluate a generator
+
+
+@pytest.fixture(scope="module")
+def micro_metrics(world):
+    G = micro_generator()
+    state = torch.get_rng_state()
+    metrics = world.evaluate(G, num_avatars=4, seed=0)
+    assert torch.equal(torch.get_rng_state(), state) and not G.training
+    return metrics
+
+
+def test_evaluate_a_micro_generator(world, micro_metrics, group_renders, classifier):
+    m = micro_metrics
+    assert set(m.values) == VALUE_KEYS
+    assert all(math.isfinite(v) for v in m.values.values()), m.values
+    assert 0.0 <= m.values["sil_agreement"] <= 1.0
+    assert m.values["sil_baseline"] == world.mean_silhouette_baseline()
+    assert m.values["sil_varying_baseline"] == world.mean_silhouette_baseline(varying=True)
+    assert 0.0 <= m.values["sil_varying"] <= 1.0
+    assert m.values["classifier_accuracy"] == classifier[0].accuracy
+    assert all(0.0 <= m.values[f"view_{g}"] <= 1.0 for g in GROUP_YAWS)
+    assert m.values["view_mean"] == pytest.approx(np.mean([m.values[f"view_{g}"] for g in GROUP_YAWS]))
+    assert m.counts == {"sil_avatars": 4, "sil_identities": WORLD_IDENTITIES, "view_per_group": WORLD_PER_GROUP,
+                        "kid_per_group": WORLD_PER_GROUP, "classifier_test": 96}
+    # A random-weight generator is far from the truth: its silhouettes below the baseline and its KID above
+    # that of truth renders of other identities at the same cameras.
+    assert m.values["sil_agreement"] < m.values["sil_baseline"]
+    f = world.classifier.features
+    for g in GROUP_YAWS:
+        truth_kid = kid(f(group_renders[0][g]), f(world.kid_truth[g]))
+        assert m.values[f"kid_{g}"] > truth_kid + 0.1 * abs(m.values[f"kid_{g}"]), (g, m.values, truth_kid)
+
+
+def test_metrics_summary_and_json(micro_metrics):
+    m = micro_metrics
+    assert m.metrics() == {f"truth_{k}": v for k, v in m.values.items()}
+    assert set(m.metrics("x/")) == {f"x/{k}" for k in VALUE_KEYS}
+    line = m.summary()
+    assert len(line.splitlines()) == 1
+    for text in (f"4 avatars x 3 held-out views vs {WORLD_IDENTITIES} truth identities",
+                 f"({WORLD_PER_GROUP} renders per group", "on 96 truth renders",
+                 f"({WORLD_PER_GROUP} fakes vs {WORLD_PER_GROUP} truth per group", "view-classifier-64d",
+                 f"silhouette agreement {m.values['sil_agreement']:.3f}"):
+        assert text in line, (text, line)
+    data = json.loads(m.to_json())
+    assert data["values"] == m.values and data["counts"] == m.counts and data["painted_by"] == PAINTER_ID
+    assert data["protocol"]["heldout_seed"] == HELDOUT_SEED and data["protocol"]["mask"] == "opacity > 0.5"
+
+
+def test_evaluate_refuses_another_resolution(world):
+    from avatar3d.gan import GANConfig, TriPlaneGenerator
+
+    G64 = TriPlaneGenerator(GANConfig.tiny(**{**MICRO_GAN, "output_resolution": 64}))
+    with pytest.raises(ValueError, match="built at 32 px, the generator renders 64 px"):
+        world.evaluate(G64, num_avatars=2)
+
+
+# ============================================================== datasets with and without truth
+
+
+def test_has_truth_and_styles(procedural_dataset, head_dataset):
+    assert has_truth(procedural_dataset) is True
+    assert has_truth(str(head_dataset)) is False
+    styles = truth_styles(procedural_dataset)
+    assert len(styles) == 12 and sorted(set(styles)) == sorted(STYLES)
+    with pytest.raises(ValueError, match=f"not painted by {PAINTER_ID}.*pipeline.preset=procedural"):
+        truth_styles(str(head_dataset))
+
+
+# ============================================================== the stage, the CLI, train-gan
+
+
+@pytest.fixture
+def fake_training(monkeypatch, classifier):
+    """Replace the (default-size, ~40 s) classifier training of compute_truth by the module's classifier;
+    records what it was asked for."""
+    calls = []
+
+    def fake(styles, **kwargs):
+        calls.append(dict(styles=list(styles), **kwargs))
+        return classifier[0]
+
+    monkeypatch.setattr(T, "train_view_classifier", fake)
+    return calls
+
+
+def _evaluate_config(snapshot, data, out, *extra):
+    from avatar3d.evaluation.options import EvaluateConfig
+
+    return load_config(EvaluateConfig, "jobs/configs/evaluate_tiny.yaml",
+                       [f"model={snapshot}", f"data={data}", f"output_dir={out}", "parts=[truth]", *extra])
+
+
+def test_stage_writes_truth_json(snapshot, procedural_dataset, tmp_path, monkeypatch, fake_training):
+    from avatar3d.evaluation.stage import run_evaluate
+
+    monkeypatch.setenv("AVATAR3D_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _evaluate_config(snapshot, procedural_dataset, tmp_path / "out", "truth.num_avatars=3",
+                           "truth.num_identities=4", "truth.per_group=3")
+    result = run_evaluate(cfg)
+    assert [Path(c["cache_dir"]) for c in fake_training] == [(tmp_path / "cache").resolve()]
+    assert sorted(set(fake_training[0]["styles"])) == sorted(STYLES)
+    assert result.files == {"truth": [tmp_path / "out" / "truth.json"]} and result.notes == [] and result.fid is None
+    data = json.loads((tmp_path / "out" / "truth.json").read_text())
+    assert set(data["values"]) == VALUE_KEYS and data["painted_by"] == PAINTER_ID
+    assert data["values"] == result.truth.values
+    assert data["counts"] == {"sil_avatars": 3, "sil_identities": 4, "view_per_group": 3, "kid_per_group": 3,
+                              "classifier_test": 96}
+    assert data["protocol"]["seed"] == 0 and data["protocol"]["kid_features"] == "view-classifier-64d"
+    assert result.truth.summary() in result.summary()
+    assert (tmp_path / "out" / "evaluate_config.yaml").is_file()
+
+
+def test_stage_without_truth_adds_a_note(snapshot, head_dataset, tmp_path, monkeypatch, fake_training):
+    from avatar3d.evaluation.stage import run_evaluate
+
+    monkeypatch.setenv("AVATAR3D_CACHE_DIR", str(tmp_path / "cache"))
+    result = run_evaluate(_evaluate_config(snapshot, head_dataset, tmp_path / "out"))
+    assert result.truth is None and "truth" not in result.files and fake_training == []
+    assert not (tmp_path / "out" / "truth.json").exists()
+    assert len(result.notes) == 1 and "no truth metrics" in result.notes[0] and "truth columns" in result.notes[0]
+    assert "note: no truth metrics" in result.summary()
+
+
+def test_cli_truth_metrics_prints_and_writes(snapshot, procedural_dataset, tmp_path, capsys, fake_training):
+    out = tmp_path / "truth.json"
+    rc = main(["truth-metrics", "--model", str(snapshot), "--data", procedural_dataset, "--num-avatars", "2",
+               "--num-identities", "3", "--per-group", "2", "--cache-dir", str(tmp_path / "c"), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert [c["cache_dir"] for c in fake_training] == [str(tmp_path / "c")]
+    data = json.loads(out.read_text())
+    assert data["counts"]["sil_avatars"] == 2 and data["counts"]["sil_identities"] == 3
+    assert data["counts"]["view_per_group"] == 2
+    stdout = capsys.readouterr().out
+    assert "silhouette agreement" in stdout and "2 avatars x 3 held-out views vs 3 truth identities" in stdout
+    assert f"wrote {out}" in stdout
+
+
+def test_cli_truth_metrics_refuses_a_dataset_without_truth(snapshot, head_dataset, capsys, fake_training):
+    assert main(["truth-metrics", "--model", str(snapshot), "--data", str(head_dataset)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avatar3d truth-metrics: error: --data: ") and err.count("\n") == 1, err
+    assert "no truth columns" in err and "pipeline.preset=procedural" in err and fake_training == []
+
+
+def test_cli_truth_metrics_names_the_flag_of_a_missing_dataset(snapshot, tmp_path, capsys):
+    assert main(["truth-metrics", "--model", str(snapshot), "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"avatar3d truth-metrics: error: --data: {tmp_path / 'nowhere'} does not exist"), err
+
+
+class _Started(Exception):
+    pass
+
+
+def _train_config(data, out, *extra):
+    from avatar3d.training.config import TrainGANConfig
+
+    return load_config(TrainGANConfig, "jobs/configs/train_gan_tiny.yaml",
+                       [f"data.path={data}", f"output_dir={out}", "tracking.register_name=", *extra])
+
+
+def test_train_gan_refuses_truth_ticks_without_truth(head_dataset, procedural_dataset, tmp_path, monkeypatch):
+    import avatar3d.training.job as job
+
+    def started(*args, **kwargs):
+        raise _Started
+
+    monkeypatch.setattr(job, "resume_or_start_run", started)
+    monkeypatch.setattr(job, "fit_with_ray", started)
+    with pytest.raises(ConfigError, match=r"truth_ticks=2: data.path=.* has no truth columns"):
+        job.run_train_gan(_train_config(head_dataset, tmp_path / "a", "truth_ticks=2"))
+    assert not (tmp_path / "a").exists()  # refused before any output, tracking or Ray
+    # The same dataset with truth_ticks=0, and a procedural dataset with truth_ticks=2, pass that check.
+    with pytest.raises(_Started):
+        job.run_train_gan(_train_config(head_dataset, tmp_path / "b", "truth_ticks=0"))
+    with pytest.raises(_Started):
+        job.run_train_gan(_train_config(procedural_dataset, tmp_path / "c", "truth_ticks=2"))
