@@ -80,7 +80,38 @@ def _headline(out: Path) -> str:
     else:
         text = (f"The images of this run were painted by Stable Diffusion + ControlNet "
                 f"(<code>{html.escape(painter)}</code>).")
+    text += _transfer_note(out)
     return f'<p style="background:#fff6d5;padding:8px;border:1px solid #e0c060">{text}</p>'
+
+
+def _transfer_note(out: Path) -> str:
+    """When the GAN started from a snapshot (``transfer``): say so, with the snapshot's provenance and the
+    from-scratch figures recorded beside it (``<snapshot>.json``: command, kimg, figures)."""
+    import yaml
+
+    configs = sorted((out / "gan").glob("*/config.yaml"))
+    if not configs:
+        return ""
+    transfer = (yaml.safe_load(configs[-1].read_text()) or {}).get("transfer") or ""
+    if not transfer:
+        return " The GAN was trained from scratch in this run."
+    text = (f" <b>The GAN was not trained from scratch here</b>: it was fine-tuned from the snapshot "
+            f"<code>{html.escape(transfer)}</code>")
+    record = Path(transfer).with_suffix(".json")
+    if record.is_file():
+        info = json.loads(record.read_text())
+        text += (f", trained {info.get('kimg', '?')} kimg in the procedural world by <code>"
+                 f"{html.escape(str(info.get('command', '?')))}</code>")
+        scratch = info.get("from_scratch_at_demo_budget")
+        if scratch:
+            v = scratch.get("values", {})
+            text += (f". From scratch at this demo's budget ({scratch.get('kimg', '?')} kimg, "
+                     f"<code>{html.escape(str(scratch.get('command', '?')))}</code>) the same generator reached "
+                     f"silhouette agreement {v.get('sil_agreement', float('nan')):.3f} (where identities differ "
+                     f"{v.get('sil_varying', float('nan')):.3f}) and view consistency front / side / back "
+                     f"{v.get('view_front', float('nan')):.2f} / {v.get('view_side', float('nan')):.2f} / "
+                     f"{v.get('view_back', float('nan')):.2f}")
+    return text + "."
 
 
 def _guidance(out: Path, rep: Path) -> str:

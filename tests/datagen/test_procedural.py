@@ -295,15 +295,6 @@ def test_painter_callable_without_ray():
 # ============================================================== the real job
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def procedural_config(output_dir, *overrides):
     return load_config(GenerateConfig, TINY_YAML,
                        [f"output_dir={output_dir}", "progress_interval_s=0", *JOB_OVERRIDES, *overrides])
