@@ -186,7 +186,9 @@ def _failures(ds: Path, rep: Path) -> str:
     views = sorted({v for v, _ in counts})
     lines = [{"view": v, **{f: counts.get((v, f), 0) for f in ("none", "pose_error", "janus", "flip")}}
              for v in views]
-    examples = [r for r in rows if r["truth_failure"] != "none"][:8]
+    examples = []  # up to three of each kind, so the rarer Janus and flipped views show too
+    for kind in ("pose_error", "janus", "flip"):
+        examples += [r for r in rows if r["truth_failure"] == kind][:3]
     parts = ['<p>Modelled ControlNet misses (labels stay the requested camera; the truth columns say what was '
              "painted):</p>", _table(lines)]
     if examples:
