@@ -317,6 +317,9 @@ def _truth(ev: Path, rep: Path) -> str:
          "control": f"mean-silhouette baseline {v['sil_varying_baseline']:.3f}", "images": "same"},
         *[{"measure": f"view consistency, {g}", "value": f"{v[f'view_{g}']:.2f}", "control": "chance 0.33",
            "images": f"{c['view_per_group']} renders"} for g in ("front", "side", "back")],
+        *[{"measure": f"KID, {g} (vs truth renders, Inception features)", "value": f"{v[f'kid_inception_{g}']:.3g}",
+           "control": "about 0 = same distribution", "images": f"{c['kid_per_group']} fakes vs {c['kid_per_group']} truth"}
+          for g in ("front", "side", "back") if f"kid_inception_{g}" in v],
         *[{"measure": f"KID, {g} (vs truth renders, view-classifier features)", "value": f"{v[f'kid_{g}']:.3g}",
            "control": "about 0 = same distribution",
            "images": f"{c['kid_per_group']} fakes vs {c['kid_per_group']} truth"} for g in ("front", "side", "back")],

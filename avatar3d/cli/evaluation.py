@@ -117,6 +117,8 @@ def _add_truth(sub, O) -> None:
     for name, flag in (("num_avatars", "--num-avatars"), ("num_identities", "--num-identities"),
                        ("per_group", "--per-group"), ("seed", "--seed")):
         p.add_argument(flag, type=int, default=default(O, name), help=option_help(O, name))
+    p.add_argument("--no-inception", action="store_true", help="skip the KID per view on Inception features "
+                                                                "(the slow part on a CPU)")
     p.add_argument("--cache-dir", default=None, help="cache folder for the view classifier "
                                                      "(default $AVATAR3D_CACHE_DIR or ./.cache)")
     p.add_argument("--out", default=None, help="write the figures + protocol as JSON here")
@@ -128,8 +130,9 @@ def _run_truth(args) -> int:
     from avatar3d.evaluation.truth import has_truth
     from avatar3d.safeio import atomic_write
 
+    args.inception = not args.no_inception
     opts = _build(_options().TruthOptions, args, {"num_avatars": "num_avatars", "num_identities": "num_identities",
-                                                  "per_group": "per_group", "seed": "seed"})
+                                                  "per_group": "per_group", "seed": "seed", "inception": "inception"})
     if not has_truth(args.data, field="--data"):
         raise ConfigError(f"--data: {args.data} has no truth columns; pass a dataset made with "
                           "pipeline.preset=procedural")

@@ -58,11 +58,14 @@ def compute_fid(snapshot, data: str, opts: FIDOptions, device: str = "cpu", mode
     return result
 
 
-def compute_truth(G, data: str, opts: TruthOptions, cache_dir: str | Path | None = None) -> TruthMetrics:
+def compute_truth(G, data: str, opts: TruthOptions, cache_dir: str | Path | None = None,
+                  extractor: str = "inception") -> TruthMetrics:
     """Truth metrics of a generator against the procedural world its dataset was painted in."""
     world = TruthWorld.build(data, int(G.cfg.output_resolution), num_identities=opts.num_identities,
                              kid_per_group=opts.per_group, cache_dir=cache_dir or default_cache(), seed=opts.seed)
-    return world.evaluate(G, num_avatars=opts.num_avatars, seed=opts.seed)
+    device = next(G.parameters()).device
+    features = get_extractor(extractor, device) if opts.inception else None
+    return world.evaluate(G, num_avatars=opts.num_avatars, seed=opts.seed, extractor=features)
 
 
 def write_walk(G, opts: WalkOptions, out_dir: Path) -> list[Path]:
@@ -110,7 +113,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     truth = None
     if "truth" in cfg.parts:
         if has_truth(cfg.data):
-            truth = compute_truth(G, cfg.data, cfg.truth)
+            truth = compute_truth(G, cfg.data, cfg.truth, extractor=cfg.fid.extractor)
             files["truth"] = [atomic_write(out / "truth.json", truth.to_json())]
         else:
             notes.append("no truth metrics: the dataset has no truth columns (only the procedural painter's have)")

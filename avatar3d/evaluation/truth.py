@@ -272,7 +272,10 @@ class TruthMetrics:
                 f"classifier accuracy {v['classifier_accuracy']:.2f} on {c['classifier_test']} truth renders) | "
                 f"KID front {v['kid_front']:.3g} side {v['kid_side']:.3g} back "
                 f"{v['kid_back']:.3g} ({c['kid_per_group']} fakes vs {c['kid_per_group']} truth per group, "
-                f"{self.protocol.get('kid_features', '?')})")
+                f"{self.protocol.get('kid_features', '?')})"
+                + (f" | KID on {self.protocol.get('kid_inception_features')} front {v['kid_inception_front']:.3g} "
+                   f"side {v['kid_inception_side']:.3g} back {v['kid_inception_back']:.3g}"
+                   if "kid_inception_front" in v else ""))
 
 
 @dataclass
@@ -335,8 +338,14 @@ class TruthWorld:
             scores.append(iou((mean & region)[None], self.masks[name] & region).mean())
         return float(np.mean(scores))
 
-    def evaluate(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8) -> TruthMetrics:
-        """All truth metrics of generator ``G`` (its EMA copy in training)."""
+    def evaluate(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8,
+                 extractor=None) -> TruthMetrics:
+        """All truth metrics of generator ``G`` (its EMA copy in training).
+
+        ``extractor``: an FID feature extractor (:mod:`avatar3d.evaluation.features`); when given, KID per
+        view group against the truth renders is also computed on its features (``kid_inception_<group>``):
+        the comparable number, too slow on a CPU for every few ticks.
+        """
         if int(G.cfg.output_resolution) != self.size:
             raise ValueError(f"the truth world was built at {self.size} px, the generator renders "
                              f"{G.cfg.output_resolution} px: build it at the generator's resolution")
@@ -356,10 +365,13 @@ class TruthWorld:
             images, _ = generator_views(G, yaws, np.zeros(len(yaws)), seed + 1, batch_size)
             values[f"view_{group}"] = float(np.mean(self.classifier.predict(images) == group))
             values[f"kid_{group}"] = kid(self.classifier.features(images), self.classifier.features(self.kid_truth[group]))
+            if extractor is not None:
+                values[f"kid_inception_{group}"] = kid(extractor(images), extractor(self.kid_truth[group]))
         values["view_mean"] = float(np.mean([values[f"view_{g}"] for g in GROUP_YAWS]))
         counts = {"sil_avatars": num_avatars, "sil_identities": len(self.identities), "view_per_group": per_group,
                   "kid_per_group": per_group, "classifier_test": self.classifier.num_test}
         protocol = {"painter": PAINTER_ID, "heldout_seed": HELDOUT_SEED, "match_camera": MATCH_CAMERA,
                     "heldout_cameras": HELDOUT_CAMERAS, "group_yaws": GROUP_YAWS, "mask": "opacity > 0.5",
-                    "kid_features": "view-classifier-64d", "seed": seed}
+                    "kid_features": "view-classifier-64d", "seed": seed,
+                    "kid_inception_features": getattr(extractor, "name", None)}
         return TruthMetrics(values, counts, protocol)

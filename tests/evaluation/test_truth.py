@@ -366,7 +366,10 @@ def test_stage_writes_truth_json(snapshot, procedural_dataset, tmp_path, monkeyp
     assert sorted(set(fake_training[0]["styles"])) == sorted(STYLES)
     assert result.files == {"truth": [tmp_path / "out" / "truth.json"]} and result.notes == [] and result.fid is None
     data = json.loads((tmp_path / "out" / "truth.json").read_text())
-    assert set(data["values"]) == VALUE_KEYS and data["painted_by"] == PAINTER_ID
+    inception = {f"kid_inception_{g}" for g in ("front", "side", "back")}  # the stage's default: Inception KID too
+    assert set(data["values"]) == VALUE_KEYS | inception and data["painted_by"] == PAINTER_ID
+    assert all(np.isfinite(data["values"][k]) for k in inception)
+    assert data["protocol"]["kid_inception_features"].startswith("inception")
     assert data["values"] == result.truth.values
     assert data["counts"] == {"sil_avatars": 3, "sil_identities": 4, "view_per_group": 3, "kid_per_group": 3,
                               "classifier_test": 96}
@@ -389,12 +392,14 @@ def test_stage_without_truth_adds_a_note(snapshot, head_dataset, tmp_path, monke
 def test_cli_truth_metrics_prints_and_writes(snapshot, procedural_dataset, tmp_path, capsys, fake_training):
     out = tmp_path / "truth.json"
     rc = main(["truth-metrics", "--model", str(snapshot), "--data", procedural_dataset, "--num-avatars", "2",
-               "--num-identities", "3", "--per-group", "2", "--cache-dir", str(tmp_path / "c"), "--out", str(out)])
+               "--num-identities", "3", "--per-group", "2", "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+               "--no-inception"])
     assert rc == 0, capsys.readouterr().err
     assert [c["cache_dir"] for c in fake_training] == [str(tmp_path / "c")]
     data = json.loads(out.read_text())
     assert data["counts"]["sil_avatars"] == 2 and data["counts"]["sil_identities"] == 3
     assert data["counts"]["view_per_group"] == 2
+    assert not any(k.startswith("kid_inception") for k in data["values"])  # --no-inception
     stdout = capsys.readouterr().out
     assert "silhouette agreement" in stdout and "2 avatars x 3 held-out views vs 3 truth identities" in stdout
     assert f"wrote {out}" in stdout
