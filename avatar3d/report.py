@@ -85,32 +85,32 @@ def _headline(out: Path) -> str:
 
 
 def _transfer_note(out: Path) -> str:
-    """When the GAN started from a snapshot (``transfer``): say so, with the snapshot's provenance and the
-    from-scratch figures recorded beside it (``<snapshot>.json``: command, kimg, figures)."""
+    """When the GAN started from a shipped state (``resume``) or snapshot (``transfer``): say so, with its
+    provenance and the from-scratch figures recorded beside it (``<state or snapshot>.json``)."""
     import yaml
 
     configs = sorted((out / "gan").glob("*/config.yaml"))
     if not configs:
         return ""
-    transfer = (yaml.safe_load(configs[-1].read_text()) or {}).get("transfer") or ""
-    if not transfer:
+    cfg = yaml.safe_load(configs[-1].read_text()) or {}
+    start, how = (cfg.get("resume"), "continued from the training state") if cfg.get("resume") else (
+        cfg.get("transfer"), "fine-tuned from the snapshot")
+    if not start:
         return " The GAN was trained from scratch in this run."
-    text = (f" <b>The GAN was not trained from scratch here</b>: it was fine-tuned from the snapshot "
-            f"<code>{html.escape(transfer)}</code>")
-    record = Path(transfer).with_suffix(".json")
+    text = f" <b>The GAN was not trained from scratch here</b>: it {how} <code>{html.escape(str(start))}</code>"
+    record = Path(start).with_suffix(".json")
     if record.is_file():
         info = json.loads(record.read_text())
-        text += (f", trained {info.get('kimg', '?')} kimg in the procedural world by <code>"
+        text += (f", trained {info.get('kimg', '?')} kimg in the procedural world (another seed) by <code>"
                  f"{html.escape(str(info.get('command', '?')))}</code>")
         scratch = info.get("from_scratch_at_demo_budget")
         if scratch:
             v = scratch.get("values", {})
-            text += (f". From scratch at this demo's budget ({scratch.get('kimg', '?')} kimg, "
-                     f"<code>{html.escape(str(scratch.get('command', '?')))}</code>) the same generator reached "
+            text += (f". From scratch at a demo's budget ({scratch.get('kimg', '?')} kimg) the same generator reached "
                      f"silhouette agreement {v.get('sil_agreement', float('nan')):.3f} (where identities differ "
                      f"{v.get('sil_varying', float('nan')):.3f}) and view consistency front / side / back "
                      f"{v.get('view_front', float('nan')):.2f} / {v.get('view_side', float('nan')):.2f} / "
-                     f"{v.get('view_back', float('nan')):.2f}")
+                     f"{v.get('view_back', float('nan')):.2f}, against this run's figures below")
     return text + "."
 
 

@@ -80,8 +80,11 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
     writable_dir(output_dir, "output_dir")
-    if not is_remote(cfg.data.path):  # workers may start elsewhere: hand them an absolute path
+    if not is_remote(cfg.data.path):  # workers may start elsewhere: hand them absolute paths
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
+    for name in ("transfer", "resume"):
+        if getattr(cfg, name):
+            cfg = replace(cfg, **{name: str(Path(getattr(cfg, name)).resolve())})
     dump_config(cfg, run_dir / "config.yaml")
     print(f"dataset: {dataset.summary()}")
 
