@@ -26,7 +26,7 @@ from avatar3d.datagen.dataset import read_table
 from avatar3d.datagen.job import GenerateConfig, run_generation
 from avatar3d.evaluation.stage import EvaluateConfig, run_evaluate
 from avatar3d.evaluation.truth import has_truth, heldout_identities, render_truth, truth_styles
-from avatar3d.prior.avatar import run_image_to_avatar
+from avatar3d.prior.avatar import run_image_to_avatar, view_yaws
 from avatar3d.prior.config import BuildPairsConfig, ImageToAvatarConfig, TrainPriorConfig
 from avatar3d.prior.job import run_train_prior
 from avatar3d.prior.pairs import run_build_pairs
@@ -202,8 +202,7 @@ def write_input_image(dataset: Path, target: Path, avatar: ImageToAvatarConfig |
         front, _ = render_truth([identity], [0.0], [0.0], size)
         target.parent.mkdir(parents=True, exist_ok=True)
         if avatar is not None:
-            yaws = np.linspace(0.0, 360.0, avatar.views, endpoint=False)
-            yaws = np.where(yaws > 180.0, yaws - 360.0, yaws)
+            yaws = view_yaws(avatar.views)
             views, _ = render_truth([identity] * len(yaws), yaws, [avatar.pitch] * len(yaws), size)
             Image.fromarray(np.concatenate(list(views), axis=1)).save(target.parent / "truth_views.png")
             atomic_write(target.parent / "truth_identity.json", identity.to_json())

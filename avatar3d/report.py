@@ -200,16 +200,22 @@ def _failures(ds: Path, rep: Path) -> str:
     return "\n".join(parts)
 
 
+def _final_snapshot(out: Path) -> Path | None:
+    """The GAN stage's final inference snapshot (``<out>/gan/<run name>/...``), or None before it ran."""
+    from avatar3d.training.job import FINAL_SNAPSHOT
+
+    snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
+    return snaps[-1] if snaps else None
+
+
 def _curves(out: Path, rep: Path, tracking_uri: str) -> str:
     """Losses and truth metrics of the GAN run over kimg, from its MLflow history."""
     from mlflow import MlflowClient
 
-    from avatar3d.training.job import FINAL_SNAPSHOT
-
-    snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
-    if not snaps:
+    snapshot = _final_snapshot(out)
+    if snapshot is None:
         return ""
-    name = snaps[-1].parent.name  # the run folder is named after the run
+    name = snapshot.parent.name  # the run folder is named after the run
     client = MlflowClient(tracking_uri=tracking_uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
             if name and r.info.run_name == name]
@@ -250,18 +256,17 @@ def _curves(out: Path, rep: Path, tracking_uri: str) -> str:
 
 def _gan(out: Path, rep: Path) -> str:
     from avatar3d.gan.snapshot import load_snapshot
-    from avatar3d.training.job import FINAL_SNAPSHOT
     from avatar3d.gan.samples import sample_grids
 
-    snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
-    if not snaps:
+    snapshot = _final_snapshot(out)
+    if snapshot is None:
         return ""
-    snap = load_snapshot(snaps[-1])
+    snap = load_snapshot(snapshot)
     from avatar3d.gan.config import GANConfig
 
     grids = sample_grids(snap.generator, GANConfig.from_dict(snap.gan_config))
     parts = [f"<h2>4. 3D GAN samples ({snap.info.get('kimg', 0):.3f} kimg)</h2>",
-             f'<p class="note">snapshot: {html.escape(str(snaps[-1]))}; rows = identities, columns = yaws; '
+             f'<p class="note">snapshot: {html.escape(str(snapshot))}; rows = identities, columns = yaws; '
              "identities are mapped with the front camera</p>"]
     for group, image in grids.items():
         image.resize((image.width * 2, image.height * 2)).save(rep / f"gan_{group}.png")
@@ -339,13 +344,12 @@ def _truth_vs_generated(out: Path, rep: Path, n: int = 6) -> str:
     from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
     from avatar3d.gan.samples import image_grid
     from avatar3d.gan.snapshot import load_snapshot
-    from avatar3d.training.job import FINAL_SNAPSHOT
 
     ds = out / "dataset"
-    snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
-    if not snaps or not ds.is_dir() or not has_truth(str(ds)):
+    snapshot = _final_snapshot(out)
+    if snapshot is None or not ds.is_dir() or not has_truth(str(ds)):
         return ""
-    G = load_snapshot(snaps[-1]).generator
+    G = load_snapshot(snapshot).generator
     size = int(G.cfg.output_resolution)
     identities = heldout_identities(truth_styles(str(ds)), n)
     yaws = {"front": 0.0, "side": 90.0, "back": 180.0}

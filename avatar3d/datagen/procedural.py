@@ -35,8 +35,11 @@ import numpy as np
 
 from avatar3d.datagen.dataset import encode_png
 from avatar3d.scene.avatar import (
-    FAMILIES,
+    FACIAL_HAIR,
+    GLASSES,
     HAIR_STYLES,
+    HATS,
+    NECKWEAR,
     STYLE_MONO,
     AvatarIdentity,
     render_avatar,
@@ -124,16 +127,16 @@ def identity_for(seed: int, index: int, style: str, attributes: dict[str, str]) 
     rng = np.random.default_rng([int(seed), int(index), _IDENTITY_STREAM])
     a = {k: str(v) for k, v in attributes.items()}
     # Draw everything first, in a fixed order, so that an attribute never shifts the other draws.
-    draws = dict(
+    p = dict(
         head_width=rng.uniform(0.92, 1.08), head_height=rng.uniform(0.93, 1.07), head_depth=rng.uniform(0.95, 1.05),
         jaw=rng.uniform(0.88, 1.12), nose=rng.uniform(0.8, 1.25), ears=rng.uniform(0.8, 1.25),
         eye_size=rng.uniform(0.85, 1.2), neck=rng.uniform(0.88, 1.12), shoulders=rng.uniform(0.88, 1.12),
         hair=HAIR_STYLES[rng.integers(len(HAIR_STYLES))], hair_volume=rng.uniform(0.8, 1.25),
-        hat=("none", "cap", "beanie", "wide_brim", "headband", "crown")[rng.choice(6, p=[0.7, 0.08, 0.08, 0.05, 0.05, 0.04])],
-        glasses=("none", "round", "square", "sunglasses", "thin")[rng.choice(5, p=[0.7, 0.08, 0.08, 0.07, 0.07])],
-        facial_hair=("none", "beard", "stubble", "moustache", "goatee")[rng.choice(5, p=[0.7, 0.1, 0.08, 0.06, 0.06])],
+        hat=HATS[rng.choice(len(HATS), p=[0.7, 0.08, 0.08, 0.05, 0.05, 0.04])],
+        glasses=GLASSES[rng.choice(len(GLASSES), p=[0.7, 0.08, 0.08, 0.07, 0.07])],
+        facial_hair=FACIAL_HAIR[rng.choice(len(FACIAL_HAIR), p=[0.7, 0.1, 0.08, 0.06, 0.06])],
         earrings=bool(rng.random() < 0.25),
-        neckwear=("none", "scarf", "necklace", "bow_tie", "choker")[rng.choice(5, p=[0.72, 0.08, 0.08, 0.06, 0.06])],
+        neckwear=NECKWEAR[rng.choice(len(NECKWEAR), p=[0.72, 0.08, 0.08, 0.06, 0.06])],
         skin=_colour(rng, list(_SKIN.values())[rng.integers(len(_SKIN))]),
         hair_colour=_colour(rng, list(_HAIR_COLOURS.values())[rng.integers(len(_HAIR_COLOURS))]),
         eye_colour=_colour(rng, list(_EYE_COLOURS.values())[rng.integers(len(_EYE_COLOURS))]),
@@ -141,7 +144,6 @@ def identity_for(seed: int, index: int, style: str, attributes: dict[str, str]) 
         cloth=_colour(rng, _PALETTE[rng.integers(len(_PALETTE))], 0.06),
         accessory=_colour(rng, _PALETTE[rng.integers(len(_PALETTE))], 0.06),
     )
-    p = dict(draws)
     p["hair"] = _match(a.get("hairstyle"), _HAIR_WORDS) or p["hair"]
     colour = _match(a.get("hair_color"), [(k, k) for k in _HAIR_COLOURS])
     if colour:
@@ -178,10 +180,8 @@ def identity_for(seed: int, index: int, style: str, attributes: dict[str, str]) 
         p["lips"] = (0.80, 0.08, 0.12)
     if "elderly" in a.get("age", "") and "hair_color" not in a:
         p["hair_colour"] = _colour(rng, _HAIR_COLOURS["grey"])
-    family = style_family(style)
-    assert family in FAMILIES
     p = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in p.items()}
-    return AvatarIdentity(family=family, mono=STYLE_MONO.get(style), **p)
+    return AvatarIdentity(family=style_family(style), mono=STYLE_MONO.get(style), **p)
 
 
 # --------------------------------------------------------------------------- failure model

@@ -61,8 +61,7 @@ def compute_fid(snapshot, data: str, opts: FIDOptions, device: str = "cpu", mode
 def compute_truth(G, data: str, opts: TruthOptions, cache_dir: str | Path | None = None,
                   extractor: str = "inception") -> TruthMetrics:
     """Truth metrics of a generator against the procedural world its dataset was painted in."""
-    world = TruthWorld.build(data, int(G.cfg.output_resolution), num_identities=opts.num_identities,
-                             kid_per_group=opts.per_group, cache_dir=cache_dir or default_cache(), seed=opts.seed)
+    world = TruthWorld.from_options(data, int(G.cfg.output_resolution), opts, cache_dir or default_cache())
     device = next(G.parameters()).device
     features = get_extractor(extractor, device) if opts.inception else None
     return world.evaluate(G, num_avatars=opts.num_avatars, seed=opts.seed, extractor=features)

@@ -45,6 +45,7 @@ from torch import nn
 from avatar3d.datagen.dataset import open_dataset
 from avatar3d.datagen.procedural import PAINTER_ID, identity_for
 from avatar3d.evaluation.fid import _eval_mode
+from avatar3d.evaluation.options import TruthOptions
 from avatar3d.gan.samples import to_uint8
 from avatar3d.scene.avatar import render_avatar
 from avatar3d.scene.cameras import camera_label
@@ -280,7 +281,7 @@ class TruthMetrics:
 
 @dataclass
 class TruthWorld:
-    """What the truth metrics compare against, built once per dataset (and reused every ``fid_ticks``)."""
+    """What the truth metrics compare against, built once per dataset (and reused every ``truth_ticks``)."""
 
     styles: list[str]
     size: int
@@ -310,6 +311,13 @@ class TruthWorld:
             chunk = kid_idents[g_i * kid_per_group:(g_i + 1) * kid_per_group]
             kid_truth[group], _ = render_truth(chunk, yaws, np.zeros(kid_per_group), size)
         return cls(styles, size, classifier, idents, masks, kid_truth, kid_yaws)
+
+    @classmethod
+    def from_options(cls, dataset: str, size: int, opts: TruthOptions,
+                     cache_dir: str | Path | None = None) -> "TruthWorld":
+        """The world of a :class:`~avatar3d.evaluation.options.TruthOptions` (the stage's and training's)."""
+        return cls.build(dataset, size, num_identities=opts.num_identities, kid_per_group=opts.per_group,
+                         cache_dir=cache_dir, seed=opts.seed)
 
     # -- the measures --------------------------------------------------------------
     def varying_region(self, name: str) -> np.ndarray:

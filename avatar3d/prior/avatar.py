@@ -45,8 +45,7 @@ def run_image_to_avatar(cfg: ImageToAvatarConfig) -> AvatarResult:
     pipe = load_pipeline(cfg.prior, cfg.generator or None, cfg.tracking_uri or None)
 
     # Image -> w -> views and turntable.
-    yaws = np.linspace(0.0, 360.0, cfg.views, endpoint=False)
-    yaws = np.where(yaws > 180.0, yaws - 360.0, yaws)
+    yaws = view_yaws(cfg.views)
     result = pipe(image, seed=cfg.seed, guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps,
                   sampler=cfg.sampler, yaws=yaws, pitches=cfg.pitch, turntable_frames=cfg.turntable_frames,
                   truncation_psi=cfg.truncation_psi)
@@ -54,6 +53,12 @@ def run_image_to_avatar(cfg: ImageToAvatarConfig) -> AvatarResult:
     # Files.
     files = write_avatar(result, out, pipe.generator, cfg.mesh_resolution, cfg.image, cfg.mesh_iso)
     return AvatarResult(output_dir=out, files=files, w=result.w[0].numpy())
+
+
+def view_yaws(views: int) -> np.ndarray:
+    """``views`` evenly spaced yaws over 360 degrees from the front, in (-180, 180]."""
+    yaws = np.linspace(0.0, 360.0, views, endpoint=False)
+    return np.where(yaws > 180.0, yaws - 360.0, yaws)
 
 
 def load_pipeline(prior: str, generator: str | None = None, tracking_uri: str | None = None,

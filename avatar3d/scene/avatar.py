@@ -162,6 +162,20 @@ def _plane(p, normal, offset):
     return p[0] * n[0] + p[1] * n[1] + p[2] * n[2] - offset
 
 
+# How far the hair stands off the cranium, per hairstyle (times hair_volume); the afro's own shape is a
+# sphere, whose half-width at the headband's height stands about 0.08 off.
+_HAIR_THICKNESS = {"bald": 0.0, "buzz": 0.006, "undercut": 0.006, "mohawk": 0.006, "curly": 0.035, "afro": 0.08}
+
+
+def _hair_thickness(ident: AvatarIdentity) -> float:
+    return _HAIR_THICKNESS.get(ident.hair, 0.02) * ident.hair_volume
+
+
+def _eye(ident: AvatarIdentity) -> tuple[tuple[float, float, float], float]:
+    """(centre of the left eyeball, its radius); the right one is its mirror in x."""
+    return (0.047 * ident.head_width, 0.05, 0.14 * ident.head_depth - 0.018), 0.024 * ident.eye_size
+
+
 class _Field:
     """The signed distance field of one identity, split by material."""
 
@@ -179,8 +193,7 @@ class _Field:
         i, fz = self.i, self.face_z
         ax = np.abs(p[0])
         nose = _ellipsoid(p, (0.0, 0.0, fz + 0.012), (0.022 * i.nose, 0.045 * i.nose, 0.030 * i.nose))
-        eye_r = 0.024 * i.eye_size
-        eyes = _sphere((ax, p[1], p[2]), (0.047 * i.head_width, 0.05, fz - 0.018), eye_r)
+        eyes = _sphere((ax, p[1], p[2]), *_eye(i))
         lips = _ellipsoid(p, (0.0, -0.075 * i.head_height, fz - 0.008), (0.036, 0.014, 0.020))
         brows = _ellipsoid((ax, p[1], p[2]), (0.047 * i.head_width, 0.092, fz - 0.005), (0.030, 0.008, 0.014))
         return nose, eyes, lips, brows
@@ -245,10 +258,11 @@ class _Field:
             return None
         rx, ry, rz = self.cranium_r
         v = i.hair_volume
-        thick = {"buzz": 0.006, "undercut": 0.006, "mohawk": 0.006, "curly": 0.035, "afro": 0.0}.get(i.hair, 0.02) * v
-        cap = _ellipsoid(p, (0.0, 0.105, -0.025), (rx + thick, ry + thick, rz + thick))
         if i.hair == "afro":
             cap = _sphere(p, (0.0, 0.13, -0.03), 0.205 * v)
+        else:
+            thick = _hair_thickness(i)
+            cap = _ellipsoid(p, (0.0, 0.105, -0.025), (rx + thick, ry + thick, rz + thick))
         hair = np.maximum(cap, self._hairline(p))
         if i.hair in ("long", "wavy", "braids"):
             length = {"long": 0.24, "wavy": 0.15, "braids": 0.22}[i.hair]
@@ -296,8 +310,7 @@ class _Field:
             brim = _ellipsoid(p, (0.0, 0.16, -0.02), (0.27, 0.010, 0.27))
             return np.minimum(crown, brim), _HAT
         if i.hat == "headband":  # around the hair where there is hair: the cap's half-width at this height
-            thick = {"bald": 0.0, "buzz": 0.006, "undercut": 0.006, "mohawk": 0.006, "curly": 0.035,
-                     "afro": 0.08}.get(i.hair, 0.02) * i.hair_volume
+            thick = _hair_thickness(i)
             y = 0.16
             half = (rx + thick) * np.sqrt(max(1.0 - ((y - 0.105) / (ry + thick)) ** 2, 0.0))
             return _torus_y(p, (0.0, y, -0.02), half + 0.002, 0.012), _HAT
@@ -395,10 +408,9 @@ def _albedo(ident: AvatarIdentity, material, points, janus: bool):
     eye = material == _EYE
     if eye.any():
         p = points[eye]
-        fz = 0.14 * ident.head_depth
-        ex = 0.047 * ident.head_width
-        z_front = fz - 0.018 + 0.024 * ident.eye_size
-        r_front = np.sqrt((np.abs(p[:, 0]) - ex) ** 2 + (p[:, 1] - 0.05) ** 2)
+        (ex, ey, ez), radius = _eye(ident)
+        z_front = ez + radius
+        r_front = np.sqrt((np.abs(p[:, 0]) - ex) ** 2 + (p[:, 1] - ey) ** 2)
         if janus:  # the mirrored eyes look backwards
             back = p[:, 2] < _JANUS_Z
             z_front = np.where(back, 2 * _JANUS_Z - z_front, z_front)

@@ -139,8 +139,7 @@ def _truth_hook(data: str, opts: TruthOptions):
     def evaluate(trainer) -> dict[str, float]:
         G = trainer.G_ema
         if not world:
-            world.append(TruthWorld.build(data, int(G.cfg.output_resolution), num_identities=opts.num_identities,
-                                          kid_per_group=opts.per_group, cache_dir=cache_dir(), seed=opts.seed))
+            world.append(TruthWorld.from_options(data, int(G.cfg.output_resolution), opts, cache_dir()))
         return world[0].evaluate(G, num_avatars=opts.num_avatars, seed=opts.seed).metrics()
 
     return evaluate

@@ -1,11 +1,10 @@
 """Truth metrics (avatar3d.evaluation.truth) on a small procedural world at 32 px.
 
-The procedural dataset is painted by the job's own pieces (``plan_specs`` ->
-``ProceduralPainter`` -> ``_rows_for`` -> ``ShardWriter``) without Ray: starting
-a local Ray for the real job costs ~35 s on a 2-core machine, and the truth
-metrics read only the dataset's truth and style columns. One view classifier
-(512 train / 96 test renders, 400 steps, global torch seed 0) and one truth
-world (16 identities, 12 renders per view group) are built per module.
+The procedural dataset is painted by the job's own pieces without Ray
+(``tests.training.fixtures.write_procedural_dataset``); the truth metrics read
+only the dataset's truth and style columns. One view classifier (512 train / 96
+test renders, 400 steps, seed 0) and one truth world (16 identities, 12 renders
+per view group) are built per module.
 """
 import json
 import math
@@ -34,7 +33,7 @@ from avatar3d.evaluation.truth import (
 from avatar3d.scene.avatar import render_avatar
 from avatar3d.scene.cameras import camera_label
 from tests.evaluation.helpers import micro_generator, write_micro_snapshot
-from tests.training.fixtures import MICRO_GAN
+from tests.training.fixtures import MICRO_GAN, write_procedural_dataset
 
 torch.set_num_threads(1)
 
@@ -45,37 +44,17 @@ VALUE_KEYS = {"sil_agreement", "sil_baseline", "sil_varying", "sil_varying_basel
               "view_back", "view_mean", "kid_front", "kid_side", "kid_back", "classifier_accuracy"}
 
 
-def write_procedural_dataset(folder, n=12, size=32, seed=3):
-    """A procedural dataset written the way ``run_generation`` writes one, minus Ray."""
-    from avatar3d.datagen.job import GenerateConfig, _rows_for, plan_specs
-    from avatar3d.datagen.procedural import ProceduralPainter
-    from avatar3d.datagen.shards import ShardWriter
-
-    cfg = load_config(GenerateConfig, "jobs/configs/generate_procedural.yaml", [
-        f"output_dir={folder}", f"num_samples={n}", f"resolution={size}", f"styles=[{','.join(STYLES)}]",
-        "tracking.enabled=false", f"seed={seed}", f"rows_per_file={n // 2}"])
-    specs = plan_specs(cfg)
-    batch = specs.select(["id", "seed", "index", "style", "attributes", "view", "yaw", "pitch", "camera"]).to_pydict()
-    painted = ProceduralPainter(cfg.procedural.to_dict(), cfg.resolution)(batch)
-    writer = ShardWriter(folder, rows_per_file=cfg.rows_per_file, run_tag="test")
-    writer.add(_rows_for(specs, painted, cfg.pipeline.model_ids(), cfg.resolution))
-    writer.flush()
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def procedural_dataset(tmp_path_factory):
-    return write_procedural_dataset(tmp_path_factory.mktemp("procedural"))
+    return write_procedural_dataset(tmp_path_factory.mktemp("procedural"), n=12, size=32, seed=3, styles=STYLES,
+                                    rows_per_file=6)
 
 
 @pytest.fixture(scope="module")
 def classifier(procedural_dataset, tmp_path_factory):
-    """(the trained classifier, its cache folder). The global torch seed is fixed around the call because the
-    classifier's initial weights come from the global RNG (see test_classifier_initial_weights_are_seeded)."""
+    """(the trained classifier, its cache folder)."""
     cache = tmp_path_factory.mktemp("cache")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        clf = train_view_classifier(truth_styles(procedural_dataset), cache_dir=cache, **CLASSIFIER_ARGS)
+    clf = train_view_classifier(truth_styles(procedural_dataset), cache_dir=cache, **CLASSIFIER_ARGS)
     return clf, cache
 
 

@@ -20,7 +20,7 @@ from avatar3d.evaluation.truth import TruthWorld, train_view_classifier
 from avatar3d.gan.config import GANConfig
 from avatar3d.training.data import decode_batch
 from avatar3d.training.loop import LoopHooks, LoopOptions, build_trainer, training_loop
-from tests.training.fixtures import MICRO_GAN, write_world_dataset
+from tests.training.fixtures import MICRO_GAN, write_procedural_dataset
 
 SIZE = 32
 BATCH = 8
@@ -31,10 +31,10 @@ WORLD_GAN = GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (16, 16), "white_back"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    folder = write_world_dataset(tmp_path_factory.mktemp("world"), n=384, size=SIZE, seed=0)
+    folder = write_procedural_dataset(tmp_path_factory.mktemp("world"), n=384, size=SIZE, seed=0)
     rows = read_table(folder, columns=["image_png", "camera", "style"]).to_pydict()
     classifier = train_view_classifier(sorted(set(rows["style"])), num_train=384, num_test=96, steps=250)
-    truth = TruthWorld.build(str(folder), SIZE, num_identities=32, kid_per_group=24, classifier=classifier)
+    truth = TruthWorld.build(folder, SIZE, num_identities=32, kid_per_group=24, classifier=classifier)
     return rows, truth
 
 
