@@ -20,8 +20,10 @@ allowed; the CLI prints that line and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -118,8 +120,6 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 def writable_dir(path: str | Path, field: str) -> Path:
     """Create ``path`` if needed and check it can be written to, before any work; -> the folder."""
-    import os
-
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,5 @@ def _type_name(tp: Any) -> str:
 
 
 def closest(word: str, options: list[str]) -> str | None:
-    import difflib
-
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return match[0] if match else None

@@ -29,6 +29,8 @@ def check_model_available(model_id: str, field_name: str = "base_model") -> None
             raise ModelUnavailableError(
                 f"{field_name}={model_id!r}: local folder not found: pass an existing diffusers folder or a hub id")
         return
+    # Imported here, not at the top: huggingface_hub reads HF_HUB_OFFLINE once, when first imported, and this
+    # module is imported with avatar3d.datagen (before apply_local_defaults() has set it, in library use).
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HfHubHTTPError
 
@@ -42,7 +44,7 @@ def check_model_available(model_id: str, field_name: str = "base_model") -> None
             ) from None
         return
     try:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # local for the same reason as above
 
         HfApi().model_info(model_id)
     except (HfHubHTTPError, OSError, ValueError) as err:

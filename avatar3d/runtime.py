@@ -60,7 +60,7 @@ def set_torch_threads(n: int | None = None) -> int:
     On a small box torch's OpenMP pool fights Ray workers and other processes;
     one thread per process was 15-70x faster in tests there.
     """
-    import torch
+    import torch  # heavy: this module is on the CLI's --help path, which must not load torch
 
     if n is None:
         n = int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads()
@@ -78,7 +78,7 @@ def env_flag(name: str, default: bool = True) -> bool:
 
 def init_local_ray(num_cpus: int | None = None, **kwargs):
     """Start (or join) Ray: the cluster given by ``$RAY_ADDRESS``, else an embedded local one on 127.0.0.1."""
-    import ray
+    import ray  # heavy: the CLI's --help path and avatar3d.gan import this module; neither may load Ray
 
     apply_local_defaults()
     if ray.is_initialized():
@@ -99,6 +99,6 @@ def _cuda_visible() -> bool:
 
 def default_device() -> str:
     """"cuda" where a CUDA device is usable, else "cpu"."""
-    import torch
+    import torch  # heavy: this module is on the CLI's --help path, which must not load torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
