@@ -197,7 +197,7 @@ def camera_rays(c, resolution: int):
     c: torch tensor (B, 25). Returns (origins, directions), each (B, R*R, 3),
     directions unit length. Same pixel order as EG3D's RaySampler.
     """
-    import torch
+    import torch  # heavy: the numpy-only paths (prompts, specs, the procedural painter) import this module
 
     b = c.shape[0]
     c2w = c[:, :16].reshape(b, 4, 4)

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from avatar3d.scene.cameras import camera_label, wrap_degrees
+from avatar3d.scene.head import canonical_head
 from avatar3d.scene.render import check_size, depth_to_image, normal_to_image, render_mesh
 from avatar3d.scene.visibility import (
     DEFAULT_ALWAYS_KEEP,
@@ -50,8 +52,6 @@ class Guidance:
     @property
     def hybrid(self):
         """The skeleton painted over the depth image (for viewing; the ControlNets take the two apart)."""
-        from PIL import Image
-
         if self.openpose is None or self.depth is None:
             raise ValueError("hybrid needs kinds to include both 'openpose' and 'depth'")
         pose = np.asarray(self.openpose)
@@ -63,8 +63,6 @@ class Guidance:
 
 def draw_openpose(keypoints: ProjectedLandmarks):
     """Visible landmarks -> OpenPose image (RGB, black background) with controlnet-aux's painter."""
-    from PIL import Image
-
     # controlnet-aux's package import pulls in every detector (~5 s): import only when drawing.
     from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult, draw_poses
 
@@ -104,8 +102,6 @@ def render_guidance(
     face_needs_nose: bool = True,
 ) -> Guidance:
     """Guidance for one camera ``label`` (25 floats) at size x size; ``head`` defaults to the canonical head."""
-    from avatar3d.scene.head import canonical_head
-
     size = check_size(size)
     kinds = _check_kinds(kinds)
     label = np.asarray(label, dtype=np.float64).reshape(-1)
@@ -130,8 +126,6 @@ def render_guidance(
 
 def contact_sheet(rows_of_images, labels=None, row_labels=None, pad: int = 4, caption_height: int = 16):
     """Grid of images (rows of equal-size PIL images) with a caption above each column and before each row."""
-    from PIL import Image, ImageDraw, ImageFont
-
     rows = [list(r) for r in rows_of_images]
     if not rows or not rows[0]:
         raise ValueError("rows_of_images must be a non-empty list of non-empty rows of PIL images")

@@ -51,7 +51,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import mcubes
 import numpy as np
+import trimesh
+from trimesh.ray import ray_triangle
 
 from avatar3d.scene.landmarks import (
     BODY_NAMES,
@@ -282,10 +285,8 @@ class HeadModel:
     @cached_property
     def intersector(self):
         """Embree-backed when embreex is importable (~10x faster), else trimesh's pure-numpy one."""
-        from trimesh.ray import ray_triangle
-
         try:
-            from trimesh.ray import ray_pyembree
+            from trimesh.ray import ray_pyembree  # optional: needs embreex, which may be missing or broken
 
             return ray_pyembree.RayMeshIntersector(self.mesh)
         except Exception:  # embreex missing or broken: still correct, only slower
@@ -354,9 +355,6 @@ def sample_sdf_grid(resolution: int, chunk: int = 1 << 18) -> np.ndarray:
 
 def build_procedural_mesh(resolution: int = DEFAULT_RESOLUTION):
     """Marching cubes of :func:`head_sdf_world` on a resolution^3 grid over [-0.5, 0.5]^3 -> trimesh.Trimesh."""
-    import mcubes
-    import trimesh
-
     if resolution < 32:
         raise ValueError(f"resolution={resolution} is too coarse for a face; pass 32 or more (default {DEFAULT_RESOLUTION})")
     sdf = sample_sdf_grid(resolution)
@@ -398,8 +396,6 @@ def closest_surface_points(mesh, points, k: int = 48):
     vertices: enough for points near a reasonably even surface, and free of
     trimesh's optional rtree dependency (its proximity module needs it).
     """
-    import trimesh
-
     points = np.asarray(points, dtype=np.float64)
     verts = np.asarray(mesh.vertices, dtype=np.float64)
     k = min(k, len(verts))
@@ -453,8 +449,6 @@ def load_head(mesh_path, landmarks_path) -> HeadModel:
     Both must be in the world frame of ``avatar3d.scene.cameras`` (y up, facing
     +z, inside [-0.5, 0.5]^3). Landmarks are snapped onto the surface.
     """
-    import trimesh
-
     mesh_path = Path(mesh_path)
     if not mesh_path.is_file():
         raise ValueError(f"mesh file not found: {str(mesh_path)!r}; pass a mesh trimesh can load (.ply, .obj, .glb, .stl, ...)")

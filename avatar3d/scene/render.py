@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from avatar3d.scene.cameras import split_label
 
@@ -91,8 +92,6 @@ def render_mesh(head, label, size: int) -> MeshRender:
 
 def depth_to_image(depth: np.ndarray, floor: float = 0.2):
     """Metric z-depth (inf = background) -> MiDaS-style 8-bit RGB control image: near bright, background black."""
-    from PIL import Image
-
     if not 0.0 <= floor < 1.0:
         raise ValueError(f"floor must be in [0, 1), got {floor}; it is the grey level of the farthest surface point")
     depth = np.asarray(depth, dtype=np.float64)
@@ -109,8 +108,6 @@ def depth_to_image(depth: np.ndarray, floor: float = 0.2):
 
 def normal_to_image(normal: np.ndarray, mask: np.ndarray | None = None):
     """OpenCV camera-frame normals (S, S, 3) -> RGB image in sd-controlnet-normal colours, black background."""
-    from PIL import Image
-
     normal = np.asarray(normal, dtype=np.float64)
     if mask is None:
         mask = np.linalg.norm(normal, axis=-1) > 0.5
