@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+from PIL import Image
 
+from avatar3d.config import ConfigError  # a ValueError with a one-line message
+from avatar3d.datagen.procedural import PAINTER_ID
 from avatar3d.hub import ModelUnavailableError, check_model_available  # noqa: F401  (re-exported)
 from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
 
@@ -96,8 +99,6 @@ class PipelineConfig:
         default=(1.0, 1.0), metadata={"help": "ControlNet strengths (openpose, depth)"})
 
     def validate(self) -> "PipelineConfig":
-        from avatar3d.config import ConfigError  # a ValueError with a one-line message
-
         def bad(name, value, expected):
             raise ConfigError(f"pipeline.{name}={value!r} is not valid: pass {expected}")
 
@@ -138,8 +139,6 @@ class PipelineConfig:
     def model_ids(self) -> dict:
         """What the dataset records about the models that painted it."""
         if self.preset == "procedural":
-            from avatar3d.datagen.procedural import PAINTER_ID
-
             return {"base_model": PAINTER_ID, "controlnets": [], "lora": ""}
         return {
             "base_model": TINY_MODEL_ID if self.preset == "tiny" else self.base_model,
@@ -204,7 +203,7 @@ def _check_lora_available(cfg: PipelineConfig) -> None:
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -214,7 +213,7 @@ def resolve_device(device: str) -> str:
 
 
 def torch_dtype(name: str):
-    import torch
+    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
@@ -222,7 +221,7 @@ def torch_dtype(name: str):
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Fixed torch RNG inside, the caller's RNG state untouched outside."""
-    import torch
+    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -230,7 +229,7 @@ def _seeded(seed: int):
 
 
 def _tiny_controlnet():
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel  # heavy: only the tiny and sd15 presets need diffusers
 
     # Two conditioning-embedding blocks = one 2x downsampling, matching the
     # tiny VAE's 2x latent scale (SD's 4 blocks match its 8x VAE).
@@ -243,6 +242,7 @@ def _tiny_controlnet():
 
 def build_tiny_components(guidance: str) -> dict:
     """Random tiny components for ``StableDiffusionControlNetPipeline``, identical on every call."""
+    # Heavy, and only the tiny preset needs them (the tokenizer module imports transformers too).
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -284,6 +284,7 @@ def build_tiny_components(guidance: str) -> dict:
 
 
 def _load_controlnets(cfg: PipelineConfig, dtype):
+    # Heavy: only the sd15 preset (real weights) needs these.
     from diffusers import ControlNetModel
     from diffusers.models import MultiControlNetModel
 
@@ -306,6 +307,8 @@ def _from_pretrained(cls, model_id: str, field_name: str, **kwargs):
 
 def build_pipeline(cfg: PipelineConfig):
     """-> a ready ``StableDiffusionControlNetPipeline`` on the configured device and dtype."""
+    # Heavy: avatar3d.datagen imports this module, and neither its dataset reader nor the procedural
+    # preset may pay for torch or diffusers.
     import torch
     from diffusers import StableDiffusionControlNetPipeline
 
@@ -344,8 +347,6 @@ def build_pipeline(cfg: PipelineConfig):
 
 
 def _to_pil(image):
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     arr = np.asarray(image)
@@ -377,7 +378,7 @@ def generate(
     order), each with one image per prompt (PIL, or HWC / HW array, uint8 or
     float in [0, 1]). conditioning_scales: one per ControlNet.
     """
-    import torch
+    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
 
     n = len(prompts)
     if not (len(negative_prompts) == len(seeds) == n):

@@ -32,7 +32,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 
+from avatar3d.config import ConfigError
 from avatar3d.datagen.dataset import encode_png
 from avatar3d.scene.avatar import (
     FACIAL_HAIR,
@@ -69,8 +71,6 @@ class ProceduralOptions:
         "help": "share of back views painted from the mirrored front camera", "min": 0.0, "max": 1.0})
 
     def validate(self) -> "ProceduralOptions":
-        from avatar3d.config import ConfigError
-
         if self.back_janus_rate + self.back_flip_rate > 1.0:
             raise ConfigError(f"procedural.back_janus_rate + procedural.back_flip_rate = "
                               f"{self.back_janus_rate + self.back_flip_rate:g} > 1: pass rates that sum to <= 1")
@@ -234,16 +234,12 @@ def painted_label(requested_label, yaw: float, pitch: float) -> np.ndarray:
 
 def encode_mask(mask: np.ndarray) -> bytes:
     """Silhouette -> 8-bit greyscale PNG (0 background, 255 avatar)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    from PIL import Image
-
     return np.asarray(Image.open(io.BytesIO(data)).convert("L")) >= 128
 
 

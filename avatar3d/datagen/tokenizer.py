@@ -20,6 +20,8 @@ import importlib.util
 import os
 from functools import lru_cache
 
+from transformers import CLIPTokenizer
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 # The file's first line is a version header; CLIP uses the next 49152 - 256 - 2 merges.
@@ -78,8 +80,6 @@ def load_vocab_and_merges(bpe_path: str | None = None) -> tuple[dict[str, int], 
 
 def build_clip_tokenizer(bpe_path: str | None = None, model_max_length: int = MAX_LENGTH):
     """A ``transformers.CLIPTokenizer`` equal to SD 1.5's ``openai/clip-vit-large-patch14`` one."""
-    from transformers import CLIPTokenizer
-
     vocab, merges = load_vocab_and_merges(bpe_path)
     # A fresh dict: the tokenizer backend may keep a reference to what it is given.
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
