@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from cleanfid.resize import make_resizer
 
 from avatar3d.evaluation.options import EXTRACTORS
 
@@ -42,8 +43,6 @@ class FeatureExtractor(Protocol):
 
 def clean_resize(images: np.ndarray, size: int = INCEPTION_SIZE) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, size, size) float32 in [0, 255], clean-fid's "clean" resize."""
-    from cleanfid.resize import make_resizer
-
     resize = make_resizer("PIL", False, "bicubic", (size, size))
     out = np.stack([resize(img) for img in images])  # (N, size, size, 3) float32
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
@@ -65,6 +64,8 @@ class InceptionFeatures:
             if not CLEANFID_WEIGHTS.is_file():
                 raise FileNotFoundError(f"clean-fid's Inception weights are not at {CLEANFID_WEIGHTS}; "
                                         "use source='fid-helper' (offline) or place the file there")
+            # Heavy (~2 s with torch loaded) and only the clean-fid weights need it; every Ray training
+            # worker imports this module, and the offline fid-helper weights do without it.
             from cleanfid.features import build_feature_extractor
 
             # download=True only checks for the file: it is present, so nothing is fetched.

@@ -24,10 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import mcubes
 import numpy as np
 import torch
+import trimesh
 
 from avatar3d.evaluation.options import EG3D_ISO_SIGMA  # noqa: F401  (re-exported)
+from avatar3d.scene.cameras import camera_label
+from avatar3d.scene.render import pixel_rays
 
 MESH_FORMATS = ("glb", "ply", "obj")
 
@@ -41,8 +45,6 @@ class ExtractedMesh:
     resolution: int = 0
 
     def to_trimesh(self):
-        import trimesh
-
         return trimesh.Trimesh(self.vertices, self.faces, vertex_colors=self.colors, process=False)
 
 
@@ -61,9 +63,6 @@ def sample_grid(field: Callable[[np.ndarray], np.ndarray], resolution: int, half
 
 def marching_cubes(volume: np.ndarray, iso: float, half_extent: float) -> ExtractedMesh:
     """Surface ``volume == iso`` (inside = above iso) in world coordinates, closed and outward-facing."""
-    import mcubes
-    import trimesh
-
     lo, hi = float(volume.min()), float(volume.max())
     if not hi > iso:  # nothing inside (all inside is fine: the padding closes the box)
         raise ValueError(f"iso: no surface at level {iso:g}, the field spans [{lo:.3g}, {hi:.3g}]; "
@@ -87,8 +86,6 @@ def marching_cubes(volume: np.ndarray, iso: float, half_extent: float) -> Extrac
 
 def postprocess(mesh: ExtractedMesh, smooth_iterations: int = 0, target_faces: int | None = None) -> ExtractedMesh:
     """Optional Taubin smoothing (keeps volume, unlike Laplacian) and quadric decimation."""
-    import trimesh
-
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     if smooth_iterations:
         trimesh.smoothing.filter_taubin(tm, iterations=smooth_iterations)
@@ -116,8 +113,6 @@ def extract_mesh(field: Callable[[np.ndarray], np.ndarray], resolution: int, hal
 
 def seed_latent(G, seed: int, truncation_psi: float = 0.7) -> torch.Tensor:
     """ws (1, num_ws, w_dim) of one identity, mapped with the front camera (as the registry and grids do)."""
-    from avatar3d.scene.cameras import camera_label
-
     device = next(G.parameters()).device
     z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(int(seed))).to(device)
     front = torch.tensor(camera_label(0.0, 0.0), dtype=torch.float32, device=device)[None]
@@ -179,11 +174,6 @@ def mesh_bytes(mesh: ExtractedMesh, fmt: str = "glb") -> bytes:
 def preview_image(mesh: ExtractedMesh, label=None, size: int = 256) -> np.ndarray:
     """(size, size, 3) uint8: the mesh ray-cast from a camera (default: the front), vertex colours
     shaded by a light at the camera. Shows the exported geometry itself, not a neural render."""
-    import trimesh
-
-    from avatar3d.scene.cameras import camera_label
-    from avatar3d.scene.render import pixel_rays
-
     rays = pixel_rays(camera_label(0.0, 0.0) if label is None else label, size)
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
     locations, ray_idx, tri_idx = tm.ray.intersects_location(rays.origins, rays.directions, multiple_hits=False)

@@ -18,9 +18,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import torch
+from PIL import Image
 
+from avatar3d.evaluation.mesh import seed_latent
+from avatar3d.gan.samples import image_grid, to_uint8
 from avatar3d.scene.cameras import camera_label
 
 VIDEO_FORMATS = (".gif", ".mp4")
@@ -35,8 +39,6 @@ class WalkOutputs:
 
 def seeds_to_ws(G, seeds, truncation_psi: float = 0.7) -> torch.Tensor:
     """(len(seeds), num_ws, w_dim): one identity per seed, front-camera conditioned."""
-    from avatar3d.evaluation.mesh import seed_latent
-
     return torch.cat([seed_latent(G, s, truncation_psi) for s in seeds])
 
 
@@ -48,8 +50,6 @@ def render_frames(G, ws: torch.Tensor, yaws, pitches, seed: int = 0) -> np.ndarr
     same whatever else is rendered with it, and the jitter pattern does not
     change between frames, so videos do not shimmer.
     """
-    from avatar3d.gan.samples import to_uint8
-
     device = next(G.parameters()).device
     cams = torch.tensor(camera_label(np.asarray(yaws, dtype=np.float64), np.asarray(pitches, dtype=np.float64)),
                         dtype=torch.float32, device=device).reshape(-1, 25)
@@ -109,15 +109,11 @@ def turntable(G, seed: int, frames: int = 36, pitch: float = 0.0, truncation_psi
 
 
 def tile_grid(tiles: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    from avatar3d.gan.samples import image_grid
-
     return np.asarray(image_grid(tiles, rows, cols))
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:
     """GIF (Pillow, loops forever) or MP4 (H.264 through the ffmpeg binary imageio-ffmpeg ships; no download)."""
-    import imageio.v3 as iio
-
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_FORMATS:
@@ -137,8 +133,6 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:
 def save_outputs(result: WalkOutputs, out_dir: str | Path, stem: str, formats=(".gif", ".mp4"),
                  fps: int = 24) -> WalkOutputs:
     """Write ``<stem>_grid.png`` and ``<stem>.<gif|mp4>`` into ``out_dir``."""
-    from PIL import Image
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
