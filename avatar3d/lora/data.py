@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -59,8 +60,6 @@ def find_images(folder: str | Path, min_images: int = 1, field: str = "images") 
 
 def load_image(path: Path, resolution: int, field: str = "images") -> np.ndarray:
     """One image -> float32 ``(3, R, R)`` in [-1, 1]: upright, alpha on white, short side resized, centre crop."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)

@@ -37,6 +37,8 @@ class DeepSpeedEngine:
     kind = "deepspeed"
 
     def __init__(self, module: torch.nn.Module, spec: OptimizerSpec, zero_stage: int, micro_batch: int):
+        # Heavy (seconds), and the plain strategy runs without it. Importing DeepSpeed also fixes its accelerator
+        # from DS_ACCELERATOR, which the Ray worker's apply_local_defaults() may set after importing this module.
         import deepspeed
 
         if zero_stage not in (0, 1, 2):
@@ -82,6 +84,7 @@ def make_engine(module: torch.nn.Module, spec: OptimizerSpec, strategy: str, zer
 
 
 def _safe_checkpoint_engine():
+    # DeepSpeed stays out of this module's imports (see DeepSpeedEngine.__init__).
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     class SafeTorchCheckpointEngine(TorchCheckpointEngine):
@@ -96,7 +99,7 @@ def _safe_checkpoint_engine():
 
 def _deepspeed_safe_globals() -> list:
     """DeepSpeed's plain-data classes that appear in its optimiser-state files."""
-    from deepspeed.runtime.fp16 import loss_scaler
+    from deepspeed.runtime.fp16 import loss_scaler  # DeepSpeed stays out of this module's imports (see above)
 
     names = []
     for name in ("LossScaler", "DynamicLossScaler", "LossScalerBase"):
