@@ -3,7 +3,13 @@
 A "tree" is nested dicts / lists / tuples of tensors and plain values
 (numbers, strings, bools, None): optimiser states, RNG states, counters. It
 is stored as one safetensors file (the tensors) plus one JSON file (the
-structure), so reading it back never runs code from the file.
+structure), so reading it back never runs code from the file. The structure
+file records :data:`TREE_FORMAT`; one without it is version 1 (the same
+encoding, written before the tag existed).
+
+Every versioned file of the project refuses a format it does not know with
+one line (:func:`check_format`): the file, the format it has, the one(s) this
+avatar3d reads, and what to do.
 
 Folders are written under a temporary name and renamed into place: a crash
 mid-write leaves the previous version intact and nothing half-written under
@@ -17,13 +23,14 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
 TREE_TENSORS = "tensors.safetensors"
 TREE_STRUCTURE = "structure.json"
+TREE_FORMAT = "avatar3d.tree/1"
 
 
 def save_tree(tree: Any, folder: str | Path) -> Path:
@@ -49,7 +56,7 @@ def save_tree(tree: Any, folder: str | Path) -> Path:
     tensors = unshared(tensors)
     with atomic_folder(folder) as tmp:
         save_file(tensors, str(tmp / TREE_TENSORS))
-        (tmp / TREE_STRUCTURE).write_text(json.dumps(structure))
+        (tmp / TREE_STRUCTURE).write_text(json.dumps({"format": TREE_FORMAT, "tree": structure}))
     return Path(folder)
 
 
@@ -58,8 +65,13 @@ def load_tree(folder: str | Path, device: str = "cpu") -> Any:
     folder = Path(folder)
     if not (folder / TREE_STRUCTURE).is_file():
         raise FileNotFoundError(f"no checkpoint data in {folder} (missing {TREE_STRUCTURE})")
-    tensors = load_file(str(folder / TREE_TENSORS), device=device)
     structure = json.loads((folder / TREE_STRUCTURE).read_text())
+    if isinstance(structure, dict) and "format" in structure:  # an encoded node never has this key
+        check_format(folder / TREE_STRUCTURE, structure["format"], TREE_FORMAT,
+                     "read it with the avatar3d release that wrote it")
+        structure = structure["tree"]
+    # else: version 1 without the tag, the same encoding
+    tensors = load_file(str(folder / TREE_TENSORS), device=device)
 
     def decode(node: Any) -> Any:
         if isinstance(node, dict):
@@ -73,6 +85,16 @@ def load_tree(folder: str | Path, device: str = "cpu") -> Any:
         return node
 
     return decode(structure)
+
+
+def check_format(path: str | Path, found: Any, known: str | Sequence[str], remedy: str, field: str = "") -> None:
+    """Refuse a file whose recorded format tag ``found`` is not one of ``known``: one line, a ValueError
+    naming ``field`` (the option that pointed at the file, if any), the file, both formats, and ``remedy``."""
+    known = (known,) if isinstance(known, str) else tuple(known)
+    if found not in known:
+        reads = " or ".join(repr(k) for k in known)
+        prefix = f"{field}: " if field else ""
+        raise ValueError(f"{prefix}{path} has format {found!r}, this avatar3d reads {reads}; {remedy}")
 
 
 def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.generator import TriPlaneGenerator
-from avatar3d.safeio import unshared
+from avatar3d.safeio import check_format, unshared
 
 
 SNAPSHOT_FORMAT = "avatar3d.gan-snapshot/1"
@@ -69,9 +69,11 @@ def read_snapshot_metadata(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"snapshot not found: {path} (pass a .safetensors file written by avatar3d train-gan)")
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
-    if meta.get("format") != SNAPSHOT_FORMAT:
-        raise ValueError(f"{path} is not an avatar3d generator snapshot (format {meta.get('format')!r}, "
+    found = meta.get("format")
+    if str(found).rpartition("/")[0] != SNAPSHOT_FORMAT.rpartition("/")[0]:
+        raise ValueError(f"{path} is not an avatar3d generator snapshot (format {found!r}, "
                          f"expected {SNAPSHOT_FORMAT!r})")
+    check_format(path, found, SNAPSHOT_FORMAT, "load it with the avatar3d release that wrote it")
     return {"gan_config": json.loads(meta["gan_config"]), "info": json.loads(meta.get("info", "{}"))}
 
 

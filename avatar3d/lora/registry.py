@@ -11,27 +11,52 @@ folder written by ``lora-train`` (diffusers format + ``avatar3d_lora.json``
   ``seed`` (required), ``prompt`` (default: the training caption, which calls
   the character). Needs the base model where it runs (the tiny preset is
   built in; SD 1.5 from the recorded hub id or folder).
+
+``avatar3d_lora.json`` records :data:`LORA_FORMAT` (a file without it is
+version 1, today's layout); the registered model records :data:`MODEL_FORMAT`
+as in :mod:`avatar3d.training.registry`. Both are checked on load.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 
 from avatar3d.datagen.pipeline import LORA_WEIGHTS
+from avatar3d.safeio import check_format
+from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 META_FILE = "avatar3d_lora.json"
+# The LoRA folder's layout and its metadata's keys (written by avatar3d.lora.train.save_lora).
+LORA_FORMAT = "avatar3d.lora/1"
+UNTAGGED_LORA_FORMAT = "avatar3d.lora/1"  # written before the tag existed: today's layout
+MODEL_FORMAT = "avatar3d.lora-model/1"
+UNTAGGED_MODEL_FORMAT = "avatar3d.lora-model/1"  # registered before the tag existed: today's layout
+
+
+def read_lora_meta(lora_dir: str | Path) -> dict:
+    """The format-checked ``avatar3d_lora.json`` of a LoRA folder."""
+    path = Path(lora_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"lora: {lora_dir} holds no {META_FILE}; pass a folder written by lora-train")
+    meta = json.loads(path.read_text())
+    check_format(path, meta.get("format", UNTAGGED_LORA_FORMAT), LORA_FORMAT,
+                 "load it with the avatar3d release that wrote it, or train the LoRA again with this one",
+                 field="lora")
+    return meta
 
 
 class LoraModel(mlflow.pyfunc.PythonModel):
     """Text-to-image with the character LoRA: one row per image (``seed``, optional ``prompt``)."""
 
     def load_context(self, context):
+        check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.lora_dir = Path(context.artifacts["lora"])
-        self.meta = json.loads((self.lora_dir / META_FILE).read_text())
+        self.meta = read_lora_meta(self.lora_dir)
         self._pipe = None
 
     def _pipeline(self):
@@ -65,12 +90,15 @@ def register_lora(lora_dir: str | Path, name: str) -> str:
     lora_dir = Path(lora_dir)
     if not (lora_dir / LORA_WEIGHTS).is_file():
         raise ValueError(f"lora_dir={str(lora_dir)!r} holds no {LORA_WEIGHTS}: pass a folder written by lora-train")
-    info = mlflow.pyfunc.log_model(
-        name="lora",
-        python_model=LoraModel(),
-        artifacts={"lora": str(lora_dir)},
-        code_paths=[str(PACKAGE_DIR)],
-        pip_requirements=["torch", "diffusers", "transformers", "peft", "safetensors", "numpy", "pandas", "pyyaml"],
-        registered_model_name=name,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name="lora",
+            python_model=LoraModel(),
+            artifacts={"lora": str(lora_dir), **format_artifact(tmp, MODEL_FORMAT)},
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=["torch", "diffusers", "transformers", "peft", "safetensors", "numpy", "pandas",
+                              "pyyaml"],
+            metadata={FORMAT_KEY: MODEL_FORMAT},
+            registered_model_name=name,
+        )
     return f"{name}/{info.registered_model_version}"

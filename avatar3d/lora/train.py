@@ -350,12 +350,13 @@ def save_lora(folder: Path, unet, text_encoder, meta: dict, caption: str, slug: 
     import yaml
     from diffusers import StableDiffusionPipeline
 
+    from avatar3d.lora.registry import LORA_FORMAT
     from avatar3d.safeio import atomic_folder
 
     with atomic_folder(folder) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, weight_name=LORA_WEIGHTS, safe_serialization=True,
                                                   **lora_state_dicts(unet, text_encoder))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        (tmp / META_FILE).write_text(json.dumps({"format": LORA_FORMAT, **meta}, indent=2))
         # One style whose text calls the character, for `avatar3d generate styles_file=...`.
         (tmp / STYLES_FILE).write_text(yaml.safe_dump({"styles": [{"name": slug.replace("-", "_"), "text": caption}]},
                                                       sort_keys=False))

@@ -9,7 +9,9 @@ the denoiser is called as ``engine.module`` and the loss handed to
 
 A checkpoint folder holds the engine's state (DeepSpeed's own layout, or a
 safeio tree), the step counter and every RNG the loop draws from: resuming
-continues the exact random streams (bit-exact with the same batches).
+continues the exact random streams (bit-exact with the same batches). It
+records :data:`RESUME_FORMAT` in its ``prior_state`` tree; one without it is
+version 1, today's layout.
 """
 from __future__ import annotations
 
@@ -24,11 +26,14 @@ import numpy as np
 import torch
 
 from avatar3d.prior.model import diffusion_loss
-from avatar3d.safeio import load_tree, save_tree
+from avatar3d.safeio import check_format, load_tree, save_tree
 from avatar3d.training.loop import LoopHooks, NonFiniteLossError, autocast_for, format_hms, peak_memory_gb
 
 STATE_TREE = "prior_state"
 WEIGHTS_DIR = "prior"  # the denoiser in diffusers' layout (save_pretrained), for the driver to pick up
+# The layout of a checkpoint folder: engine/, prior_state/ (counters, config), prior/, rng_rank<r>/.
+RESUME_FORMAT = "avatar3d.prior-resume/1"
+UNTAGGED_RESUME_FORMAT = "avatar3d.prior-resume/1"  # states written before the tag existed: today's layout
 
 
 @dataclass
@@ -136,7 +141,7 @@ def save_resume_state(trainer: PriorTrainer, folder: Path, rank: int) -> None:
     folder = Path(folder)
     trainer.engine.save(folder, "engine")
     if rank == 0:
-        save_tree({"step": trainer.step_count, "pairs_seen": trainer.pairs_seen,
+        save_tree({"format": RESUME_FORMAT, "step": trainer.step_count, "pairs_seen": trainer.pairs_seen,
                    "prior_config": dict(trainer.prior.config)}, folder / STATE_TREE)
         trainer.prior.save_pretrained(folder / WEIGHTS_DIR)
     save_tree({"torch": torch.get_rng_state(), "loop": trainer.rng.get_state()}, folder / f"rng_rank{rank}")
@@ -144,10 +149,7 @@ def save_resume_state(trainer: PriorTrainer, folder: Path, rank: int) -> None:
 
 def load_resume_state(trainer: PriorTrainer, folder: Path, rank: int) -> None:
     folder = Path(folder)
-    if not (folder / STATE_TREE).is_dir():
-        raise FileNotFoundError(f"resume: {folder} is not a train-prior checkpoint (no {STATE_TREE}/); pass a "
-                                "checkpoint folder of a train-prior run")
-    state = load_tree(folder / STATE_TREE)
+    state = read_resume_state(folder)
     saved = {k: v for k, v in state["prior_config"].items() if not k.startswith("_")}
     current = {k: v for k, v in dict(trainer.prior.config).items() if not k.startswith("_")}
     if saved != current:
@@ -163,8 +165,20 @@ def load_resume_state(trainer: PriorTrainer, folder: Path, rank: int) -> None:
         trainer.rng.set_state(rng["loop"])
 
 
+def read_resume_state(folder: Path) -> dict:
+    """Rank 0's part of a checkpoint folder (counters, the prior's config), its format checked."""
+    folder = Path(folder)
+    if not (folder / STATE_TREE).is_dir():
+        raise FileNotFoundError(f"resume: {folder} is not a train-prior checkpoint (no {STATE_TREE}/); pass a "
+                                "checkpoint folder of a train-prior run")
+    state = load_tree(folder / STATE_TREE)
+    check_format(folder / STATE_TREE, state.get("format", UNTAGGED_RESUME_FORMAT), RESUME_FORMAT,
+                 "resume with the avatar3d release that wrote it, or start a new train-prior run", field="resume")
+    return state
+
+
 def peek_step(folder: Path) -> int:
-    return int(load_tree(Path(folder) / STATE_TREE)["step"])
+    return int(read_resume_state(folder)["step"])
 
 
 # -- batches in one process -------------------------------------------------------------------

@@ -29,6 +29,7 @@ from PIL import Image
 from avatar3d.prior.encoder import ImageEncoder, as_rgb, check_image
 from avatar3d.prior.model import sample_w, sampling_scheduler
 from avatar3d.prior.views import render_w
+from avatar3d.safeio import check_format
 
 PRIOR_FORMAT = "avatar3d.w-prior/1"
 PRIOR_JSON = "avatar3d_prior.json"
@@ -173,6 +174,6 @@ def read_prior_meta(folder: str | Path) -> dict:
         raise FileNotFoundError(f"prior: {folder} is not a prior folder (no {PRIOR_JSON}); pass the folder "
                                 "written by avatar3d train-prior")
     meta = json.loads(path.read_text())
-    if meta.get("format") != PRIOR_FORMAT:
-        raise ValueError(f"prior: {path} has format {meta.get('format')!r}, expected {PRIOR_FORMAT!r}")
+    check_format(path, meta.get("format"), PRIOR_FORMAT, "load it with the avatar3d release that wrote it, or "
+                 "train the prior again with this one", field="prior")
     return meta

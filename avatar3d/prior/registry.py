@@ -8,16 +8,25 @@
 The model's one artifact is the prior folder (denoiser, schedule, CLIP
 encoder, generator snapshot); avatar3d's code travels with it
 (``code_paths``), so it loads in a fresh process without Ray or DeepSpeed.
+Its layout (the ``prior`` artifact, the columns and params above) is
+:data:`MODEL_FORMAT`, recorded and checked as in
+:mod:`avatar3d.training.registry`; a model registered before the tag existed
+is version 1.
 """
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 
+from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+MODEL_FORMAT = "avatar3d.prior-model/1"
+UNTAGGED_MODEL_FORMAT = "avatar3d.prior-model/1"  # registered before the tag existed: today's layout
 
 
 class PriorModel(mlflow.pyfunc.PythonModel):
@@ -27,6 +36,7 @@ class PriorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from avatar3d.prior.pipeline import ImageToAvatarPipeline
 
+        check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.pipe = ImageToAvatarPipeline.from_pretrained(context.artifacts["prior"])
 
     def predict(self, context, model_input, params=None):
@@ -62,14 +72,16 @@ def _signature():
 
 def register_prior(prior_folder: str | Path, name: str) -> str:
     """Log the prior folder as a pyfunc model in the active run and register it; returns ``name/version``."""
-    info = mlflow.pyfunc.log_model(
-        name="prior",
-        python_model=PriorModel(),
-        artifacts={"prior": str(prior_folder)},
-        signature=_signature(),
-        code_paths=[str(PACKAGE_DIR)],
-        pip_requirements=["torch", "diffusers", "transformers", "safetensors", "numpy", "pandas", "pillow",
-                          "pyyaml"],
-        registered_model_name=name,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name="prior",
+            python_model=PriorModel(),
+            artifacts={"prior": str(prior_folder), **format_artifact(tmp, MODEL_FORMAT)},
+            signature=_signature(),
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=["torch", "diffusers", "transformers", "safetensors", "numpy", "pandas", "pillow",
+                              "pyyaml"],
+            metadata={FORMAT_KEY: MODEL_FORMAT},
+            registered_model_name=name,
+        )
     return f"{name}/{info.registered_model_version}"

@@ -10,10 +10,14 @@ small objects the caller passes:
 
 :mod:`avatar3d.training.ray_worker` supplies Ray Train's versions; tests and
 benchmarks run the same loop in one process with :class:`LocalHooks`.
+
+A checkpoint folder (the resume state) records :data:`RESUME_FORMAT` in its
+``loop_state`` tree; one without it is version 1, today's layout.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -26,13 +30,18 @@ import torch
 
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.step import GANTrainer
-from avatar3d.safeio import load_tree, save_tree
+from avatar3d.safeio import check_format, load_tree, save_tree
 from avatar3d.gan.snapshot import save_snapshot
 from avatar3d.training.data import TrainBatch
 from avatar3d.gan.samples import sample_grids
 
 STATE_TREE = "loop_state"
 SNAPSHOT_FILE = "snapshot.safetensors"
+# The layout of a checkpoint folder: engines G/ and D/, loop_state/ (EMA, counters, config), rng_rank<r>/.
+RESUME_FORMAT = "avatar3d.gan-resume/1"
+UNTAGGED_RESUME_FORMAT = "avatar3d.gan-resume/1"  # states written before the tag existed: today's layout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +64,7 @@ class LoopHooks:
     evaluators: list[tuple[int, Callable[[GANTrainer], dict[str, float]]]] = field(default_factory=list)
     # Called on every rank after each tick's report with (tick, rank): tests inject faults here.
     after_tick: Callable[[int, int], None] = lambda tick, rank: None
-    print: Callable[[str], None] = print
+    print: Callable[[str], None] = log.info
 
 
 @dataclass
@@ -152,7 +161,7 @@ def save_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     trainer.G_engine.save(folder, "G")
     trainer.D_engine.save(folder, "D")
     if rank == 0:
-        save_tree({"G_ema": trainer.G_ema.state_dict(), "cur_nimg": trainer.cur_nimg,
+        save_tree({"format": RESUME_FORMAT, "G_ema": trainer.G_ema.state_dict(), "cur_nimg": trainer.cur_nimg,
                    "batch_idx": trainer.batch_idx, "gan_config": json.dumps(trainer.cfg.to_dict())},
                   folder / STATE_TREE)
     save_tree(_rng_state(trainer), folder / f"rng_rank{rank}")
@@ -160,10 +169,7 @@ def save_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
 
 def load_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     folder = Path(folder)
-    if not (folder / STATE_TREE).is_dir():
-        raise FileNotFoundError(f"resume: {folder} is not a training checkpoint (no {STATE_TREE}/); pass a "
-                                "checkpoint folder of a train-gan run, or use transfer= for a snapshot")
-    state = load_tree(folder / STATE_TREE)
+    state = read_resume_state(folder)
     saved_cfg = json.loads(state["gan_config"])
     if saved_cfg != json.loads(json.dumps(trainer.cfg.to_dict())):
         changed = sorted(k for k in saved_cfg if saved_cfg.get(k) != trainer.cfg.to_dict().get(k))
@@ -180,9 +186,22 @@ def load_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
         _set_rng_state(trainer, load_tree(rng_path))
 
 
+def read_resume_state(folder: Path) -> dict[str, Any]:
+    """Rank 0's part of a checkpoint folder (EMA, counters, config), its format checked."""
+    folder = Path(folder)
+    if not (folder / STATE_TREE).is_dir():
+        raise FileNotFoundError(f"resume: {folder} is not a training checkpoint (no {STATE_TREE}/); pass a "
+                                "checkpoint folder of a train-gan run, or use transfer= for a snapshot")
+    state = load_tree(folder / STATE_TREE)
+    check_format(folder / STATE_TREE, state.get("format", UNTAGGED_RESUME_FORMAT), RESUME_FORMAT,
+                 "resume with the avatar3d release that wrote it, or start a new run with "
+                 f"transfer={folder / SNAPSHOT_FILE}", field="resume")
+    return state
+
+
 def peek_batch_idx(folder: Path) -> int:
     """The step counter stored in a resume state (to skip the batches of the epoch already seen)."""
-    return int(load_tree(Path(folder) / STATE_TREE)["batch_idx"])
+    return int(read_resume_state(folder)["batch_idx"])
 
 
 def _rng_state(trainer: GANTrainer) -> dict[str, Any]:

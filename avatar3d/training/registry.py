@@ -18,16 +18,28 @@ default 10 as EG3D), ``mesh_format`` (glb / ply / obj).
 
 The model carries the snapshot (safetensors) as an artifact and avatar3d's
 own code (``code_paths``), so it loads in a fresh process without Ray or
-DeepSpeed.
+DeepSpeed. Its layout (the ``snapshot`` artifact, the columns and params
+above) is :data:`MODEL_FORMAT`, recorded in an artifact of its own
+(``avatar3d_format``: ``avatar3d_model.json``, which ``load_context`` checks)
+and in the MLmodel's ``metadata`` (for registry browsers). A model registered
+before the tag existed is version 1.
 """
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 
+from avatar3d.safeio import check_format
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+FORMAT_KEY = "avatar3d_format"  # the artifact that records a registered model's format, and its metadata key
+FORMAT_FILE = "avatar3d_model.json"
+MODEL_FORMAT = "avatar3d.gan-model/1"
+UNTAGGED_MODEL_FORMAT = "avatar3d.gan-model/1"  # registered before the tag existed: today's layout
 
 
 MESH_PARAMS = {"mesh": False, "mesh_resolution": 128, "iso": 10.0, "mesh_format": "glb"}
@@ -40,6 +52,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from avatar3d.gan.snapshot import load_snapshot
 
+        check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.snapshot = load_snapshot(context.artifacts["snapshot"])
 
     def predict(self, context, model_input, params=None):
@@ -87,6 +100,22 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return {"images": images, "meshes": meshes} if opts["mesh"] else images
 
 
+def format_artifact(folder: str | Path, fmt: str) -> dict[str, str]:
+    """Write the file that records a registered model's format into ``folder``; -> the ``artifacts=`` entry."""
+    path = Path(folder) / FORMAT_FILE
+    path.write_text(json.dumps({"format": fmt}))
+    return {FORMAT_KEY: str(path)}
+
+
+def check_model_format(context, known: str, untagged: str) -> None:
+    """Refuse a registered model whose format artifact records a format other than ``known`` (one line)."""
+    path = context.artifacts.get(FORMAT_KEY)
+    found = json.loads(Path(path).read_text()).get("format") if path else untagged  # none: registered before
+    where = path or next(iter(context.artifacts.values()), "this model")
+    check_format(where, found, known, "load it in a fresh process (mlflow.pyfunc.load_model then uses the "
+                 "avatar3d code the model carries) or register it again with this avatar3d", field="model")
+
+
 def _mesh_bytes(G, ws, opts) -> bytes:
     from avatar3d.evaluation.mesh import generator_mesh, mesh_bytes
 
@@ -104,13 +133,15 @@ def _signature():
 
 def register_generator(snapshot: str | Path, name: str) -> str:
     """Log ``snapshot`` as a pyfunc model in the active run and register it; returns ``name/version``."""
-    info = mlflow.pyfunc.log_model(
-        name="generator",
-        python_model=GeneratorModel(),
-        artifacts={"snapshot": str(snapshot)},
-        signature=_signature(),
-        code_paths=[str(PACKAGE_DIR)],
-        pip_requirements=["torch", "safetensors", "numpy", "pandas", "pyyaml", "PyMCubes", "trimesh"],
-        registered_model_name=name,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=GeneratorModel(),
+            artifacts={"snapshot": str(snapshot), **format_artifact(tmp, MODEL_FORMAT)},
+            signature=_signature(),
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=["torch", "safetensors", "numpy", "pandas", "pyyaml", "PyMCubes", "trimesh"],
+            metadata={FORMAT_KEY: MODEL_FORMAT},
+            registered_model_name=name,
+        )
     return f"{name}/{info.registered_model_version}"
