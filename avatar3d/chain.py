@@ -13,17 +13,20 @@ generation skips written rows, training continues its run name), and
 """
 from __future__ import annotations
 
+import logging
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from avatar3d.chain_config import STAGES, ChainConfig
 from avatar3d.config import ConfigError, dump_config, load_config
 from avatar3d.datagen.dataset import read_table
-from avatar3d.datagen.job import GenerateConfig, run_generation
+from avatar3d.datagen.config import GenerateConfig
+from avatar3d.datagen.job import run_generation
 from avatar3d.evaluation.stage import EvaluateConfig, run_evaluate
 from avatar3d.evaluation.truth import has_truth, heldout_identities, render_truth, truth_styles
 from avatar3d.prior.avatar import run_image_to_avatar, view_yaws
@@ -33,46 +36,14 @@ from avatar3d.prior.pairs import run_build_pairs
 from avatar3d.report import write_report
 from avatar3d.safeio import atomic_write
 from avatar3d.scene.guidance import write_guidance_views
-from avatar3d.tracking.mlflow_utils import default_tracking_uri
+from avatar3d.tracking.tracker import default_tracking_uri
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.job import FINAL_SNAPSHOT, run_train_gan
 
-STAGES = ("guidance", "generate", "train_gan", "evaluate", "prior_pairs", "train_prior", "image_to_avatar",
-          "report")
+log = logging.getLogger(__name__)
+
 STATE_FILE = "chain_state.json"
 STATE_FORMAT = "avatar3d.chain-state/1"
-
-
-@dataclass
-class ChainConfig:
-    output_dir: str = field(default="outputs/demo", metadata={"help": "everything goes under here"})
-    stages: list[str] = field(default_factory=lambda: list(STAGES),
-                              metadata={"choices": list(STAGES), "help": "stages to run, in pipeline order"})
-    from_stage: str = field(default="", metadata={"help": "re-run this stage and all after it"})
-    guidance_views: int = field(default=8, metadata={"min": 1})
-    guidance_size: int = field(default=256, metadata={"min": 16})
-    generate_config: str = "jobs/configs/generate_tiny.yaml"
-    generate_overrides: list[str] = field(default_factory=list)
-    train_config: str = "jobs/configs/train_gan_tiny.yaml"
-    train_overrides: list[str] = field(default_factory=list)
-    evaluate_config: str = field(default="jobs/configs/evaluate_tiny.yaml",
-                                 metadata={"help": "EvaluateConfig YAML (model, data, output_dir are set here)"})
-    evaluate_overrides: list[str] = field(default_factory=list)
-    prior_pairs_config: str = "jobs/configs/prior_pairs_tiny.yaml"
-    prior_pairs_overrides: list[str] = field(default_factory=list)
-    prior_train_config: str = "jobs/configs/prior_train_tiny.yaml"
-    prior_train_overrides: list[str] = field(default_factory=list)
-    image_to_avatar_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "ImageToAvatarConfig overrides, e.g. [mesh_resolution=64]"})
-    tracking_uri: str = field(default="", metadata={"help": "MLflow URI for every stage; empty = sqlite in output_dir"})
-
-    def validate(self) -> None:
-        if self.from_stage and self.from_stage not in STAGES:
-            raise ConfigError(f"from_stage: {self.from_stage!r} is not a stage; choose one of {', '.join(STAGES)}")
-        order = [s for s in STAGES if s in self.stages]
-        if order != list(self.stages):
-            raise ConfigError(f"stages: {self.stages} must be in pipeline order ({', '.join(STAGES)})")
-
 
 @dataclass
 class ChainResult:
@@ -140,24 +111,24 @@ def run_chain(cfg: ChainConfig) -> ChainResult:
         if stage in done and stage not in forced:
             skipped.append(stage)
             continue
-        print(f"== stage {stage} ==", flush=True)
+        log.info(f"== stage {stage} ==")
         t0 = time.time()
         if stage == "guidance":
             write_guidance_views(out / "guidance", views=cfg.guidance_views, size=cfg.guidance_size)
         elif stage == "generate":
-            print(run_generation(stages.generate).summary(), flush=True)
+            log.info(run_generation(stages.generate).summary())
         elif stage == "train_gan":
-            print(run_train_gan(stages.train).summary(), flush=True)
+            log.info(run_train_gan(stages.train).summary())
         elif stage == "evaluate":
-            print(run_evaluate(stages.evaluate).summary(), flush=True)
+            log.info(run_evaluate(stages.evaluate).summary())
         elif stage == "prior_pairs":
-            print(run_build_pairs(stages.pairs).summary(), flush=True)
+            log.info(run_build_pairs(stages.pairs).summary())
         elif stage == "train_prior":
-            print(run_train_prior(stages.prior).summary(), flush=True)
+            log.info(run_train_prior(stages.prior).summary())
         elif stage == "image_to_avatar":
             write_input_image(out / "dataset", Path(stages.avatar.image), stages.avatar)
             result = run_image_to_avatar(stages.avatar)
-            print(f"avatar: {len(result.files)} files in {result.output_dir}", flush=True)
+            log.info(f"avatar: {len(result.files)} files in {result.output_dir}")
         elif stage == "report":
             report = write_report(out, tracking_uri)
         seconds[stage] = time.time() - t0

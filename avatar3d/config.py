@@ -105,6 +105,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
+        if (isinstance(value, dict) and dataclasses.is_dataclass(hints[name])
+                and f.default_factory is not dataclasses.MISSING):
+            # A partial nested mapping overrides the parent's own default (train-gan's tracking.experiment
+            # stays "avatar3d-gan" when only tracking.register_name is given), not the nested class's.
+            value = _merged(to_dict(f.default_factory()), value)
         kwargs[name] = coerce(value, hints[name], prefix + name, f.metadata)
     try:
         obj = cls(**kwargs)
@@ -118,9 +123,26 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return obj
 
 
-def writable_dir(path: str | Path, field: str) -> Path:
-    """Create ``path`` if needed and check it can be written to, before any work; -> the folder."""
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def writable_dir(path: str | Path, field: str, create: bool = True) -> Path:
+    """Check, before any work, that ``path`` is a folder this process can write to -> it. ``create``:
+    make it (and its parents) now; else only check that it exists writable or could be created."""
     out = Path(path)
+    if not create:
+        probe = out.expanduser().absolute()
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ConfigError(f"{field}={str(path)!r} cannot be created: {probe} is a file; pass a writable folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"{field}={str(path)!r} is not writable ({probe}); pass a writable folder")
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -155,17 +177,21 @@ def dump_config(obj: Any, path: str | Path) -> Path:
     return p
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted name, type, default, help) for every option; used for ``--help`` listings."""
+def describe(cls: type, prefix: str = "", values: Any = None) -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, help) for every option; used for ``--help`` listings. A nested
+    option's default is the parent's (``tracking.experiment`` of train-gan is "avatar3d-gan")."""
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        if values is not None:
+            default = getattr(values, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, prefix + f.name + "."))
+            rows.extend(describe(tp, prefix + f.name + ".", default))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")))
     return rows
 

@@ -32,6 +32,47 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage: avatar3d " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command, lines", [
+    ("generate", ["num_samples", "images in the dataset (N) [int; 16]", "procedural.back_janus_rate",
+                  'tracking.experiment', '"avatar3d-datagen"']),
+    ("train-gan", ["data.path", "tracking.experiment", '[str; "avatar3d-gan"]', "truth.num_avatars", "[int; 32]"]),
+    ("train-prior", ["model.prediction_type", '[str; "avatar3d-prior"]']),
+    ("build-prior-pairs", ["num_pairs", "[int; 256]"]),
+    ("lora-train", ["rank", "LoRA rank r [int; 8]", '[str; "avatar3d-lora"]']),
+    ("run-pipeline", ["from_stage", "train_overrides", "[list[str]; []]"]),
+])
+def test_config_driven_help_lists_every_option_with_its_default(command, lines, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    listing = out[out.index("config options"):]
+    for text in lines:
+        assert text in listing, (command, text)
+
+
+def test_quiet_and_verbose_set_one_level_for_the_avatar3d_logger(monkeypatch, capsys):
+    import logging
+
+    from avatar3d.logs import LEVEL_ENV
+
+    monkeypatch.delenv(LEVEL_ENV, raising=False)
+    log = logging.getLogger("avatar3d.some.stage")
+    assert main(["-q", "prompts", "--n", "1"]) == 0
+    log.info("progress line")
+    log.warning("a warning")
+    err = capsys.readouterr().err
+    assert "progress line" not in err and "] WARNING: a warning" in err
+    assert main(["prompts", "--n", "1"]) == 0  # the exported level stays for this process's workers
+    assert logging.getLogger("avatar3d").level == logging.WARNING
+    monkeypatch.delenv(LEVEL_ENV)
+    assert main(["-v", "prompts", "--n", "1"]) == 0
+    log.debug("details")
+    assert "details" in capsys.readouterr().err
+    monkeypatch.setenv(LEVEL_ENV, "LOUD")
+    assert main(["prompts", "--n", "1"]) == 2
+    assert "log level 'LOUD' is not known" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, pattern", [
     (["prompts", "--n", "0"], "avatar3d prompts: error: --n: 0 must be >= 1"),
     (["generate", "--config", "jobs/configs/generate_tiny.yaml", "num_sampels=3"],

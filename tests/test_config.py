@@ -92,3 +92,28 @@ def test_describe_lists_nested_options():
     assert rows["size"] == ("int", 64, "image size")
     assert rows["inner.steps"][1] == 20
     assert rows["inner.scheduler"][0] == "{unipc,ddim}"
+
+
+@dataclass
+class _Inner:
+    name: str = "class default"
+    size: int = 1
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=lambda: _Inner(name="parent default", size=2))
+
+
+def test_a_partial_nested_mapping_keeps_the_parents_defaults():
+    cfg = load_config(_Outer, None, ["inner.size=5"])
+    assert cfg.inner == _Inner(name="parent default", size=5)
+    assert load_config(_Outer).inner == _Inner(name="parent default", size=2)
+    assert [row[2] for row in describe(_Outer)] == ["parent default", 2]  # --help shows the parent's too
+
+
+def test_stage_tracking_defaults_survive_a_partial_override():
+    from avatar3d.training.config import TrainGANConfig
+
+    cfg = load_config(TrainGANConfig, None, ["tracking.register_name=mine"])
+    assert (cfg.tracking.experiment, cfg.tracking.register_name) == ("avatar3d-gan", "mine")

@@ -15,8 +15,9 @@ import os
 import sys
 
 from avatar3d.config import ConfigError, writable_dir
+from avatar3d.logs import LEVEL_ENV, setup_logging
 
-from avatar3d.cli.common import EPILOG_OVERRIDES, add_config_options, resolve_config  # noqa: F401
+from avatar3d.cli.common import StageParser, add_config_options, overrides_epilog, resolve_config
 
 
 # -- subcommands ----------------------------------------------------------------
@@ -87,17 +88,19 @@ def _add_generate(sub) -> None:
         "generate",
         help="generate the multi-view dataset with ControlNet on Ray Data into Parquet",
         description="Specs -> guidance -> ControlNet (autoscaled actor pool) -> Parquet shards. Re-running resumes.",
-        epilog=EPILOG_OVERRIDES,
+        epilog=overrides_epilog("pipeline.steps=4"),
     )
-    add_config_options(p, "jobs/configs/generate_tiny.yaml", "num_samples=16 output_dir=outputs/ds")
+    add_config_options(p, "avatar3d.datagen.config:GenerateConfig", "jobs/configs/generate_tiny.yaml", "num_samples=16 output_dir=outputs/ds")
     p.set_defaults(func=_run_generate)
 
 
 def _run_generate(args) -> int:
-    from avatar3d.datagen.job import GenerateConfig, run_generation
+    from avatar3d.datagen.config import GenerateConfig
 
     cfg = resolve_config(GenerateConfig, args)
     if cfg is not None:
+        from avatar3d.datagen.job import run_generation
+
         print(run_generation(cfg).summary())
     return 0
 
@@ -109,9 +112,9 @@ def _add_train_gan(sub) -> None:
         description="Train the EG3D-style GAN with the coarse-to-fine discriminator. Running the same run_name "
                     "again resumes it; --resume continues from a checkpoint folder; --transfer starts a new "
                     "run from a snapshot's generator weights.",
-        epilog=EPILOG_OVERRIDES,
+        epilog=overrides_epilog("model.preset=tiny scaling.num_workers=2"),
     )
-    add_config_options(p, "jobs/configs/train_gan_tiny.yaml", "data.path=outputs/ds total_kimg=1")
+    add_config_options(p, "avatar3d.training.config:TrainGANConfig", "jobs/configs/train_gan_tiny.yaml", "data.path=outputs/ds total_kimg=1")
     p.add_argument("--resume", default=None, help="checkpoint folder of a train-gan run to continue")
     p.add_argument("--transfer", default=None, help="snapshot .safetensors to initialise G from")
     p.set_defaults(func=_run_train_gan)
@@ -135,18 +138,22 @@ def _add_run_pipeline(sub) -> None:
         help="run the stages end to end (guidance -> generate -> train-gan -> report), restartable",
         description="Chain the stages under one output folder; a re-run skips finished stages, "
                     "from_stage=<stage> re-runs from there.",
-        epilog=EPILOG_OVERRIDES,
+        epilog=overrides_epilog("from_stage=train_gan"),
     )
+    p.config_ref = "avatar3d.chain_config:ChainConfig"
     p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/demo_tiny.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=outputs/demo from_stage=train_gan")
     p.set_defaults(func=_run_run_pipeline)
 
 
 def _run_run_pipeline(args) -> int:
-    from avatar3d.chain import ChainConfig, run_chain
+    from avatar3d.chain_config import ChainConfig
     from avatar3d.config import load_config
 
-    print(run_chain(load_config(ChainConfig, args.config, args.overrides)).summary())
+    cfg = load_config(ChainConfig, args.config, args.overrides)  # a bad option fails before the stages load
+    from avatar3d.chain import run_chain
+
+    print(run_chain(cfg).summary())
     return 0
 
 
@@ -167,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     from avatar3d import __version__
 
     parser.add_argument("--version", action="version", version=f"avatar3d {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no progress lines)")
+    level.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=StageParser)
     for add in SUBCOMMANDS:
         add(sub)
     for name in COMMAND_MODULES:
@@ -181,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     apply_local_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet or args.verbose:  # exported, so the Ray workers of a local run follow it
+        os.environ[LEVEL_ENV] = "WARNING" if args.quiet else "DEBUG"
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        setup_logging()
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, FileNotFoundError, PermissionError) as exc:
         if os.environ.get("AVATAR3D_DEBUG") == "1":

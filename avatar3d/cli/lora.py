@@ -20,6 +20,7 @@ def register(subparsers) -> None:
                     "format, logged to MLflow and registered as models:/<name>/<version>.",
         epilog=EPILOG,
     )
+    p.config_ref = "avatar3d.lora.config:LoraTrainConfig"
     p.add_argument("--images", default=None, help="folder of the character's images (png/jpg/webp/bmp; about 10)")
     p.add_argument("--token", default=None, help="trigger word that calls the character in prompts, e.g. '<mychar>'")
     p.add_argument("--config", default=None, help="YAML config, e.g. jobs/configs/lora_sd15.yaml or lora_tiny.yaml")
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
 def build_config(args):
     """YAML + overrides + the flags (set verbatim: a token like '123' or '<a: b>' is not YAML-parsed)."""
     from avatar3d.config import from_dict, parse_override, read_yaml, set_dotted
-    from avatar3d.lora.train import LoraTrainConfig
+    from avatar3d.lora.config import LoraTrainConfig
 
     data = read_yaml(args.config) if args.config else {}
     for item in args.overrides:

@@ -6,15 +6,10 @@ heavy imports inside; user mistakes raise ``ConfigError`` / ``ValueError`` /
 """
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+from avatar3d.cli.common import add_config_options, default, field_help, from_flags, option_help, overrides_epilog, resolve_config
+from avatar3d.prior.config import SAMPLERS, ImageToAvatarConfig
 
-from avatar3d.cli.common import add_config_options, from_flags, resolve_config
-from avatar3d.config import ConfigError
-
-EPILOG_OVERRIDES = ("Options not given as flags can be set as key=value overrides on top of the --config file, "
-                    "with dotted names for nested options (e.g. model.cond_drop_prob=0.2).")
+EPILOG_OVERRIDES = overrides_epilog("model.cond_drop_prob=0.2")
 
 
 def register(sub) -> None:
@@ -25,7 +20,7 @@ def register(sub) -> None:
                     "embedding, on a Ray Data actor pool. Row i depends only on (seed, i).",
         epilog=EPILOG_OVERRIDES,
     )
-    add_config_options(p, "jobs/configs/prior_pairs_tiny.yaml", "snapshot=outputs/gan/x.safetensors")
+    add_config_options(p, "avatar3d.prior.config:BuildPairsConfig", "jobs/configs/prior_pairs_tiny.yaml", "snapshot=outputs/gan/x.safetensors")
     p.set_defaults(func=run_build_pairs_command)
 
     p = sub.add_parser(
@@ -35,7 +30,7 @@ def register(sub) -> None:
                     "guidance). Running the same run_name again resumes it.",
         epilog=EPILOG_OVERRIDES,
     )
-    add_config_options(p, "jobs/configs/prior_train_tiny.yaml", "pairs=outputs/prior_pairs")
+    add_config_options(p, "avatar3d.prior.config:TrainPriorConfig", "jobs/configs/prior_train_tiny.yaml", "pairs=outputs/prior_pairs")
     p.add_argument("--resume", default=None, help="checkpoint folder of a train-prior run to continue")
     p.set_defaults(func=run_train_prior_command)
 
@@ -45,22 +40,28 @@ def register(sub) -> None:
         description="Embed IMAGE with the prior's CLIP encoder, sample w with classifier-free guidance and "
                     "render it with the generator. No pose estimation of the input is needed.",
     )
-    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG, at least 16x16)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--prior", required=True,
-                   help="prior folder written by train-prior (<run>/prior), or models:/<name>/<version>")
-    p.add_argument("--generator", default=None, help="generator snapshot to use instead of the prior's own")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0); same seed, same avatar")
-    p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the prior's, 1 = none)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the prior's)")
-    p.add_argument("--sampler", choices=["ddim", "unipc"], default=None, help="sampling scheduler")
-    p.add_argument("--views", type=int, default=8, help="evenly spaced yaws over 360 deg (default 8)")
-    p.add_argument("--pitch", type=float, default=0.0, help="camera elevation of the views, degrees (default 0)")
-    p.add_argument("--turntable-frames", type=int, default=36, help="GIF frames over 360 deg (0 = no GIF)")
-    p.add_argument("--truncation-psi", type=float, default=1.0, help="pull w toward the average w (1 = off)")
-    p.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid size (0 = no mesh)")
-    p.add_argument("--mesh-iso", type=float, default=None,
-                   help="density level of the surface (default: EG3D's sigma = 10)")
+    C = ImageToAvatarConfig
+    p.add_argument("image", metavar="IMAGE", help=field_help(C, "image"))
+    p.add_argument("--out", required=True, help="output folder: " + field_help(C, "output_dir"))
+    p.add_argument("--prior", required=True, help=field_help(C, "prior"))
+    p.add_argument("--generator", default=default(C, "generator"), help=option_help(C, "generator"))
+    p.add_argument("--tracking-uri", default=default(C, "tracking_uri"), help=option_help(C, "tracking_uri"))
+    p.add_argument("--seed", type=int, default=default(C, "seed"), help=option_help(C, "seed"))
+    p.add_argument("--guidance-scale", type=float, default=default(C, "guidance_scale"),
+                   help=field_help(C, "guidance_scale"))
+    p.add_argument("--steps", type=int, default=default(C, "steps"), help=field_help(C, "steps"))
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=default(C, "sampler"),
+                   help=field_help(C, "sampler"))
+    p.add_argument("--views", type=int, default=default(C, "views"), help=option_help(C, "views"))
+    p.add_argument("--pitch", type=float, default=default(C, "pitch"), help=option_help(C, "pitch"))
+    p.add_argument("--turntable-frames", type=int, default=default(C, "turntable_frames"),
+                   help=option_help(C, "turntable_frames"))
+    p.add_argument("--truncation-psi", type=float, default=default(C, "truncation_psi"),
+                   help=option_help(C, "truncation_psi"))
+    p.add_argument("--mesh-resolution", type=int, default=default(C, "mesh_resolution"),
+                   help=option_help(C, "mesh_resolution"))
+    p.add_argument("--mesh-iso", type=float, default=default(C, "mesh_iso"),
+                   help=field_help(C, "mesh_iso"))
     p.set_defaults(func=run_image_to_avatar_command)
 
 
@@ -89,9 +90,10 @@ def run_train_prior_command(args) -> int:
 
 
 def run_image_to_avatar_command(args) -> int:
-    from avatar3d.prior.avatar import ImageToAvatarConfig, run_image_to_avatar
+    from avatar3d.prior.avatar import run_image_to_avatar
 
-    data = {"image": args.image, "output_dir": args.out, "prior": args.prior, "generator": args.generator or "",
+    data = {"image": args.image, "output_dir": args.out, "prior": args.prior, "generator": args.generator,
+            "tracking_uri": args.tracking_uri,
             "seed": args.seed, "guidance_scale": args.guidance_scale, "steps": args.steps, "sampler": args.sampler,
             "views": args.views, "pitch": args.pitch, "turntable_frames": args.turntable_frames,
             "truncation_psi": args.truncation_psi, "mesh_resolution": args.mesh_resolution,

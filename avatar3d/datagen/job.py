@@ -26,23 +26,27 @@ grow (sample i depends on (seed, i) only), not shrink.
 """
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
+import logging
 import os
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
 
 from avatar3d.config import ConfigError, to_dict
-from avatar3d.datagen.pipeline import GUIDANCE_TYPES, PipelineConfig
-from avatar3d.datagen.procedural import ProceduralOptions, ProceduralPainter
+from avatar3d.datagen.config import GenerateConfig
 from avatar3d.datagen.dataset import encode_png
+from avatar3d.datagen.pipeline import PipelineConfig, build_pipeline, check_models_available, generate_from_config
+from avatar3d.datagen.procedural import ProceduralPainter
+from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
 from avatar3d.datagen.shards import (
     CARD_FILE,
     JOB_FILE,
@@ -53,159 +57,13 @@ from avatar3d.datagen.shards import (
     write_atomic_json,
     write_atomic_table,
 )
+from avatar3d.datagen.specs import sample_specs, specs_to_table
+from avatar3d.runtime import init_local_ray
+from avatar3d.scene.cameras import CameraSampler
+from avatar3d.scene.guidance import render_guidance
+from avatar3d.tracking.tracker import Tracker
 
-
-@dataclass
-class TrackingConfig:
-    """MLflow tracking for the job (the model code never sees it)."""
-
-    enabled: bool = field(default=True, metadata={"help": "log config, counts and throughput to MLflow"})
-    tracking_uri: str | None = field(
-        default=None, metadata={"help": "MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db"})
-    experiment: str = field(default="avatar3d-datagen", metadata={"help": "MLflow experiment name"})
-    run_name: str | None = field(default=None, metadata={"help": "MLflow run name (default: generate-<output folder>)"})
-
-
-@dataclass
-class GenerateConfig:
-    """``avatar3d generate``: styles x views x attributes -> multi-view Parquet dataset."""
-
-    num_samples: int = field(default=16, metadata={"help": "images in the dataset (N)", "min": 1})
-    seed: int = field(default=0, metadata={"help": "master seed; sample i depends on (seed, i) only", "min": 0})
-    styles: list[str] | None = field(
-        default=None, metadata={"help": "style names to use (default: all styles of styles_file / the 50 built-ins)"})
-    styles_file: str | None = field(
-        default=None, metadata={"help": "your own styles: .yaml list or .txt with one style per line"})
-    attributes_file: str | None = field(default=None, metadata={"help": "your own attribute categories (.yaml)"})
-    num_attributes: int = field(default=5, metadata={"help": "attribute categories sampled per image", "min": 0})
-    guidance: Literal["openpose", "depth", "hybrid"] = field(
-        default="hybrid", metadata={"help": "pose guidance: openpose, depth, or both (hybrid)", "choices": list(GUIDANCE_TYPES)})
-    resolution: int = field(default=512, metadata={"help": "image size in pixels (square, multiple of 8)", "min": 8})
-    yaw_range: tuple[float, float] = field(default=(-180.0, 180.0), metadata={"help": "camera yaw range, degrees"})
-    pitch_range: tuple[float, float] = field(default=(-30.0, 30.0), metadata={"help": "camera elevation range, degrees"})
-    output_dir: str = field(default="outputs/datagen", metadata={"help": "dataset folder (re-run to resume)"})
-    rows_per_file: int = field(default=1000, metadata={"help": "max rows per Parquet shard", "min": 1})
-    batch_size: int = field(default=8, metadata={"help": "images per ControlNet call", "min": 1})
-    min_actors: int = field(default=1, metadata={"help": "ControlNet actor pool: minimum size", "min": 1})
-    max_actors: int = field(default=1, metadata={"help": "ControlNet actor pool: maximum size (autoscaling)", "min": 1})
-    gpus_per_actor: float = field(default=0.0, metadata={"help": "GPUs per ControlNet actor (0 = CPU)", "min": 0.0})
-    cpus_per_actor: float = field(default=1.0, metadata={"help": "CPUs per ControlNet actor", "min": 0.0})
-    guidance_batch_size: int = field(default=16, metadata={"help": "views per guidance-rendering task", "min": 1})
-    guidance_cpus: float = field(default=1.0, metadata={"help": "CPUs per guidance-rendering task", "min": 0.0})
-    progress_interval_s: float = field(default=10.0, metadata={"help": "seconds between progress lines", "min": 0.0})
-    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: $RAY_ADDRESS or a local Ray)"})
-    ray_progress_bars: bool = field(default=False, metadata={"help": "show Ray Data's own progress bars"})
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    procedural: ProceduralOptions = field(default_factory=ProceduralOptions, metadata={
-        "help": "failure model of pipeline.preset=procedural (ControlNet's misses at side and back views)"})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def validate(self) -> "GenerateConfig":
-        """Cross-field checks; raises ConfigError (one line). Reads files, writes nothing."""
-        _check_int("num_samples", self.num_samples, 1)
-        _check_int("resolution", self.resolution, 8)
-        if self.resolution % 8:
-            raise ConfigError(f"resolution={self.resolution} is not a multiple of 8 (the VAE's scale): pass e.g. "
-                              f"{max(8, self.resolution // 8 * 8)} or {self.resolution // 8 * 8 + 8}")
-        if self.guidance not in GUIDANCE_TYPES:
-            raise ConfigError(f"guidance={self.guidance!r} is not known: pass one of {', '.join(GUIDANCE_TYPES)}")
-        # The job's guidance drives the pipeline; a different explicit pipeline.guidance is a contradiction.
-        if self.pipeline.guidance != self.guidance:
-            if self.pipeline.guidance != PipelineConfig.guidance:
-                raise ConfigError(f"pipeline.guidance={self.pipeline.guidance!r} disagrees with guidance={self.guidance!r}: "
-                                  f"set only guidance={self.pipeline.guidance}")
-            self.pipeline = replace(self.pipeline, guidance=self.guidance)
-        try:
-            self.pipeline.validate()
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        self.procedural.validate()
-        for name in ("rows_per_file", "batch_size", "min_actors", "max_actors", "guidance_batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        if self.max_actors < self.min_actors:
-            raise ConfigError(f"max_actors={self.max_actors} < min_actors={self.min_actors}: pass max_actors >= min_actors")
-        for name in ("yaw_range", "pitch_range"):
-            lo, hi = getattr(self, name)
-            if not lo < hi:
-                raise ConfigError(f"{name}={[lo, hi]} is empty: pass [low, high] with low < high")
-        if not (-90.0 < self.pitch_range[0] and self.pitch_range[1] < 90.0):
-            raise ConfigError(f"pitch_range={list(self.pitch_range)}: elevations must stay inside (-90, 90)")
-        self.resolved_styles()
-        self._check_attributes()
-        check_writable_dir(self.output_dir, "output_dir")
-        return self
-
-    def resolved_styles(self):
-        """The Style list this job uses; unknown or empty selections raise ConfigError."""
-        from avatar3d.prompts import load_styles
-
-        try:
-            available = load_styles(self.styles_file) if self.styles_file else load_styles()
-        except ValueError as err:
-            raise ConfigError(str(err).splitlines()[0]) from None
-        if self.styles is None:
-            return available
-        if len(self.styles) == 0:
-            raise ConfigError("styles=[] is empty: pass style names (e.g. styles=[pixar,anime]) or leave styles unset for all")
-        by_name = {s.name: s for s in available}
-        chosen = []
-        for name in self.styles:
-            if name not in by_name:
-                close = difflib.get_close_matches(name, list(by_name), n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known styles: {', '.join(list(by_name)[:8])}, ..."
-                raise ConfigError(f"styles: unknown style {name!r}; {hint}")
-            chosen.append(by_name[name])
-        if len({s.name for s in chosen}) != len(chosen):
-            raise ConfigError(f"styles={self.styles} names a style twice: pass each style once")
-        return chosen
-
-    def _check_attributes(self):
-        if self.attributes_file is None:
-            return
-        from avatar3d.prompts import load_attributes
-
-        try:
-            categories = load_attributes(self.attributes_file)
-        except ValueError as err:
-            raise ConfigError(str(err).splitlines()[0]) from None
-        if self.num_attributes > len(categories):
-            raise ConfigError(f"num_attributes={self.num_attributes} > the {len(categories)} categories in "
-                              f"{self.attributes_file}: pass num_attributes <= {len(categories)}")
-
-    def content_fingerprint(self) -> dict:
-        """Everything that fixes what row i looks like (not N, not how it is executed)."""
-        styles = [[s.name, s.text] for s in self.resolved_styles()]
-        attributes = None
-        if self.attributes_file:
-            attributes = hashlib.sha256(Path(self.attributes_file).read_bytes()).hexdigest()
-        p = self.pipeline
-        return {
-            "seed": self.seed, "styles": styles, "attributes_file_sha256": attributes,
-            "num_attributes": self.num_attributes, "guidance": self.guidance, "resolution": self.resolution,
-            "yaw_range": list(self.yaw_range), "pitch_range": list(self.pitch_range),
-            "model_ids": p.model_ids(), "lora_scale": p.lora_scale, "scheduler": p.scheduler, "steps": p.steps,
-            "guidance_scale": p.guidance_scale, "conditioning_scales": list(p.conditioning_scales), "dtype": p.dtype,
-            **({"procedural": self.procedural.to_dict()} if p.preset == "procedural" else {}),
-        }
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} is not valid: pass an integer >= {minimum}")
-
-
-def check_writable_dir(path: str, field_name: str) -> None:
-    """The folder exists and is writable, or can be created (without creating it)."""
-    p = Path(path).expanduser().absolute()
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{field_name}={path!r} cannot be created: {probe} is a file; pass a writable folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field_name}={path!r} is not writable ({probe}); pass a writable folder")
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- results
@@ -238,7 +96,6 @@ class GenerationResult:
 
 def render_guidance_batch(batch: dict, resolution: int, kinds: tuple[str, ...]) -> dict:
     """CPU stage: camera labels -> one control image (H, W, 3) uint8 per ControlNet kind."""
-    from avatar3d.scene.guidance import render_guidance
 
     start = time.perf_counter()
     cameras = np.stack([np.asarray(c, dtype=np.float64) for c in batch["camera"]])
@@ -267,25 +124,19 @@ def _control_image(rendered, kind: str) -> np.ndarray:
 class ControlNetPainter:
     """Actor: builds the pipeline once, then paints batches -> ``id`` + PNG bytes."""
 
-    def __init__(self, pipeline: dict, resolution: int):
-        import torch
-        from diffusers.utils import logging as diffusers_logging
+    def __init__(self, pipeline: PipelineConfig, resolution: int):
+        from diffusers.utils import logging as diffusers_logging  # optional: only the real-weights painter
 
-        from avatar3d.datagen.pipeline import build_pipeline
-
+        # The actor is its own process: quiet diffusers' per-call bars here, and follow Ray's CPU share.
         diffusers_logging.disable_progress_bar()
-        # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch should follow it.
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
-        pipeline = dict(pipeline)
-        pipeline["conditioning_scales"] = tuple(pipeline["conditioning_scales"])
-        self.cfg = PipelineConfig(**pipeline)
+        self.cfg = pipeline
         self.pipe = build_pipeline(self.cfg)
         self.resolution = resolution
 
     def __call__(self, batch: dict) -> dict:
-        from avatar3d.datagen.pipeline import generate_from_config
 
         call_start = time.time()
         start = time.perf_counter()
@@ -313,10 +164,6 @@ class ControlNetPainter:
 # --------------------------------------------------------------------------- driver
 
 
-def _console(msg: str) -> None:
-    print(f"[avatar3d generate] {msg}", file=sys.stderr, flush=True)
-
-
 def format_duration(seconds: float) -> str:
     if not np.isfinite(seconds):
         return "?"
@@ -334,8 +181,9 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Console progress: rows done, images/s of this run, ETA for the rest."""
 
-    def __init__(self, total: int, already: int, interval_s: float, printer=_console):
-        self.total, self.already, self.interval_s, self.printer = total, already, interval_s, printer
+    def __init__(self, total: int, already: int, interval_s: float, printer=None):
+        self.total, self.already, self.interval_s = total, already, interval_s
+        self.printer = printer or log.info
         self.start = time.perf_counter()
         self.done = 0
         self._printed = -1
@@ -360,7 +208,6 @@ class Progress:
 
 def _spec_chunk(args) -> "object":
     """Specs for indices [start, start + n) as an Arrow table (runs in a Ray task for big N)."""
-    from avatar3d.datagen.specs import sample_specs, specs_to_table
 
     start, n, kwargs = args
     return specs_to_table(sample_specs(n, start=start, **kwargs))
@@ -368,9 +215,7 @@ def _spec_chunk(args) -> "object":
 
 def plan_specs(cfg: GenerateConfig, parallel_chunk: int = 20_000):
     """All N specs as an Arrow table in index order; big N is sampled in parallel Ray tasks."""
-    import pyarrow as pa
 
-    from avatar3d.scene.cameras import CameraSampler
 
     kwargs = dict(seed=cfg.seed, guidance=cfg.guidance, styles=cfg.resolved_styles(),
                   attributes=cfg.attributes_file, num_attributes=cfg.num_attributes,
@@ -378,14 +223,12 @@ def plan_specs(cfg: GenerateConfig, parallel_chunk: int = 20_000):
     chunks = [(s, min(parallel_chunk, cfg.num_samples - s), kwargs) for s in range(0, cfg.num_samples, parallel_chunk)]
     if len(chunks) == 1:
         return _spec_chunk(chunks[0])
-    import ray
 
     task = ray.remote(num_cpus=1)(_spec_chunk)
     return pa.concat_tables(ray.get([task.remote(c) for c in chunks]))
 
 
 def _load_or_plan_specs(cfg: GenerateConfig, out: Path, fingerprint: dict):
-    import pyarrow.parquet as pq
 
     path = out / SPECS_FILE
     if path.exists():
@@ -418,11 +261,9 @@ def _check_resume_compatible(out: Path, fingerprint: dict, num_samples: int, don
 
 
 def _init_ray(cfg: GenerateConfig):
-    import ray
 
     if ray.is_initialized():
         return ray
-    from avatar3d.runtime import init_local_ray
 
     if cfg.ray_address:
         os.environ["RAY_ADDRESS"] = cfg.ray_address
@@ -431,7 +272,6 @@ def _init_ray(cfg: GenerateConfig):
 
 def build_dataset(cfg: GenerateConfig, specs):
     """The lazy Ray Data plan: specs -> guidance (tasks) -> ControlNet (actor pool)."""
-    import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray_progress_bars
@@ -451,7 +291,7 @@ def build_dataset(cfg: GenerateConfig, specs):
     pool = ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors)
     if procedural:  # paints from the camera itself: no guidance images to render
         return ds.map_batches(
-            ProceduralPainter, fn_constructor_kwargs={"options": cfg.procedural.to_dict(), "resolution": cfg.resolution},
+            ProceduralPainter, fn_constructor_kwargs={"options": cfg.procedural, "resolution": cfg.resolution},
             batch_size=cfg.batch_size, batch_format="numpy", compute=pool, num_cpus=cfg.cpus_per_actor,
         )
     ds = ds.map_batches(
@@ -460,7 +300,7 @@ def build_dataset(cfg: GenerateConfig, specs):
     )
     ds = ds.map_batches(
         ControlNetPainter,
-        fn_constructor_kwargs={"pipeline": cfg.pipeline.to_dict(), "resolution": cfg.resolution},
+        fn_constructor_kwargs={"pipeline": cfg.pipeline, "resolution": cfg.resolution},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=pool, num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
     )
@@ -469,9 +309,7 @@ def build_dataset(cfg: GenerateConfig, specs):
 
 def _rows_for(specs, generated, model_ids: dict, resolution: int):
     """Join painted ``id`` + PNG with the planned spec rows (spec row i has index i)."""
-    import pyarrow as pa
 
-    from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
 
     ids = [str(i) for i in generated["id"]]
     rows = specs.take(pa.array([int(i) for i in ids], type=pa.int64()))
@@ -511,7 +349,6 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     """
     t0 = time.perf_counter()
     cfg.validate()
-    from avatar3d.datagen.pipeline import check_models_available
 
     try:
         check_models_available(cfg.pipeline)
@@ -526,7 +363,7 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     out.mkdir(parents=True, exist_ok=True)
     resume = scan_for_resume(out, clean=True)
     for path in resume.removed_tmp + resume.removed_unreadable:
-        _console(f"removed unfinished shard {path.name}")
+        log.info(f"removed unfinished shard {path.name}")
     write_atomic_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, out / JOB_FILE)
     _init_ray(cfg)
     t_specs = time.perf_counter()
@@ -536,14 +373,13 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     todo_mask = [i not in done for i in specs.column("id").to_pylist()]
     todo = specs.filter(todo_mask)
     model_ids = cfg.pipeline.model_ids()
-    _console(f"{cfg.num_samples} samples over {len(cfg.resolved_styles())} styles, guidance={cfg.guidance}, "
+    log.info(f"{cfg.num_samples} samples over {len(cfg.resolved_styles())} styles, guidance={cfg.guidance}, "
              f"{cfg.resolution}px; {len(done)} already in {out}, {todo.num_rows} to generate")
     if cfg.gpus_per_actor > 0:
-        import ray
 
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < cfg.gpus_per_actor * cfg.min_actors:
-            _console(f"warning: the cluster shows {gpus:g} GPUs, the pool needs {cfg.gpus_per_actor * cfg.min_actors:g} "
+            log.warning(f"the cluster shows {gpus:g} GPUs, the pool needs {cfg.gpus_per_actor * cfg.min_actors:g} "
                      "to start; waiting for the autoscaler")
 
     stage = {"guidance_s": 0.0, "diffusion_s": 0.0, "png_s": 0.0}
@@ -580,34 +416,28 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     card["timings"] = timings
     card_path = write_atomic_json(card, out / CARD_FILE)
     if card["num_rows"] != card["num_unique_ids"]:
-        _console(f"warning: {card['num_rows'] - card['num_unique_ids']} duplicate ids in {out}")
+        log.warning(f"{card['num_rows'] - card['num_unique_ids']} duplicate ids in {out}")
     run_id = log_to_mlflow(cfg, card, card_path, generated)
     result = GenerationResult(
         output_dir=str(out), num_samples=cfg.num_samples, num_rows=card["num_rows"], generated=generated,
         skipped=len(done), shards_written=len(writer.written), wall_s=timings["total_wall_s"],
         images_per_s=timings["images_per_s"], card_path=str(card_path), mlflow_run_id=run_id, timings=timings,
     )
-    _console(result.summary())
+    log.info(result.summary())
     return result
 
 
 def log_to_mlflow(cfg: GenerateConfig, card: dict, card_path: Path, generated: int) -> str | None:
     """The job's only MLflow contact: resolved config, counts, throughput, the card."""
-    if not cfg.tracking.enabled:
-        return None
-    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_config, log_file, log_metrics, start_run
-
-    uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
-    name = cfg.tracking.run_name or f"generate-{Path(cfg.output_dir).name}"
     t = card["timings"]
-    with start_run(uri, cfg.tracking.experiment, name, tags={"avatar3d.stage": "datagen"}) as run:
-        log_config(to_dict(cfg))
-        metrics = {
-            "num_rows": card["num_rows"], "num_unique_ids": card["num_unique_ids"], "generated_this_run": generated,
-            "images_per_s": t["images_per_s"], "generation_wall_s": t["generation_wall_s"], "specs_s": t["specs_s"],
-            "total_wall_s": t["total_wall_s"], "num_styles": len(card["counts"]["style"]),
-        }
-        metrics.update({f"per_image_{k}_s": v for k, v in t["per_image_s"].items()})
-        log_metrics(metrics)
-        log_file(card_path)
-        return run.info.run_id
+    metrics = {
+        "num_rows": card["num_rows"], "num_unique_ids": card["num_unique_ids"], "generated_this_run": generated,
+        "images_per_s": t["images_per_s"], "generation_wall_s": t["generation_wall_s"], "specs_s": t["specs_s"],
+        "total_wall_s": t["total_wall_s"], "num_styles": len(card["counts"]["style"]),
+        **{f"per_image_{k}_s": v for k, v in t["per_image_s"].items()},
+    }
+    with Tracker(cfg.tracking, cfg.output_dir, f"generate-{Path(cfg.output_dir).name}", stage="datagen") as tracker:
+        tracker.log_config(to_dict(cfg))
+        tracker.log_metrics(metrics)
+        tracker.log_file(card_path)
+        return tracker.run_id

@@ -259,8 +259,8 @@ def repaint(row: dict, size: int | None = None):
 class ProceduralPainter:
     """Ray Data actor (or a plain callable): spec rows -> ``id``, PNG, truth columns, timings."""
 
-    def __init__(self, options: dict, resolution: int):
-        self.options = ProceduralOptions(**options)
+    def __init__(self, options: ProceduralOptions, resolution: int):
+        self.options = options
         self.resolution = resolution
 
     def __call__(self, batch: dict) -> dict:

@@ -35,133 +35,41 @@ seeded generator, so a run is reproducible on a given device.
 """
 from __future__ import annotations
 
+import logging
+import importlib.metadata
 import json
-import math
-import re
-import string
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
+from diffusers.utils import convert_state_dict_to_diffusers
+from packaging.version import Version
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from PIL import Image
 
-from avatar3d.config import ConfigError, to_dict
-from avatar3d.datagen.pipeline import DEFAULT_BASE_MODEL, LORA_WEIGHTS
-from avatar3d.lora.base import PRESETS
+from avatar3d.config import ConfigError, dump_config, to_dict
+from avatar3d.datagen.pipeline import LORA_WEIGHTS, resolve_device
+from avatar3d.lora.base import base_model_id, image_grid, load_base_pipeline, sample_images
+from avatar3d.lora.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
+from avatar3d.lora.data import load_image_set
+from avatar3d.lora.registry import LORA_FORMAT, register_lora
+from avatar3d.safeio import atomic_folder
+from avatar3d.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
 
 LORA_SUBDIR = "lora"
 META_FILE = "avatar3d_lora.json"
 STYLES_FILE = "styles.yaml"
 SAMPLES_FILE = "samples.png"
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class LoraTrackingConfig:
-    """MLflow for ``lora-train`` (the loop itself never sees it)."""
-
-    enabled: bool = field(default=True, metadata={"help": "log params, loss, previews to MLflow"})
-    tracking_uri: str | None = field(
-        default=None, metadata={"help": "MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db"})
-    experiment: str = field(default="avatar3d-lora", metadata={"help": "MLflow experiment name"})
-    run_name: str | None = field(default=None, metadata={"help": "MLflow run name (default: lora-<token>)"})
-    register: bool = field(default=True, metadata={"help": "register the LoRA in the MLflow model registry"})
-    register_name: str | None = field(
-        default=None, metadata={"help": "registered model name (default: avatar3d-lora-<token>)"})
-
-
-@dataclass
-class LoraTrainConfig:
-    """``avatar3d lora-train``: a character LoRA from a folder of images."""
-
-    images: str = field(default="", metadata={"help": "folder of ~10 images of the character (required)"})
-    token: str = field(default="", metadata={"help": "the character's trigger word in prompts, e.g. '<mychar>' (required)"})
-    style: str = field(default="cartoon", metadata={"help": "style words for the captions, e.g. 'cartoon', '3D render'"})
-    caption_template: str = field(
-        default="a {style} portrait of {token}", metadata={"help": "caption of every image; {token} required, {style} optional"})
-    min_images: int = field(default=5, metadata={"help": "refuse folders with fewer images", "min": 1})
-    preset: Literal["sd15", "tiny"] = field(
-        default="sd15", metadata={"help": "sd15: real SD 1.5 weights; tiny: the tiny random model for tests", "choices": list(PRESETS)})
-    base_model: str = field(default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder"})
-    rank: int = field(default=8, metadata={"help": "LoRA rank r", "min": 1})
-    alpha: int = field(default=8, metadata={"help": "LoRA alpha (update scale = alpha / rank)", "min": 1})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout inside the LoRA branch", "min": 0.0, "max": 1.0})
-    target_modules: list[str] = field(
-        default_factory=lambda: list(UNET_TARGETS), metadata={"help": "UNet modules that get adapters (attention projections)"})
-    train_text_encoder: bool = field(default=False, metadata={"help": "also put adapters on the CLIP text encoder"})
-    text_encoder_target_modules: list[str] = field(
-        default_factory=lambda: list(TEXT_ENCODER_TARGETS), metadata={"help": "text-encoder modules that get adapters"})
-    resolution: int = field(default=512, metadata={"help": "training image size (square crop), multiple of 8", "min": 8})
-    random_flip: bool = field(default=False, metadata={"help": "mirror images at random (off: characters are rarely symmetric)"})
-    steps: int = field(default=800, metadata={"help": "optimiser steps", "min": 1})
-    batch_size: int = field(default=1, metadata={"help": "images per step", "min": 1})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the adapters", "min": 0.0})
-    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay", "min": 0.0})
-    lr_warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then constant", "min": 0})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)", "min": 0.0})
-    snr_gamma: float = field(default=0.0, metadata={"help": "min-SNR loss weighting gamma (0 = plain MSE; 5 is usual)", "min": 0.0})
-    seed: int = field(default=0, metadata={"help": "seed of every random draw", "min": 0})
-    device: Literal["auto", "cpu", "cuda"] = field(
-        default="auto", metadata={"help": "auto = cuda when available", "choices": list(DEVICES)})
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = field(
-        default="auto", metadata={"help": "frozen weights in fp16/bf16 on GPU (auto: bf16 if supported, else fp16; no on CPU)",
-                                  "choices": list(MIXED_PRECISION)})
-    log_every: int = field(default=10, metadata={"help": "steps between progress lines / logged losses", "min": 1})
-    probe_repeats: int = field(default=8, metadata={"help": "(noise, t) draws per image for the before/after loss", "min": 1})
-    num_samples: int = field(default=4, metadata={"help": "preview images at the end, with and without the LoRA (0 = none)", "min": 0})
-    sample_steps: int = field(default=25, metadata={"help": "denoising steps of the previews", "min": 1})
-    output_dir: str = field(default="outputs/lora", metadata={"help": "run folder; the LoRA goes to <output_dir>/lora"})
-    tracking: LoraTrackingConfig = field(default_factory=LoraTrackingConfig)
-
-    @property
-    def caption(self) -> str:
-        return self.caption_template.format(token=self.token, style=self.style)
-
-    @property
-    def slug(self) -> str:
-        """The token as a name: '<My Char>' -> 'my-char'."""
-        return re.sub(r"[^a-z0-9]+", "-", self.token.lower()).strip("-") or "character"
-
-    def validate(self) -> "LoraTrainConfig":
-        def bad(name, value, expected):
-            raise ConfigError(f"{name}={value!r} is not valid: pass {expected}")
-
-        if not str(self.images).strip():
-            bad("images", self.images, "the folder of character images (--images DIR)")
-        if not self.token.strip() or any(c in self.token for c in "{}\n"):
-            bad("token", self.token, "the character's trigger word, e.g. --token '<mychar>' (no braces or newlines)")
-        fields = [f for _, f, _, _ in string.Formatter().parse(self.caption_template) if f is not None]
-        if "token" not in fields or set(fields) - {"token", "style"}:
-            bad("caption_template", self.caption_template, "a text with {token} and optionally {style}, e.g. 'a {style} portrait of {token}'")
-        if self.preset not in PRESETS:
-            bad("preset", self.preset, f"one of {list(PRESETS)}")
-        if self.resolution % 8:
-            bad("resolution", self.resolution, f"a multiple of 8 (the VAE's scale), e.g. {max(8, self.resolution // 8 * 8)}")
-        if not self.target_modules:
-            bad("target_modules", self.target_modules, f"UNet module names, e.g. {list(UNET_TARGETS)}")
-        if self.train_text_encoder and not self.text_encoder_target_modules:
-            bad("text_encoder_target_modules", self.text_encoder_target_modules, f"e.g. {list(TEXT_ENCODER_TARGETS)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            bad("mixed_precision", self.mixed_precision, f"one of {list(MIXED_PRECISION)}")
-        if self.device not in DEVICES:
-            bad("device", self.device, f"one of {list(DEVICES)}")
-        if not self.learning_rate > 0:
-            bad("learning_rate", self.learning_rate, "a number > 0, e.g. 1e-4")
-        name = self.register_name
-        if self.tracking.register and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            bad("tracking.register_name", name, "letters, digits, '.', '_' or '-'")
-        return self
-
-    @property
-    def register_name(self) -> str:
-        return self.tracking.register_name or f"avatar3d-lora-{self.slug}"
-
-
 @dataclass
 class LoraResult:
     """What ``lora-train`` produced."""
@@ -202,13 +110,8 @@ class LoraResult:
 # --------------------------------------------------------------------------- pieces
 
 
-def _console(msg: str) -> None:
-    print(f"[avatar3d lora-train] {msg}", file=sys.stderr, flush=True)
-
-
 def resolve_precision(device: str, mixed_precision: str):
     """-> torch dtype of the frozen weights. LoRA weights always train in float32."""
-    import torch
 
     if mixed_precision == "auto":
         if device != "cuda":
@@ -221,9 +124,7 @@ def resolve_precision(device: str, mixed_precision: str):
 
 def check_text_encoder_lora_support() -> None:
     """Text-encoder adapters go through transformers' peft integration, which pins a minimum peft."""
-    import importlib.metadata
 
-    from packaging.version import Version
 
     try:
         from transformers.integrations.peft import MIN_PEFT_VERSION
@@ -247,8 +148,6 @@ def _check_targets(model, targets, field_name: str) -> None:
 
 def add_lora(model, rank: int, alpha: int, targets, dropout: float = 0.0, field_name: str = "target_modules") -> list:
     """Attach a fresh peft LoRA adapter; returns its (float32) trainable parameters."""
-    import torch
-    from peft import LoraConfig
 
     _check_targets(model, targets, field_name)
     model.requires_grad_(False)
@@ -270,7 +169,6 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], device):
 
 def encode_latent_posteriors(vae, pixels, device, dtype, chunk: int = 4):
     """Frozen VAE posteriors of every image -> (mean, std) float32 tensors, scaled by the VAE's factor."""
-    import torch
 
     means, stds = [], []
     with torch.no_grad():
@@ -295,15 +193,12 @@ def _target(scheduler, latents, noise, timesteps):
 
 def denoising_loss(unet, scheduler, latents, encoder_hidden_states, noise, timesteps, snr_gamma: float = 0.0):
     """The DDPM training loss: noise the latents at ``timesteps``, predict eps (or v), MSE."""
-    import torch.nn.functional as F
 
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states.to(unet.dtype), return_dict=False)[0].float()
     target = _target(scheduler, latents, noise, timesteps).float()
     if not snr_gamma:
         return F.mse_loss(pred, target)
-    import torch
-    from diffusers.training_utils import compute_snr
 
     # Min-SNR weighting (Hang et al. 2023): easy, low-noise steps stop dominating the loss.
     snr = compute_snr(scheduler, timesteps)
@@ -317,7 +212,6 @@ def probe_loss(unet, scheduler, latents, encoder_hidden_states, seed: int, repea
 
     Same seed -> same draws, so before/after values compare the model only.
     """
-    import torch
 
     gen = torch.Generator("cpu").manual_seed(seed)
     n = latents.shape[0]
@@ -333,8 +227,6 @@ def probe_loss(unet, scheduler, latents, encoder_hidden_states, seed: int, repea
 
 def lora_state_dicts(unet, text_encoder=None):
     """peft adapters -> diffusers-format state dicts and their LoraConfig metadata (rank, alpha, targets)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
 
     out = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
            # Without the metadata a loader assumes alpha == rank.
@@ -347,11 +239,7 @@ def lora_state_dicts(unet, text_encoder=None):
 
 def save_lora(folder: Path, unet, text_encoder, meta: dict, caption: str, slug: str) -> Path:
     """Write the LoRA folder atomically: weights (diffusers format), metadata, a styles file with the token."""
-    import yaml
-    from diffusers import StableDiffusionPipeline
 
-    from avatar3d.lora.registry import LORA_FORMAT
-    from avatar3d.safeio import atomic_folder
 
     with atomic_folder(folder) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, weight_name=LORA_WEIGHTS, safe_serialization=True,
@@ -371,7 +259,6 @@ def train_lora(cfg: LoraTrainConfig) -> LoraResult:
 
     The global torch RNG (LoRA init, dropout) is seeded with ``cfg.seed`` inside and restored after.
     """
-    import torch
 
     cfg.validate()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -381,14 +268,7 @@ def train_lora(cfg: LoraTrainConfig) -> LoraResult:
 
 
 def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
-    import torch
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
 
-    from avatar3d.config import dump_config
-    from avatar3d.datagen.pipeline import resolve_device
-    from avatar3d.lora.base import base_model_id, load_base_pipeline
-    from avatar3d.lora.data import load_image_set
 
     t0 = time.perf_counter()
     images = load_image_set(cfg.images, cfg.resolution, cfg.min_images)
@@ -399,7 +279,7 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
     out = Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    _console(f"{len(images)} images of {cfg.token!r} at {cfg.resolution}px, caption {cfg.caption!r}; "
+    log.info(f"{len(images)} images of {cfg.token!r} at {cfg.resolution}px, caption {cfg.caption!r}; "
              f"{cfg.preset} on {device} ({str(dtype).removeprefix('torch.')} frozen weights)")
 
     pipe = load_base_pipeline(cfg.preset, cfg.base_model)
@@ -431,7 +311,7 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
     probe_latents = lat_mean[:n_images]
     unet.eval()
     loss_before = probe_loss(unet, noise_scheduler, probe_latents, caption_states, cfg.seed + 1, cfg.probe_repeats)
-    _console(f"{n_params:,} LoRA parameters; denoising loss before: {loss_before:.4f}")
+    log.info(f"{n_params:,} LoRA parameters; denoising loss before: {loss_before:.4f}")
 
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lr_schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.lr_warmup_steps)
@@ -443,12 +323,13 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
                               truncation=True, return_tensors="pt").input_ids.to(device)
 
     losses: list[tuple[int, float]] = []
-    tracker = _Tracker(cfg, out)
+    tracker = Tracker(cfg.tracking, out, f"lora-{cfg.slug}", stage="lora", tags={"avatar3d.token": cfg.token})
     running, t_loop = None, time.perf_counter()
     unet.train()
     if cfg.train_text_encoder:
         text_encoder.train()
     with tracker:
+        tracker.log_config(to_dict(cfg))
         for step in range(1, cfg.steps + 1):
             idx = torch.randint(0, n_images, (cfg.batch_size,), generator=gen)
             if cfg.random_flip:
@@ -479,10 +360,10 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
             running = value if running is None else 0.9 * running + 0.1 * value
             if step % cfg.log_every == 0 or step == cfg.steps:
                 per_step = (time.perf_counter() - t_loop) / step
-                _console(f"step {step}/{cfg.steps} loss {running:.4f} | {per_step:.3f} s/step | "
+                log.info(f"step {step}/{cfg.steps} loss {running:.4f} | {per_step:.3f} s/step | "
                          f"ETA {per_step * (cfg.steps - step):.0f} s")
                 losses.append((step, running))
-                tracker.metrics({"loss": running, "lr": lr_schedule.get_last_lr()[0]}, step)
+                tracker.log_metrics({"loss": running, "lr": lr_schedule.get_last_lr()[0]}, step)
         train_s = time.perf_counter() - t_loop
 
         unet.eval()
@@ -491,7 +372,7 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
             with torch.no_grad():
                 caption_states = encode_captions(tokenizer, text_encoder, [cfg.caption], device).float()
         loss_after = probe_loss(unet, noise_scheduler, probe_latents, caption_states, cfg.seed + 1, cfg.probe_repeats)
-        _console(f"denoising loss after: {loss_after:.4f} (before {loss_before:.4f})")
+        log.info(f"denoising loss after: {loss_after:.4f} (before {loss_before:.4f})")
 
         meta = {
             "token": cfg.token, "style": cfg.style, "caption": cfg.caption, "preset": cfg.preset,
@@ -505,28 +386,28 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
         samples_path = None
         if cfg.num_samples:
             samples_path = _write_previews(pipe, cfg, images, out / SAMPLES_FILE)
-        tracker.metrics({"probe_loss_before": loss_before, "probe_loss_after": loss_after, "train_s": train_s,
+        tracker.log_metrics({"probe_loss_before": loss_before, "probe_loss_after": loss_after, "train_s": train_s,
                          "lora_parameters": n_params, "num_images": n_images})
-        tracker.finish(lora_dir, samples_path)
+        tracker.log_file(lora_dir / META_FILE)
+        if samples_path is not None:
+            tracker.log_file(samples_path)
+        registered = tracker.register(register_lora, lora_dir, default=cfg.default_register_name)
 
     result = LoraResult(
         lora_dir=lora_dir, caption=cfg.caption, num_images=n_images, steps=cfg.steps,
         probe_loss_before=loss_before, probe_loss_after=loss_after, final_loss=losses[-1][1], train_s=train_s,
-        samples_path=samples_path, mlflow_run_id=tracker.run_id, registered_version=tracker.registered,
+        samples_path=samples_path, mlflow_run_id=tracker.run_id, registered_version=registered,
     )
-    _console(f"done in {time.perf_counter() - t0:.1f} s")
+    log.info(f"done in {time.perf_counter() - t0:.1f} s")
     return result
 
 
 def _write_previews(pipe, cfg: LoraTrainConfig, images, path: Path) -> Path:
     """Grid: training images / with the LoRA / the base model alone, same seeds (the LoRA's effect at a glance)."""
-    import torch
-    from PIL import Image
 
     seeds = list(range(cfg.seed, cfg.seed + cfg.num_samples))
     prompts = [cfg.caption] * cfg.num_samples
     kwargs = dict(steps=cfg.sample_steps, size=cfg.resolution)
-    from avatar3d.lora.base import sample_images
 
     with torch.autocast(device_type=pipe.device.type, dtype=pipe.unet.dtype, enabled=pipe.unet.dtype != torch.float32):
         with_lora = sample_images(pipe, prompts, seeds, **kwargs)
@@ -541,53 +422,6 @@ def _write_previews(pipe, cfg: LoraTrainConfig, images, path: Path) -> Path:
                 pipe.text_encoder.enable_adapters()
     shown = [((im.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
              for im in images.pixels[: cfg.num_samples]]
-    from avatar3d.lora.base import image_grid
 
     Image.fromarray(image_grid([shown, with_lora, base])).save(path)
     return path
-
-
-class _Tracker:
-    """The run's MLflow side (no-op when tracking is off); the loop only calls metrics()."""
-
-    def __init__(self, cfg: LoraTrainConfig, out: Path):
-        self.cfg, self.out = cfg, out
-        self.run_id: str | None = None
-        self.registered: str | None = None
-        self._ctx = None
-
-    def __enter__(self):
-        if self.cfg.tracking.enabled:
-            from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_config, start_run
-
-            t = self.cfg.tracking
-            uri = t.tracking_uri or default_tracking_uri(self.out)
-            self._ctx = start_run(uri, t.experiment, t.run_name or f"lora-{self.cfg.slug}",
-                                  tags={"avatar3d.stage": "lora", "avatar3d.token": self.cfg.token})
-            self.run_id = self._ctx.__enter__().info.run_id
-            log_config(to_dict(self.cfg))
-        return self
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            return self._ctx.__exit__(*exc)
-        return False
-
-    def metrics(self, values: dict, step: int | None = None) -> None:
-        if self._ctx is not None:
-            from avatar3d.tracking.mlflow_utils import log_metrics
-
-            log_metrics({k: v for k, v in values.items() if math.isfinite(float(v))}, step=step)
-
-    def finish(self, lora_dir: Path, samples_path: Path | None) -> None:
-        if self._ctx is None:
-            return
-        from avatar3d.tracking.mlflow_utils import log_file
-
-        log_file(lora_dir / META_FILE)
-        if samples_path is not None:
-            log_file(samples_path)
-        if self.cfg.tracking.register:
-            from avatar3d.lora.registry import register_lora
-
-            self.registered = register_lora(lora_dir, self.cfg.register_name)

@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from avatar3d.config import ConfigError
-from avatar3d.prior.model import PREDICTION_TYPES, SAMPLERS
+from avatar3d.tracking.options import TrackingOptions
 from avatar3d.training.config import ScalingOptions
+
+
+PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")  # what the denoiser predicts
+SAMPLERS = ("ddim", "unipc")  # inference schedulers
 
 
 @dataclass
@@ -60,13 +64,6 @@ class SamplingOptions:
 
 
 @dataclass
-class PriorTrackingOptions:
-    tracking_uri: str = field(default="", metadata={"help": "MLflow URI; empty = sqlite store in output_dir"})
-    experiment: str = "avatar3d-prior"
-    register_name: str = field(default="avatar3d-prior", metadata={"help": "registry model name; empty = skip"})
-
-
-@dataclass
 class TrainPriorConfig:
     run_name: str = field(default="prior-tiny", metadata={"help": "same name again = resume that run"})
     output_dir: str = field(default="outputs/prior", metadata={"help": "Ray Train storage + the prior folder"})
@@ -74,7 +71,8 @@ class TrainPriorConfig:
     model: PriorModelOptions = field(default_factory=PriorModelOptions)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     scaling: ScalingOptions = field(default_factory=ScalingOptions)
-    tracking: PriorTrackingOptions = field(default_factory=PriorTrackingOptions)
+    tracking: TrackingOptions = field(default_factory=lambda: TrackingOptions(experiment="avatar3d-prior",
+                                                                        register_name="avatar3d-prior"))
     batch_size: int = field(default=64, metadata={"min": 1, "help": "global batch over all workers"})
     lr: float = field(default=3e-4, metadata={"min": 0.0})
     total_steps: int = field(default=2000, metadata={"min": 1})

@@ -13,12 +13,29 @@ Running the same ``run_name`` again resumes it from its latest checkpoint.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffusers import PriorTransformer
+
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
+from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.prior.config import TrainPriorConfig
+from avatar3d.prior.encoder import load_image_encoder
+from avatar3d.prior.loop import STATE_TREE, WEIGHTS_DIR
+from avatar3d.prior.model import train_scheduler
+from avatar3d.prior.pairs import check_pairs, w_statistics
+from avatar3d.prior.pipeline import ImageToAvatarPipeline
+from avatar3d.prior.ray_worker import train_func
+from avatar3d.prior.registry import register_prior
+from avatar3d.runtime import apply_local_defaults
+from avatar3d.safeio import atomic_folder
+from avatar3d.tracking.tracker import Tracker
+from avatar3d.training.ray_fit import WorkerContext, fit_with_ray, torch_threads_from_env, worker_config
+
+log = logging.getLogger(__name__)
 
 PRIOR_DIR = "prior"
 
@@ -42,12 +59,6 @@ class PriorTrainResult:
 
 
 def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
-    from avatar3d.prior.encoder import load_image_encoder
-    from avatar3d.prior.loop import STATE_TREE
-    from avatar3d.prior.pairs import check_pairs, w_statistics
-    from avatar3d.runtime import apply_local_defaults
-    from avatar3d.gan.snapshot import read_snapshot_metadata
-
     apply_local_defaults()
     # Validate everything the workers and the final assembly will need, here.
     info = check_pairs(cfg.pairs)
@@ -68,58 +79,33 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     run_dir = output_dir / cfg.run_name
     writable_dir(output_dir, "output_dir")
     dump_config(cfg, run_dir / "config.yaml")
-    print(f"pairs: {info.summary()}")
+    log.info(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)
 
-    from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
-
-    tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
-    with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
-        import mlflow
-
-        log_run_config(run, {"train": to_dict(cfg),
-                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
+    with Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True) as tracker:
+        tracker.log_config({"train": to_dict(cfg),
+                            "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()
         # The workers get the typed config itself plus what the driver derived from the pairs.
-        from avatar3d.training.ray_fit import WorkerContext, torch_threads_from_env, worker_config
-
-        context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracking_uri,
-                                run_id=run.info.run_id, torch_threads=torch_threads_from_env())
+        context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
+                                run_id=tracker.run_id or "", torch_threads=torch_threads_from_env())
         train_config = worker_config(cfg, context, pairs={"w_dim": info.w_dim, "embed_dim": info.embed_dim,
                                                           "w_mean": w_mean.tolist(), "w_std": w_std.tolist()})
-        result = _fit(cfg, info, train_config, output_dir)
-        mlflow.log_metric("train_wall_s", time.time() - t0)
+        result = fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
+                              info.files, columns=["w", "embedding"])
+        tracker.log_metrics({"train_wall_s": time.time() - t0})
         prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card, run_dir / PRIOR_DIR)
         version = None
         if prior_dir is not None:
-            mlflow.log_artifacts(str(prior_dir), artifact_path="prior_folder")
-            if cfg.tracking.register_name:
-                from avatar3d.prior.registry import register_prior
-
-                version = register_prior(prior_dir, cfg.tracking.register_name)
+            tracker.log_folder(prior_dir, artifact_path="prior_folder")
+            version = tracker.register(register_prior, prior_dir, default="avatar3d-prior")
         metrics = dict(result.metrics or {})
         return PriorTrainResult(run_dir=run_dir, prior_dir=prior_dir, steps=int(metrics.get("step", 0)),
-                                metrics=metrics, mlflow_run_id=run.info.run_id, registered_version=version)
-
-
-def _fit(cfg: TrainPriorConfig, info, train_config: dict, output_dir: Path):
-    from avatar3d.prior.ray_worker import train_func
-    from avatar3d.training.ray_fit import fit_with_ray
-
-    return fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
-                        info.files, columns=["w", "embedding"])
+                                metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
 
 
 def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card: dict, folder: Path) -> Path | None:
     """The final checkpoint's denoiser + schedule + encoder + generator -> one prior folder (atomically)."""
-    from diffusers import PriorTransformer
-
-    from avatar3d.prior.loop import WEIGHTS_DIR
-    from avatar3d.prior.model import train_scheduler
-    from avatar3d.prior.pipeline import ImageToAvatarPipeline
-    from avatar3d.safeio import atomic_folder
-    from avatar3d.gan.snapshot import load_snapshot
-
     if result.checkpoint is None:
         return None
     with result.checkpoint.as_directory() as ckpt:

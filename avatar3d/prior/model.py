@@ -32,8 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
-SAMPLERS = ("ddim", "unipc")
+from avatar3d.prior.config import PREDICTION_TYPES, SAMPLERS
 
 
 @dataclass(frozen=True)

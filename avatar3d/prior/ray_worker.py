@@ -8,28 +8,29 @@ calls with checkpoints.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import ray.train
 import torch
 
-from avatar3d.prior.loop import PriorBatch
+from avatar3d.gan.optim import OptimizerSpec
+from avatar3d.prior.config import TrainPriorConfig
+from avatar3d.prior.loop import PriorBatch, PriorLoopOptions, PriorTrainer, peek_step, training_loop
+from avatar3d.prior.model import PriorSize, build_prior, set_w_stats, train_scheduler
+from avatar3d.logs import setup_logging
+from avatar3d.runtime import apply_local_defaults, set_torch_threads
+from avatar3d.training.engines import make_engine
+from avatar3d.training.loop import LoopHooks
+from avatar3d.training.ray_fit import ray_report, tracking_hooks, unpack_worker_config, worker_device
+
+log = logging.getLogger(__name__)
 
 
 def train_func(config: dict[str, Any]) -> None:
-    import ray.train
-
-    from avatar3d.gan.optim import OptimizerSpec
-    from avatar3d.prior.loop import PriorLoopOptions, PriorTrainer, peek_step, training_loop
-    from avatar3d.prior.model import PriorSize, build_prior, set_w_stats, train_scheduler
-    from avatar3d.runtime import apply_local_defaults, set_torch_threads
-    from avatar3d.training.engines import make_engine
-    from avatar3d.training.loop import LoopHooks
-    from avatar3d.prior.config import TrainPriorConfig
-    from avatar3d.training.ray_fit import mlflow_hooks, ray_report, unpack_worker_config, worker_device
-
     # Unpack the config first: the driver's TrainPriorConfig, rebuilt by the same from_dict, and the pairs' facts.
     cfg, context = unpack_worker_config(config, TrainPriorConfig)
     pairs = config["pairs"]
@@ -37,8 +38,8 @@ def train_func(config: dict[str, Any]) -> None:
     opts = PriorLoopOptions(total_steps=cfg.total_steps, steps_per_tick=cfg.steps_per_tick,
                             checkpoint_ticks=cfg.checkpoint_ticks, cond_drop_prob=cfg.model.cond_drop_prob,
                             precision=cfg.scaling.precision)
-    tracking = {"tracking_uri": context.tracking_uri, "run_id": context.run_id}
 
+    setup_logging()  # a worker is its own process: the same format and level as the driver
     apply_local_defaults()
     set_torch_threads(context.torch_threads)
     ctx = ray.train.get_context()
@@ -60,9 +61,9 @@ def train_func(config: dict[str, Any]) -> None:
     resume_dir = Path(checkpoint.to_directory()) if checkpoint is not None else (
         Path(cfg.resume) if cfg.resume else None)
 
-    hooks = LoopHooks(report=ray_report, print=(print if rank == 0 else (lambda *_: None)))
+    hooks = LoopHooks(report=ray_report, print=(log.info if rank == 0 else (lambda *_: None)))
     if rank == 0 and context.run_id:
-        _, _, log_metrics = mlflow_hooks(tracking, step_key="step", step_scale=1.0)
+        _, _, log_metrics = tracking_hooks(context, step_key="step", step_scale=1.0)
         report = hooks.report
         hooks.report = lambda metrics, ckpt: (log_metrics(metrics), report(metrics, ckpt))
 
@@ -74,7 +75,7 @@ def train_func(config: dict[str, Any]) -> None:
     if resume_dir is not None and checkpoint is not None:
         shutil.rmtree(resume_dir, ignore_errors=True)
     if rank == 0:
-        print(f"done: {result.step} steps in {result.ticks} ticks")
+        log.info(f"done: {result.step} steps in {result.ticks} ticks")
 
 
 def shard_batches(shard, per_worker: int, seed: int, start_step: int, batches_per_epoch: int) -> Iterator[PriorBatch]:

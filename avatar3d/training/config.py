@@ -13,6 +13,7 @@ from typing import Any
 
 from avatar3d.config import ConfigError, closest, coerce
 from avatar3d.evaluation.options import FIDOptions, TruthOptions
+from avatar3d.tracking.options import TrackingOptions
 
 
 @dataclass
@@ -62,20 +63,14 @@ class ScalingOptions:
 
 
 @dataclass
-class TrackingOptions:
-    tracking_uri: str = field(default="", metadata={"help": "MLflow URI; empty = sqlite store in output_dir"})
-    experiment: str = "avatar3d-gan"
-    register_name: str = field(default="avatar3d-gan", metadata={"help": "registry model name; empty = skip"})
-
-
-@dataclass
 class TrainGANConfig:
     run_name: str = field(default="gan-tiny", metadata={"help": "same name again = resume that run"})
     output_dir: str = field(default="outputs/gan", metadata={"help": "Ray Train storage + snapshots"})
     data: DataOptions = field(default_factory=DataOptions)
     model: ModelOptions = field(default_factory=ModelOptions)
     scaling: ScalingOptions = field(default_factory=ScalingOptions)
-    tracking: TrackingOptions = field(default_factory=TrackingOptions)
+    tracking: TrackingOptions = field(default_factory=lambda: TrackingOptions(experiment="avatar3d-gan",
+                                                                        register_name="avatar3d-gan"))
     batch_size: int = field(default=4, metadata={"min": 1, "help": "global batch over all workers"})
     total_kimg: float = field(default=0.1, metadata={"min": 0.0, "help": "training length, thousands of images"})
     kimg_per_tick: float = field(default=0.02, metadata={"min": 0.0001})

@@ -14,6 +14,7 @@ continues in the same run.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -21,19 +22,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import mlflow
-
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset
 from avatar3d.evaluation.truth import has_truth
 from avatar3d.gan.snapshot import read_snapshot_metadata
 from avatar3d.runtime import apply_local_defaults
-from avatar3d.tracking.mlflow_utils import default_tracking_uri, log_run_config, resume_or_start_run
+from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
 from avatar3d.training.ray_fit import WorkerContext, fit_with_ray, torch_threads_from_env, worker_config
 from avatar3d.training.ray_worker import train_func
 from avatar3d.training.registry import register_generator
+
+log = logging.getLogger(__name__)
 
 FINAL_SNAPSHOT = "network-snapshot-final.safetensors"
 
@@ -76,7 +77,7 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         raise ConfigError(f"batch_size: each of {cfg.scaling.num_workers} worker(s) would get {rows_per_worker} "
                           f"rows, fewer than its batch of {per_worker}; lower batch_size or add data")
     if cfg.scaling.use_gpu is False and cfg.scaling.precision == "bf16":
-        print("note: precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
+        log.warning("precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
     writable_dir(output_dir, "output_dir")
@@ -86,30 +87,28 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         if getattr(cfg, name):
             cfg = replace(cfg, **{name: str(Path(getattr(cfg, name)).resolve())})
     dump_config(cfg, run_dir / "config.yaml")
-    print(f"dataset: {dataset.summary()}")
+    log.info(f"dataset: {dataset.summary()}")
 
     # One MLflow run per run name: a resumed job logs on in the same run.
-    tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(output_dir)
-    with resume_or_start_run(tracking_uri, cfg.tracking.experiment, cfg.run_name) as run:
-        log_run_config(run, {"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
+    with Tracker(cfg.tracking, output_dir, cfg.run_name, stage="gan", resume=True) as tracker:
+        tracker.log_config({"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
-        context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracking_uri,
-                                run_id=run.info.run_id, torch_threads=torch_threads_from_env())
+        context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
+                                run_id=tracker.run_id or "", torch_threads=torch_threads_from_env())
         result = fit_with_ray(train_func, worker_config(cfg, context, after_tick=after_tick), cfg.scaling,
                               cfg.run_name, output_dir, cfg.max_failures, dataset.files,
                               columns=["image_png", "camera"], filesystem=dataset.filesystem)
         snapshot = _keep_final_snapshot(result, run_dir)
-        mlflow.log_metric("train_wall_s", time.time() - t0)
+        tracker.log_metrics({"train_wall_s": time.time() - t0})
 
         # The inference snapshot: kept beside the run, logged, registered.
         version = None
         if snapshot is not None:
-            mlflow.log_artifact(str(snapshot), artifact_path="snapshot")
-            if cfg.tracking.register_name:
-                version = register_generator(snapshot, cfg.tracking.register_name)
+            tracker.log_file(snapshot, artifact_path="snapshot")
+            version = tracker.register(register_generator, snapshot, default="avatar3d-gan")
         metrics = dict(result.metrics or {})
         return TrainResult(run_dir=run_dir, snapshot=snapshot, kimg=float(metrics.get("kimg", 0.0)),
-                           metrics=metrics, mlflow_run_id=run.info.run_id, registered_version=version)
+                           metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
 
 
 def _keep_final_snapshot(result, run_dir: Path) -> Path | None:

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from avatar3d.config import from_dict, to_dict
+from avatar3d.runtime import init_local_ray
+from avatar3d.tracking.tracker import RunLogger
 
 
 @dataclass
@@ -51,12 +57,6 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
                  filesystem=None):
     """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files`` (on ``filesystem``,
     a pyarrow filesystem, for remote storage); -> Ray's Result."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from avatar3d.runtime import init_local_ray
-
     # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
     needed = int(scaling.num_workers * scaling.cpus_per_worker + 0.999) + 2
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
@@ -80,19 +80,13 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
 
 def worker_device():
     """This Ray Train worker's device: its assigned GPU where CUDA is usable, else the CPU."""
-    import torch
-
     if torch.cuda.is_available():
-        import ray.train.torch
-
         return ray.train.torch.get_device()
     return torch.device("cpu")
 
 
 def ray_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
     """Report metrics (and a finished local checkpoint folder, removed once Ray has persisted it)."""
-    import ray.train
-
     if checkpoint_dir is None:
         ray.train.report(metrics)
         return
@@ -102,29 +96,22 @@ def ray_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def mlflow_hooks(tracking: dict[str, Any], step_key: str = "kimg", step_scale: float = 1000.0):
-    """Rank 0 logs into the driver's MLflow run through a stateless client.
+def tracking_hooks(context: WorkerContext, step_key: str = "kimg", step_scale: float = 1000.0):
+    """Rank 0 logs into the driver's MLflow run (a :class:`RunLogger` on the run id in ``context``).
 
-    -> (log_images(grids, step), log_snapshot(path, info), log_metrics(metrics)); the metric step is
+    -> (log_images(grids, cur_nimg), log_snapshot(path, info), log_metrics(metrics)); the metric step is
     ``metrics[step_key] * step_scale`` (images for the GAN's kimg).
     """
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
-    run_id = tracking["run_id"]
+    logger = RunLogger(context.tracking_uri, context.run_id)
 
     def log_metrics(metrics: dict[str, float]) -> None:
-        step = int(metrics.get(step_key, 0) * step_scale)
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
-                                          if np.isfinite(v)])
+        logger.log_metrics(metrics, step=int(metrics.get(step_key, 0) * step_scale))
 
     def log_images(grids: dict[str, Any], cur_nimg: int) -> None:
         for group, image in grids.items():
-            client.log_image(run_id, image, artifact_file=f"samples/{group}/kimg{cur_nimg / 1e3:08.3f}.png")
+            logger.log_image(image, artifact_file=f"samples/{group}/kimg{cur_nimg / 1e3:08.3f}.png")
 
     def log_snapshot(path: Path, info: dict[str, Any]) -> None:
-        client.log_artifact(run_id, str(path), artifact_path=f"checkpoints/kimg{info['kimg']:08.3f}")
+        logger.log_file(path, artifact_path=f"checkpoints/kimg{info['kimg']:08.3f}")
 
     return log_images, log_snapshot, log_metrics

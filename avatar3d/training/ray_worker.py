@@ -8,6 +8,7 @@ worker's shard of the Ray dataset and turns the loop's reports into
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,12 +24,15 @@ from avatar3d.evaluation.truth import TruthWorld
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.native import enable_training_ops
+from avatar3d.logs import setup_logging
 from avatar3d.runtime import apply_local_defaults, cache_dir, set_torch_threads
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import TrainBatch, decode_batch
 from avatar3d.training.engines import make_engine
 from avatar3d.training.loop import LoopHooks, LoopOptions, build_trainer, peek_batch_idx, training_loop
-from avatar3d.training.ray_fit import mlflow_hooks, ray_report, unpack_worker_config, worker_device
+from avatar3d.training.ray_fit import ray_report, tracking_hooks, unpack_worker_config, worker_device
+
+log = logging.getLogger(__name__)
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -38,6 +42,7 @@ def train_func(config: dict[str, Any]) -> None:
     opts = LoopOptions(total_kimg=cfg.total_kimg, kimg_per_tick=cfg.kimg_per_tick, snapshot_ticks=cfg.snapshot_ticks,
                        image_ticks=cfg.image_ticks, precision=cfg.scaling.precision)
 
+    setup_logging()  # a worker is its own process: the same format and level as the driver
     apply_local_defaults()
     set_torch_threads(context.torch_threads)
     ctx = ray.train.get_context()
@@ -70,10 +75,9 @@ def train_func(config: dict[str, Any]) -> None:
         resume_dir = Path(cfg.resume)
 
     # What the loop hands outward: Ray reports, rank 0's MLflow logging and FID, the test hook.
-    hooks = LoopHooks(report=ray_report, print=(print if rank == 0 else (lambda *_: None)))
+    hooks = LoopHooks(report=ray_report, print=(log.info if rank == 0 else (lambda *_: None)))
     if rank == 0 and context.run_id:
-        hooks.log_images, hooks.log_snapshot, metric_hook = mlflow_hooks(
-            {"tracking_uri": context.tracking_uri, "run_id": context.run_id})
+        hooks.log_images, hooks.log_snapshot, metric_hook = tracking_hooks(context)
         report = hooks.report
         hooks.report = lambda metrics, ckpt: (metric_hook(metrics), report(metrics, ckpt))
     if rank == 0:
@@ -92,7 +96,7 @@ def train_func(config: dict[str, Any]) -> None:
     if resume_dir is not None and checkpoint is not None:
         shutil.rmtree(resume_dir, ignore_errors=True)
     if rank == 0:
-        print(f"done: {result.cur_nimg / 1e3:.3f} kimg in {result.ticks} ticks")
+        log.info(f"done: {result.cur_nimg / 1e3:.3f} kimg in {result.ticks} ticks")
 
 
 def _batches(shard, per_worker: int, resolution: int, mirror: bool, seed: int, start_batch: int,

@@ -274,7 +274,7 @@ def test_painter_callable_without_ray():
         "camera": np.stack([camera_label(s[6], s[7]) for s in specs]),
     }
     options = ProceduralOptions(back_janus_rate=1.0, back_flip_rate=0.0, side_error_rate=1.0)
-    out = ProceduralPainter(options.to_dict(), 16)(batch)
+    out = ProceduralPainter(options, 16)(batch)
     assert list(out["id"]) == [s[0] for s in specs]
     assert out["truth_camera"].shape == (3, 25) and list(out["truth_failure"]) == ["none", "janus", "pose_error"]
     for i, s in enumerate(specs):
@@ -288,7 +288,7 @@ def test_painter_callable_without_ray():
     assert identity_for(101, 0, "pixar", {"hairstyle": "afro hairstyle"}).hair == "afro"
     assert np.all(out["diffusion_s"] > 0) and np.all(out["call_end"] >= out["call_start"])
     # An empty batch gives empty columns of the right shapes.
-    empty = ProceduralPainter(options.to_dict(), 16)({k: v[:0] for k, v in batch.items()})
+    empty = ProceduralPainter(options, 16)({k: v[:0] for k, v in batch.items()})
     assert len(empty["id"]) == 0 and empty["truth_camera"].shape == (0, 25) and len(empty["image_png"]) == 0
 
 

@@ -405,7 +405,7 @@ def _train_config(data, out, *extra):
     from avatar3d.training.config import TrainGANConfig
 
     return load_config(TrainGANConfig, "jobs/configs/train_gan_tiny.yaml",
-                       [f"data.path={data}", f"output_dir={out}", "tracking.register_name=", *extra])
+                       [f"data.path={data}", f"output_dir={out}", "tracking.register=false", *extra])
 
 
 def test_train_gan_refuses_truth_ticks_without_truth(head_dataset, procedural_dataset, tmp_path, monkeypatch):

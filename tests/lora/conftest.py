@@ -47,7 +47,7 @@ def character_images(tmp_path_factory):
 
 def tiny_config(images, output_dir, *overrides):
     from avatar3d.config import load_config
-    from avatar3d.lora.train import LoraTrainConfig
+    from avatar3d.lora.config import LoraTrainConfig
 
     return load_config(LoraTrainConfig, TINY_YAML, [f"images={images}", f"token={TOKEN}",
                                                     f"output_dir={output_dir}", *overrides])

@@ -106,8 +106,12 @@ def test_bad_options_fail_in_one_line_naming_the_field(tmp_path, override, field
 
 
 def test_caption_and_slug():
-    from avatar3d.lora.train import LoraTrainConfig
+    from avatar3d.lora.config import LoraTrainConfig
+    from avatar3d.tracking.options import TrackingOptions
 
     cfg = LoraTrainConfig(images="x", token="<My Char>", style="3D render").validate()
     assert cfg.caption == "a 3D render portrait of <My Char>"
-    assert cfg.register_name == "avatar3d-lora-my-char"
+    assert cfg.tracking.registry_name(cfg.default_register_name) == "avatar3d-lora-my-char"
+    assert TrackingOptions(register_name="mine").registry_name("x") == "mine"
+    assert TrackingOptions(register=False).registry_name("x") is None
+    assert TrackingOptions(enabled=False).registry_name("x") is None

@@ -59,7 +59,7 @@ def _repaint(table, pipeline_cfg, resolution=32):
              for name in ("id", "seed", "prompt", "negative_prompt")}
     batch["camera"] = [np.asarray(c) for c in table.column("camera").to_pylist()]
     guided = render_guidance_batch(batch, resolution, pipeline_cfg.controlnet_kinds)
-    return list(ControlNetPainter(pipeline_cfg.to_dict(), resolution)(guided)["image_png"])
+    return list(ControlNetPainter(pipeline_cfg, resolution)(guided)["image_png"])
 
 
 def test_generate_job_paints_with_the_registered_lora(ray_with_registry, tiny_lora, tmp_path):

@@ -104,7 +104,7 @@ def test_lora_reloads_into_the_controlnet_pipeline_from_folder_and_registry(tiny
         assert x.shape == (SIZE, SIZE, 3)
         assert not np.array_equal(x, y)  # the LoRA changes the painting
         assert np.array_equal(y, z)      # and does so the same way every time
-    assert result.registered_version == f"{cfg.register_name}/1" and result.lora_uri == f"models:/{cfg.register_name}/1"
+    assert result.registered_version == f"{cfg.tracking.registry_name(cfg.default_register_name)}/1" and result.lora_uri == f"models:/{cfg.tracking.registry_name(cfg.default_register_name)}/1"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     from_registry = _paint(PipelineConfig(**{**base.to_dict(), "lora": result.lora_uri}))
     for y, r in zip(with_lora, from_registry):
@@ -117,7 +117,7 @@ def test_unknown_registry_version_fails_in_one_line(tiny_lora, monkeypatch):
     cfg, result, uri = tiny_lora
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(ModelUnavailableError) as err:
-        check_models_available(PipelineConfig(preset="tiny", lora=f"models:/{cfg.register_name}/9"))
+        check_models_available(PipelineConfig(preset="tiny", lora=f"models:/{cfg.tracking.registry_name(cfg.default_register_name)}/9"))
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("pipeline.lora: cannot fetch models:/") and "MLFLOW_TRACKING_URI" in msg
 
@@ -135,7 +135,7 @@ def test_mlflow_run_has_params_loss_curve_previews_and_registry_entry(tiny_lora)
     assert [m.step for m in history] == list(range(cfg.log_every, cfg.steps + 1, cfg.log_every))
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"samples.png", META_FILE, "config.json"} <= artifacts
-    version = client.get_model_version(cfg.register_name, "1")
+    version = client.get_model_version(cfg.tracking.registry_name(cfg.default_register_name), "1")
     assert version.run_id == result.mlflow_run_id
 
 
@@ -145,7 +145,7 @@ def test_registered_pyfunc_paints_with_the_lora(tiny_lora):
 
     cfg, result, uri = tiny_lora
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.register_name}/1")
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registry_name(cfg.default_register_name)}/1")
     images = model.predict(pd.DataFrame({"seed": [5, 5, 6]}), params={"steps": 4})
     assert images.shape == (3, SIZE, SIZE, 3) and images.dtype == np.uint8
     assert np.array_equal(images[0], images[1]) and not np.array_equal(images[0], images[2])

@@ -64,7 +64,7 @@ def write_procedural_dataset(folder, n=256, size=32, seed=0,
         "tracking.enabled=false", f"seed={seed}", f"rows_per_file={rows_per_file}"])
     specs = plan_specs(cfg)
     batch = specs.select(["id", "seed", "index", "style", "attributes", "view", "yaw", "pitch", "camera"]).to_pydict()
-    painted = ProceduralPainter(cfg.procedural.to_dict(), cfg.resolution)(batch)
+    painted = ProceduralPainter(cfg.procedural, cfg.resolution)(batch)
     writer = ShardWriter(folder, rows_per_file=cfg.rows_per_file, run_tag="test")
     writer.add(_rows_for(specs, painted, cfg.pipeline.model_ids(), cfg.resolution))
     writer.flush()

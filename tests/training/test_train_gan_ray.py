@@ -81,7 +81,7 @@ def test_two_workers_deepspeed_tracks_registers_and_serves(tmp_path, head_datase
 
 def test_resume_by_run_name_equals_uninterrupted_run(tmp_path, head_dataset):
     common = {"scaling.num_workers": 1, "scaling.strategy": "deepspeed", "scaling.zero_stage": 1,
-              "tracking.register_name": ""}
+              "tracking.register": False}
     straight = run_train_gan(_cfg(tmp_path / "a", head_dataset, run_name="straight", **common))
     half = run_train_gan(_cfg(tmp_path / "b", head_dataset, run_name="split", total_kimg=0.008, **common))
     assert half.kimg == pytest.approx(0.008)
@@ -96,7 +96,7 @@ def test_resume_by_run_name_equals_uninterrupted_run(tmp_path, head_dataset):
 
 def test_killed_worker_recovers_from_last_checkpoint(tmp_path, head_dataset):
     cfg = _cfg(tmp_path, head_dataset, run_name="crash", total_kimg=0.024, max_failures=1,
-               **{"scaling.num_workers": 2, "scaling.strategy": "plain", "tracking.register_name": ""})
+               **{"scaling.num_workers": 2, "scaling.strategy": "plain", "tracking.register": False})
     marker = tmp_path / "crash" / ".crash-injected"
 
     def crash_rank1_once_after_tick1(tick, rank):  # the test hook, shipped to the workers by Ray (by value)

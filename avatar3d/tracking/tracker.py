@@ -1,0 +1,189 @@
+"""The one MLflow tracker every stage uses: generation, GAN and prior training, LoRA training.
+
+A stage's driver opens a :class:`Tracker` from its :class:`TrackingOptions`
+(a no-op when tracking is off), logs its config, metrics and files through it,
+and registers its model through :meth:`Tracker.register`. Ray Train workers
+log into the driver's run through a :class:`RunLogger`, built from the run's
+(tracking URI, run id) that the driver hands them in their typed context.
+
+The default store is a local SQLite file (``sqlite:///<output_dir>/mlflow.db``):
+it works offline and supports everything MLflow offers, the registry included.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from avatar3d.tracking.options import TrackingOptions
+
+# MLflow caps a param value at 6000 characters (older servers: 500).
+_MAX_PARAM_LEN = 500
+RUN_NAME_TAG = "avatar3d.run_name"
+STAGE_TAG = "avatar3d.stage"
+
+# Read once, at import: ``mlflow.set_tracking_uri`` writes this variable into the environment, so
+# a later read in the same process would see the previous job's store, not the user's setting.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def default_tracking_uri(folder) -> str:
+    """Where runs go when the options leave ``tracking_uri`` empty: ``$MLFLOW_TRACKING_URI`` as it was
+    when the job started (a cluster's tracking server, set in the job's runtime env), else a sqlite
+    store in ``folder``."""
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
+    path = Path(folder).resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def use_experiment(tracking_uri: str, experiment: str):
+    """Point MLflow at ``tracking_uri`` and ``experiment``, creating it if missing.
+
+    With a local sqlite store, a new experiment keeps its artifacts beside the
+    database (``<folder>/mlartifacts``); MLflow's default would be ``./mlruns``
+    under whatever folder the job happened to start in.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None and tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        try:
+            mlflow.create_experiment(experiment, artifact_location=(db.parent / "mlartifacts").resolve().as_uri())
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            pass
+    return mlflow.set_experiment(experiment)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """{"pipeline": {"steps": 4}} -> {"pipeline.steps": "4"} (lists as JSON)."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            out[name] = text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
+    return out
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+
+
+class RunLogger:
+    """Logs into one existing run by id, through a stateless client (safe on Ray workers: no global
+    MLflow state, no active run)."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Finite values only (a NaN would hide the curve in MLflow's UI)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, int(step)) for k, v in _finite(metrics).items()])
+
+    def log_image(self, image, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def log_file(self, path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def log_folder(self, path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path=artifact_path)
+
+
+class Tracker:
+    """One stage's MLflow run (driver side), or nothing at all when ``options.enabled`` is false.
+
+    ``resume=True`` re-opens the latest run tagged with this run name (a resumed
+    training job logs on in the same run); otherwise every entry starts a run::
+
+        with Tracker(cfg.tracking, output_dir, cfg.run_name, stage="gan", resume=True) as tracker:
+            tracker.log_config({...})
+            ...                                   # workers get tracker.uri / tracker.run_id
+            tracker.log_metrics({"train_wall_s": 12.0})
+            version = tracker.register(register_generator, snapshot, default="avatar3d-gan")
+    """
+
+    def __init__(self, options: TrackingOptions, output_dir, run_name: str, stage: str,
+                 resume: bool = False, tags: Mapping[str, str] | None = None):
+        self.options, self.output_dir, self.stage, self.resume = options, Path(output_dir), stage, resume
+        self.run_name = options.run_name or run_name
+        self.tags = {STAGE_TAG: stage, RUN_NAME_TAG: self.run_name, **dict(tags or {})}
+        self.uri: str | None = None
+        self.run = None
+        self.logger: RunLogger | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def enabled(self) -> bool:
+        return self.options.enabled
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.info.run_id if self.run is not None else None
+
+    def __enter__(self) -> "Tracker":
+        if not self.enabled:
+            return self
+        self.uri = self.options.tracking_uri or default_tracking_uri(self.output_dir)
+        experiment = use_experiment(self.uri, self.options.experiment)
+        found = []
+        if self.resume:
+            found = mlflow.search_runs([experiment.experiment_id],
+                                       filter_string=f"tags.`{RUN_NAME_TAG}` = '{self.run_name}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if found:
+            self.run = self._stack.enter_context(mlflow.start_run(run_id=found[0].info.run_id))
+        else:
+            self.run = self._stack.enter_context(mlflow.start_run(run_name=self.run_name, tags=self.tags))
+        self.logger = RunLogger(self.uri, self.run_id)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return bool(self._stack.__exit__(*exc))
+
+    # -- what a stage logs ------------------------------------------------------------
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Flattened params (searchable) plus the full config as ``config.json``. A resumed run keeps
+        its params (MLflow params are write-once) and gets this resume's config as a timestamped file."""
+        if self.run is None:
+            return
+        if self.run.data.params:
+            mlflow.log_dict(dict(config), f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        else:
+            mlflow.log_params(flatten(config))
+            mlflow.log_dict(dict(config), "config.json")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step)
+
+    def log_file(self, path, artifact_path: str | None = None) -> None:
+        if self.logger is not None:
+            self.logger.log_file(path, artifact_path)
+
+    def log_folder(self, path, artifact_path: str | None = None) -> None:
+        if self.logger is not None:
+            self.logger.log_folder(path, artifact_path)
+
+    def register(self, register_fn: Callable[..., str], *args, default: str) -> str | None:
+        """``register_fn(*args, name)`` inside this run (it logs the model as a pyfunc and registers
+        it) under ``options.register_name`` or ``default``; None when this run registers nothing.
+        -> "<name>/<version>"."""
+        name = self.options.registry_name(default)
+        if self.run is None or name is None:
+            return None
+        return register_fn(*args, name)

@@ -1,0 +1,74 @@
+"""The one tracker: a stage's run (or nothing), its config, metrics, files, registration; workers log by run id."""
+import math
+
+import pytest
+from mlflow import MlflowClient
+
+from avatar3d.config import ConfigError, load_config
+from avatar3d.tracking.options import TrackingOptions
+from avatar3d.tracking.tracker import RunLogger, Tracker
+
+
+def _options(tmp_path, **kw):
+    return TrackingOptions(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="exp", **kw)
+
+
+def test_disabled_tracking_opens_no_run_and_registers_nothing(tmp_path):
+    called = []
+    with Tracker(TrackingOptions(enabled=False), tmp_path, "run", stage="gan") as tracker:
+        tracker.log_config({"a": 1})
+        tracker.log_metrics({"loss": 1.0})
+        assert tracker.register(lambda *a: called.append(a) or "x/1", "path", default="name") is None
+    assert tracker.run_id is None and called == []
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_run_gets_config_finite_metrics_files_and_a_registration(tmp_path):
+    artifact = tmp_path / "card.json"
+    artifact.write_text("{}")
+    with Tracker(_options(tmp_path), tmp_path, "gan-tiny", stage="gan") as tracker:
+        tracker.log_config({"model": {"preset": "tiny"}, "batch_size": 4})
+        tracker.log_metrics({"loss": 0.5, "fid": math.nan}, step=3)
+        tracker.log_file(artifact, artifact_path="cards")
+        version = tracker.register(lambda path, name: f"{name}/1", artifact, default="avatar3d-gan")
+    assert version == "avatar3d-gan/1"
+    client = MlflowClient(tracking_uri=tracker.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.data.params == {"model.preset": "tiny", "batch_size": "4"}
+    assert run.data.metrics == {"loss": 0.5}  # the NaN is dropped, not logged
+    assert run.data.tags["avatar3d.stage"] == "gan" and run.info.run_name == "gan-tiny"
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "cards")] == ["cards/card.json"]
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [3]
+
+
+def test_resume_reopens_the_run_of_that_name_and_keeps_its_params(tmp_path):
+    with Tracker(_options(tmp_path), tmp_path, "r", stage="prior", resume=True) as first:
+        first.log_config({"lr": 1})
+    with Tracker(_options(tmp_path), tmp_path, "r", stage="prior", resume=True) as second:
+        second.log_config({"lr": 2})
+        RunLogger(second.uri, second.run_id).log_metrics({"step_loss": 1.5}, step=7)  # a worker's view
+    with Tracker(_options(tmp_path), tmp_path, "r", stage="prior") as fresh:  # no resume: a new run
+        pass
+    client = MlflowClient(tracking_uri=first.uri)
+    assert second.run_id == first.run_id != fresh.run_id
+    run = client.get_run(first.run_id)
+    assert run.data.params == {"lr": "1"} and run.data.metrics == {"step_loss": 1.5}
+    names = [a.path for a in client.list_artifacts(first.run_id)]
+    assert "config.json" in names and any(n.startswith("config-resume-") for n in names)
+
+
+def test_registry_name_and_validation():
+    assert TrackingOptions().registry_name("avatar3d-gan") == "avatar3d-gan"
+    assert TrackingOptions(register_name="mine").registry_name("avatar3d-gan") == "mine"
+    assert TrackingOptions(register=False).registry_name("avatar3d-gan") is None
+    with pytest.raises(ConfigError, match=r"tracking.register_name='bad name!'"):
+        load_config(TrackingOptions, None, ["register_name=bad name!"])
+    with pytest.raises(ConfigError, match="tracking.experiment is empty"):
+        load_config(TrackingOptions, None, ["experiment= "])
+
+
+def test_generate_refuses_registry_options():
+    from avatar3d.datagen.config import GenerateConfig
+
+    with pytest.raises(ConfigError, match="generate trains no model"):
+        load_config(GenerateConfig, None, ["tracking.register=true"])
