@@ -36,7 +36,6 @@ import numpy as np
 from PIL import Image
 
 from avatar3d.config import ConfigError  # a ValueError with a one-line message
-from avatar3d.datagen.procedural import PAINTER_ID
 from avatar3d.hub import ModelUnavailableError, check_model_available  # noqa: F401  (re-exported)
 from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
 
@@ -139,6 +138,10 @@ class PipelineConfig:
     def model_ids(self) -> dict:
         """What the dataset records about the models that painted it."""
         if self.preset == "procedural":
+            # Local: the painter module (with the dataset reader and pyarrow) is ~80 ms, and `lora-train --help`
+            # imports this module (lora.config -> DEFAULT_BASE_MODEL); only the procedural preset needs the name.
+            from avatar3d.datagen.procedural import PAINTER_ID
+
             return {"base_model": PAINTER_ID, "controlnets": [], "lora": ""}
         return {
             "base_model": TINY_MODEL_ID if self.preset == "tiny" else self.base_model,
