@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from avatar3d.hub import ModelUnavailableError, check_model_available
+
 TINY = "tiny"
 # Input images: smaller than this cannot hold a face; larger is a decompression bomb or a mistake.
 MIN_IMAGE_SIDE = 16
@@ -64,6 +66,9 @@ class ImageEncoder:
 
 def tiny_encoder(seed: int = 0, image_size: int = 32, dim: int = 32) -> ImageEncoder:
     """A small random CLIP vision tower (2 layers, width 32) built from a config, seeded."""
+    # transformers stays out of this module's imports: it (and huggingface_hub with it) reads HF_HUB_OFFLINE
+    # once, at import, and avatar3d.chain imports this module before a stage's apply_local_defaults() sets it;
+    # the image checks below need no transformers either.
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -84,9 +89,7 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
     """
     if name_or_path == TINY:
         return tiny_encoder(seed)
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-    from avatar3d.hub import ModelUnavailableError, check_model_available
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection  # local: see tiny_encoder
 
     quiet_transformers()
     path = os.path.expanduser(name_or_path)
@@ -105,7 +108,7 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
 
 def quiet_transformers() -> None:
     """No per-file progress bars when saving / loading (they clutter CLI output and Ray logs)."""
-    from transformers.utils import logging
+    from transformers.utils import logging  # local: see tiny_encoder
 
     logging.disable_progress_bar()
 

@@ -57,6 +57,8 @@ class PriorSize:
 
 def build_prior(w_dim: int, embed_dim: int, size: PriorSize):
     """A fresh ``PriorTransformer`` over w (``w_dim``) conditioned on an embedding (``embed_dim``)."""
+    # diffusers (~5 s; huggingface_hub with it reads HF_HUB_OFFLINE once, at import) stays out of this module's
+    # imports: avatar3d.chain imports it, through the prior pipeline, before a stage's apply_local_defaults().
     from diffusers import PriorTransformer
 
     prior = PriorTransformer(
@@ -90,7 +92,7 @@ def normalize_w(prior, w: torch.Tensor) -> torch.Tensor:
 
 def train_scheduler(prediction_type: str = "sample", num_train_timesteps: int = 1000):
     """The DDPM schedule the prior is trained with (its config is saved beside the weights)."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # local: see build_prior
 
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type: {prediction_type!r} is not known; pass one of {PREDICTION_TYPES}")
@@ -101,7 +103,7 @@ def train_scheduler(prediction_type: str = "sample", num_train_timesteps: int = 
 
 def sampling_scheduler(train_config, sampler: str = "ddim"):
     """DDIM or UniPC on the training schedule (same betas, same prediction type)."""
-    from diffusers import DDIMScheduler, UniPCMultistepScheduler
+    from diffusers import DDIMScheduler, UniPCMultistepScheduler  # local: see build_prior
 
     if sampler == "ddim":
         return DDIMScheduler.from_config(train_config, clip_sample=False, set_alpha_to_one=True)

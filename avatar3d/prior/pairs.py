@@ -29,10 +29,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.dataset import encode_png
+from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.prior.config import BuildPairsConfig
+from avatar3d.prior.encoder import load_image_encoder
+from avatar3d.prior.views import map_front, render_w, seeded_z
+from avatar3d.runtime import apply_local_defaults, default_device, init_local_ray
 
 SHARDS = "shards"
 CARD = "pairs.json"
@@ -53,12 +58,6 @@ class PairBuilder:
     """Ray Data actor (or plain callable): row indices -> (w, embedding, front PNG) rows."""
 
     def __init__(self, snapshot: str, image_encoder: str, encoder_seed: int, truncation_psi: float, seed: int):
-        import torch
-
-        from avatar3d.prior.encoder import load_image_encoder
-        from avatar3d.runtime import default_device
-        from avatar3d.gan.snapshot import load_snapshot
-
         # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch should follow it.
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         if threads > 0:
@@ -69,8 +68,6 @@ class PairBuilder:
         self.truncation_psi, self.seed = truncation_psi, seed
 
     def __call__(self, batch: dict) -> pa.Table:
-        from avatar3d.prior.views import map_front, render_w, seeded_z
-
         index = np.asarray(batch["id"], dtype=np.int64)
         seeds = [row_seed(self.seed, i) for i in index]
         mapped = map_front(self.G, seeded_z(self.G, seeds), self.truncation_psi)
@@ -106,14 +103,9 @@ class PairsResult:
 
 def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     """Build the pairs folder (Ray Data actor pool; ``use_ray=False``: the same builder in this process)."""
-    from avatar3d.runtime import apply_local_defaults
-    from avatar3d.gan.snapshot import read_snapshot_metadata
-
     apply_local_defaults()
     meta = read_snapshot_metadata(cfg.snapshot)  # fail here, not in an actor
     if cfg.image_encoder != "tiny":
-        from avatar3d.prior.encoder import load_image_encoder
-
         load_image_encoder(cfg.image_encoder)  # one clear line when the model is not there
     out = Path(cfg.output_dir).resolve()
     if (out / CARD).exists() and not cfg.overwrite:
@@ -152,9 +144,7 @@ def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
 
 
 def _write_with_ray(cfg: BuildPairsConfig, folder: Path) -> None:
-    import ray
-
-    from avatar3d.runtime import init_local_ray
+    import ray  # Ray only for the Ray Data driver (the prior package's rule): use_ray=False runs without it
 
     init_local_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avatar3d.prior.encoder import ImageEncoder, as_rgb, check_image
+from avatar3d.gan.snapshot import load_snapshot
+from avatar3d.prior.encoder import ImageEncoder, as_rgb, check_image, quiet_transformers
 from avatar3d.prior.model import sample_w, sampling_scheduler
 from avatar3d.prior.views import render_w
 from avatar3d.safeio import check_format
@@ -65,11 +66,10 @@ class ImageToAvatarPipeline:
     @classmethod
     def from_pretrained(cls, folder: str | Path, generator: str | Path | None = None,
                         device: str | torch.device = "cpu") -> "ImageToAvatarPipeline":
+        # diffusers and transformers (huggingface_hub with them) read HF_HUB_OFFLINE once, at import, and
+        # avatar3d.chain imports this module before a stage's apply_local_defaults() sets it.
         from diffusers import DDPMScheduler, PriorTransformer
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        from avatar3d.prior.encoder import quiet_transformers
-        from avatar3d.gan.snapshot import load_snapshot
 
         quiet_transformers()
         folder = Path(folder)
