@@ -14,6 +14,8 @@ import os
 from typing import Sequence
 
 import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
 
 from avatar3d.datagen.pipeline import TINY_MODEL_ID, build_tiny_components
 from avatar3d.hub import check_model_available
@@ -28,8 +30,6 @@ def base_model_id(preset: str, base_model: str) -> str:
 
 def load_base_pipeline(preset: str, base_model: str, field: str = "base_model"):
     """-> float32 ``StableDiffusionPipeline`` on the CPU (the caller moves and casts it)."""
-    from diffusers import StableDiffusionPipeline
-
     if preset == "tiny":
         parts = build_tiny_components("openpose")
         parts.pop("controlnet")
@@ -44,9 +44,6 @@ def load_base_pipeline(preset: str, base_model: str, field: str = "base_model"):
 def sample_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, size: int,
                   guidance_scale: float = 7.5, negative_prompt: str = "") -> list[np.ndarray]:
     """Text-to-image previews -> (size, size, 3) uint8 arrays, one CPU generator per seed (as in datagen)."""
-    import torch
-    from diffusers import UniPCMultistepScheduler
-
     if not isinstance(pipe.scheduler, UniPCMultistepScheduler):
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
