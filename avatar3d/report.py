@@ -11,13 +11,30 @@ avatar (beside the held-out identity's truth views) and the registered models.
 from __future__ import annotations
 
 import html
+import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
 
+from avatar3d.datagen.dataset import dataset_files, decode_png, read_table
+from avatar3d.datagen.pipeline import TINY_MODEL_ID
+from avatar3d.datagen.procedural import PAINTER_ID
+from avatar3d.datagen.shards import CARD_FILE
+from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
+from avatar3d.gan.config import GANConfig
+from avatar3d.gan.samples import image_grid, sample_grids
+from avatar3d.gan.snapshot import load_snapshot
+from avatar3d.prompts import sample_prompts
 from avatar3d.safeio import atomic_write
+from avatar3d.scene.pose_bins import VIEW_GROUPS
+from avatar3d.training.job import FINAL_SNAPSHOT
 
 
 def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
@@ -61,9 +78,6 @@ def _painter(out: Path) -> str:
 
 
 def _headline(out: Path) -> str:
-    from avatar3d.datagen.pipeline import TINY_MODEL_ID
-    from avatar3d.datagen.procedural import PAINTER_ID
-
     painter = _painter(out)
     if not painter:
         return ""
@@ -87,8 +101,6 @@ def _headline(out: Path) -> str:
 def _transfer_note(out: Path) -> str:
     """When the GAN started from a shipped state (``resume``) or snapshot (``transfer``): say so, with its
     provenance and the from-scratch figures recorded beside it (``<state or snapshot>.json``)."""
-    import yaml
-
     configs = sorted((out / "gan").glob("*/config.yaml"))
     if not configs:
         return ""
@@ -124,23 +136,12 @@ def _guidance(out: Path, rep: Path) -> str:
 
 
 def _prompts() -> str:
-    from avatar3d.prompts import sample_prompts
-
     rows = [{"style": s.style, "view": s.view, "yaw": f"{s.yaw:+.0f}", "prompt": s.prompt,
              "negative (view part)": s.negative_prompt.split("text, ")[-1]} for s in sample_prompts(6, 0)]
     return "<h2>2. View- and attribute-aware prompts (seed 0)</h2>" + _table(rows)
 
 
 def _dataset(out: Path, rep: Path) -> str:
-    import io
-
-    from PIL import Image
-
-    from avatar3d.datagen.dataset import dataset_files, read_table
-    from avatar3d.datagen.shards import CARD_FILE
-    from avatar3d.scene.pose_bins import VIEW_GROUPS
-    from avatar3d.gan.samples import image_grid
-
     ds = out / "dataset"
     if not ds.is_dir() or not dataset_files(ds)[1]:
         return ""
@@ -173,11 +174,6 @@ def _dataset(out: Path, rep: Path) -> str:
 
 def _failures(ds: Path, rep: Path) -> str:
     """The procedural painter's modelled ControlNet misses: counts per view group and a strip of examples."""
-    from collections import Counter
-
-    from avatar3d.datagen.dataset import decode_png, read_table
-    from avatar3d.gan.samples import image_grid
-
     table = read_table(ds)
     if "truth_failure" not in table.column_names or table.column("truth_failure").null_count == table.num_rows:
         return ""
@@ -202,16 +198,12 @@ def _failures(ds: Path, rep: Path) -> str:
 
 def _final_snapshot(out: Path) -> Path | None:
     """The GAN stage's final inference snapshot (``<out>/gan/<run name>/...``), or None before it ran."""
-    from avatar3d.training.job import FINAL_SNAPSHOT
-
     snaps = sorted((out / "gan").glob(f"*/{FINAL_SNAPSHOT}"))
     return snaps[-1] if snaps else None
 
 
 def _curves(out: Path, rep: Path, tracking_uri: str) -> str:
     """Losses and truth metrics of the GAN run over kimg, from its MLflow history."""
-    from mlflow import MlflowClient
-
     snapshot = _final_snapshot(out)
     if snapshot is None:
         return ""
@@ -227,6 +219,8 @@ def _curves(out: Path, rep: Path, tracking_uri: str) -> str:
                                                                                      "truth_sil_baseline")]
     if not wanted:
         return ""
+    # Local on purpose: matplotlib.use("Agg") must run before pyplot's import, and at the top of this module it
+    # would switch the backend of every process that merely imports avatar3d.chain. Only the curves need it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,15 +249,10 @@ def _curves(out: Path, rep: Path, tracking_uri: str) -> str:
 
 
 def _gan(out: Path, rep: Path) -> str:
-    from avatar3d.gan.snapshot import load_snapshot
-    from avatar3d.gan.samples import sample_grids
-
     snapshot = _final_snapshot(out)
     if snapshot is None:
         return ""
     snap = load_snapshot(snapshot)
-    from avatar3d.gan.config import GANConfig
-
     grids = sample_grids(snap.generator, GANConfig.from_dict(snap.gan_config))
     parts = [f"<h2>4. 3D GAN samples ({snap.info.get('kimg', 0):.3f} kimg)</h2>",
              f'<p class="note">snapshot: {html.escape(str(snapshot))}; rows = identities, columns = yaws; '
@@ -341,10 +330,6 @@ def _truth(ev: Path, rep: Path) -> str:
 
 def _truth_vs_generated(out: Path, rep: Path, n: int = 6) -> str:
     """Held-out truth identities beside generated avatars at the same front / side / back cameras."""
-    from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
-    from avatar3d.gan.samples import image_grid
-    from avatar3d.gan.snapshot import load_snapshot
-
     ds = out / "dataset"
     snapshot = _final_snapshot(out)
     if snapshot is None or not ds.is_dir() or not has_truth(str(ds)):
@@ -357,8 +342,6 @@ def _truth_vs_generated(out: Path, rep: Path, n: int = 6) -> str:
     for yaw in yaws.values():
         images, _ = render_truth(identities, [yaw] * n, [0.0] * n, size)
         truth.append(images)
-    import torch
-
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0))
     for yaw in yaws.values():
         images, _ = generator_views(G, [yaw] * n, [0.0] * n, z=z)
@@ -387,8 +370,6 @@ def _image_to_avatar(out: Path, rep: Path) -> str:
 
 
 def _registry(tracking_uri: str) -> str:
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri)
     rows = []
     for model in client.search_registered_models():
