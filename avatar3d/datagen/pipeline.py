@@ -206,7 +206,7 @@ def _check_lora_available(cfg: PipelineConfig) -> None:
 
 
 def resolve_device(device: str) -> str:
-    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
+    import torch  # heavy: `lora-train --help` and the dataset reader import this module
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -216,7 +216,7 @@ def resolve_device(device: str) -> str:
 
 
 def torch_dtype(name: str):
-    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
+    import torch  # heavy: `lora-train --help` and the dataset reader import this module
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
@@ -224,7 +224,7 @@ def torch_dtype(name: str):
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Fixed torch RNG inside, the caller's RNG state untouched outside."""
-    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
+    import torch  # heavy: `lora-train --help` and the dataset reader import this module
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -310,8 +310,8 @@ def _from_pretrained(cls, model_id: str, field_name: str, **kwargs):
 
 def build_pipeline(cfg: PipelineConfig):
     """-> a ready ``StableDiffusionControlNetPipeline`` on the configured device and dtype."""
-    # Heavy: avatar3d.datagen imports this module, and neither its dataset reader nor the procedural
-    # preset may pay for torch or diffusers.
+    # Heavy: `lora-train --help` (through lora.config), the dataset reader and the procedural preset import
+    # this module, and none of them may pay for torch or diffusers.
     import torch
     from diffusers import StableDiffusionControlNetPipeline
 
@@ -381,7 +381,7 @@ def generate(
     order), each with one image per prompt (PIL, or HWC / HW array, uint8 or
     float in [0, 1]). conditioning_scales: one per ControlNet.
     """
-    import torch  # heavy: avatar3d.datagen imports this module, and its dataset reader loads no torch
+    import torch  # heavy: `lora-train --help` and the dataset reader import this module
 
     n = len(prompts)
     if not (len(negative_prompts) == len(seeds) == n):
