@@ -34,7 +34,7 @@ from avatar3d.prior.config import BuildPairsConfig, ImageToAvatarConfig, TrainPr
 from avatar3d.prior.job import run_train_prior
 from avatar3d.prior.pairs import run_build_pairs
 from avatar3d.report import write_report
-from avatar3d.safeio import atomic_write
+from avatar3d.atomic import atomic_write
 from avatar3d.scene.guidance import write_guidance_views
 from avatar3d.tracking.tracker import default_tracking_uri
 from avatar3d.training.config import TrainGANConfig

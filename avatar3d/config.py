@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from avatar3d.atomic import atomic_write
+
 T = TypeVar("T")
 
 
@@ -171,10 +173,7 @@ def dump_config(obj: Any, path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(obj)
     text = json.dumps(data, indent=2) if p.suffix == ".json" else yaml.safe_dump(data, sort_keys=False)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
-    return p
+    return atomic_write(p, text)
 
 
 def describe(cls: type, prefix: str = "", values: Any = None) -> list[tuple[str, str, Any, str]]:

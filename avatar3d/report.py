@@ -23,6 +23,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
+from avatar3d.atomic import atomic_write
 from avatar3d.datagen.dataset import dataset_files, decode_png, read_table
 from avatar3d.datagen.pipeline import TINY_MODEL_ID
 from avatar3d.datagen.procedural import PAINTER_ID
@@ -32,7 +33,6 @@ from avatar3d.gan.config import GANConfig
 from avatar3d.gan.samples import image_grid, sample_grids
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.prompts import sample_prompts
-from avatar3d.safeio import atomic_write
 from avatar3d.scene.pose_bins import VIEW_GROUPS
 from avatar3d.training.job import FINAL_SNAPSHOT
 

@@ -11,22 +11,19 @@ Every versioned file of the project refuses a format it does not know with
 one line (:func:`check_format`): the file, the format it has, the one(s) this
 avatar3d reads, and what to do.
 
-Folders are written under a temporary name and renamed into place: a crash
-mid-write leaves the previous version intact and nothing half-written under
-the final name.
+A tree's folder is written through :func:`avatar3d.atomic.atomic_folder`: a
+crash mid-write leaves the previous version intact.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from avatar3d.atomic import atomic_folder
 
 TREE_TENSORS = "tensors.safetensors"
 TREE_STRUCTURE = "structure.json"
@@ -109,52 +106,3 @@ def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(ptr)
         out[key] = t
     return out
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write a file so that ``path`` is either its old content or the complete new one (fsynced).
-
-    The one way files are written where a crash must not leave half a file: the
-    chain's state, reports, JSON results, dataset cards.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-@contextmanager
-def atomic_folder(folder: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success replace ``folder`` with it."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_dir(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.rglob("*"):
-        if child.is_file():
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())

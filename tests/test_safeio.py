@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from avatar3d.safeio import TREE_STRUCTURE, atomic_folder, load_tree, save_tree
+from avatar3d.atomic import atomic_folder
+from avatar3d.safeio import TREE_STRUCTURE, load_tree, save_tree
 
 
 def test_tree_round_trip_keeps_types_and_values(tmp_path):

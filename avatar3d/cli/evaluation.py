@@ -128,7 +128,7 @@ def _add_truth(sub, O) -> None:
 def _run_truth(args) -> int:
     from avatar3d.evaluation.stage import compute_truth
     from avatar3d.evaluation.truth import has_truth
-    from avatar3d.safeio import atomic_write
+    from avatar3d.atomic import atomic_write
 
     args.inception = not args.no_inception
     opts = _build(_options().TruthOptions, args, {"num_avatars": "num_avatars", "num_identities": "num_identities",

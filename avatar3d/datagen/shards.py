@@ -17,7 +17,6 @@ every shard, removes leftover ``.tmp`` files and shards that cannot be read
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 
 from avatar3d.datagen.dataset import SHARD_GLOB, SHARDS_DIR, read_table
 from avatar3d.datagen.schema import FORMAT_VERSION, ROW_SCHEMA
-from avatar3d.safeio import atomic_write
+from avatar3d.atomic import TMP_MARK, atomic_path, atomic_write
 
 SPECS_FILE = "specs.parquet"
 JOB_FILE = "job.json"
@@ -42,11 +41,8 @@ def shards_dir(dataset_dir) -> Path:
 
 def write_atomic_table(table: pa.Table, path: Path) -> Path:
     """Write a Parquet file so that ``path`` is either absent or complete."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -119,7 +115,7 @@ def scan_for_resume(dataset_dir, clean: bool = True) -> ResumeState:
     folder = shards_dir(dataset_dir)
     if not folder.is_dir():
         return state
-    for tmp in sorted(folder.glob("*" + TMP_SUFFIX)):
+    for tmp in sorted({*folder.glob("*" + TMP_SUFFIX), *folder.glob(f".*{TMP_MARK}*")}):
         state.removed_tmp.append(tmp)
         if clean:
             tmp.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ from avatar3d.datagen.dataset import TRAIN_COLUMNS, decode_png, open_dataset
 from avatar3d.evaluation.features import get_extractor
 from avatar3d.gan.samples import to_uint8
 from avatar3d.runtime import cache_dir as default_cache
-from avatar3d.safeio import atomic_write
+from avatar3d.atomic import atomic_path, atomic_write
 from avatar3d.scene.cameras import label_to_yaw_pitch
 from avatar3d.scene.pose_bins import VIEW_GROUPS, view_group
 
@@ -71,10 +71,8 @@ class FeatureStats:
         for g in self.mu:
             arrays[f"{g}_mu"], arrays[f"{g}_sigma"] = self.mu[g], self.sigma[g]
         arrays["count_json"] = np.array(json.dumps(self.count))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)  # atomic: a crash never leaves a truncated cache entry
+        with atomic_path(path, suffix=".npz") as tmp:  # a crash never leaves a truncated cache entry
+            np.savez(tmp, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> "FeatureStats":

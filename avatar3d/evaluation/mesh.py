@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import trimesh
 
+from avatar3d.atomic import atomic_write
 from avatar3d.evaluation.options import EG3D_ISO_SIGMA  # noqa: F401  (re-exported)
 from avatar3d.scene.cameras import camera_label
 from avatar3d.scene.render import pixel_rays
@@ -158,10 +159,7 @@ def export_mesh(mesh: ExtractedMesh, path: str | Path) -> Path:
     tm = mesh.to_trimesh()
     # OBJ carries per-vertex colours only through trimesh's "v x y z r g b" extension; include them explicitly.
     data = tm.export(file_type=fmt, include_color=True) if fmt == "obj" else tm.export(file_type=fmt)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-    tmp.replace(path)
-    return path
+    return atomic_write(path, data)
 
 
 def mesh_bytes(mesh: ExtractedMesh, fmt: str = "glb") -> bytes:

@@ -25,7 +25,7 @@ from avatar3d.evaluation.options import (  # noqa: F401  (re-exported: the stage
 )
 from avatar3d.evaluation.truth import TruthMetrics, TruthWorld, has_truth
 from avatar3d.runtime import cache_dir as default_cache
-from avatar3d.safeio import atomic_write
+from avatar3d.atomic import atomic_write
 from avatar3d.evaluation.walk import latent_walk, save_outputs, turntable
 
 @dataclass

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from avatar3d.atomic import atomic_path
 from avatar3d.datagen.dataset import open_dataset
 from avatar3d.datagen.procedural import PAINTER_ID, identity_for
 from avatar3d.evaluation.fid import _eval_mode
@@ -187,9 +188,8 @@ def train_view_classifier(styles: list[str], num_train: int = 768, num_test: int
         cached.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         state["__accuracy__"] = torch.tensor(accuracy)
-        tmp = cached.with_name(cached.name + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(cached)
+        with atomic_path(cached) as tmp:
+            save_file(state, str(tmp))
     return TrainedClassifier(model, accuracy, num_train, num_test, time.perf_counter() - t0)
 
 

@@ -11,8 +11,6 @@ renamed into place, so a crash never leaves a half-written snapshot.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from avatar3d.atomic import atomic_path
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.generator import TriPlaneGenerator
 from avatar3d.safeio import check_format, unshared
@@ -51,14 +50,8 @@ def save_snapshot(path: str | Path, G_ema: torch.nn.Module, gan_config: dict[str
         "gan_config": json.dumps(gan_config),
         "info": json.dumps(info or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

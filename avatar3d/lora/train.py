@@ -61,7 +61,7 @@ from avatar3d.lora.base import base_model_id, image_grid, load_base_pipeline, sa
 from avatar3d.lora.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
 from avatar3d.lora.data import load_image_set
 from avatar3d.lora.registry import LORA_FORMAT, register_lora
-from avatar3d.safeio import atomic_folder
+from avatar3d.atomic import atomic_folder
 from avatar3d.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from avatar3d.prior.pipeline import ImageToAvatarPipeline
 from avatar3d.prior.ray_worker import train_func
 from avatar3d.prior.registry import register_prior
 from avatar3d.runtime import apply_local_defaults
-from avatar3d.safeio import atomic_folder
+from avatar3d.atomic import atomic_folder
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.ray_fit import WorkerContext, fit_with_ray, torch_threads_from_env, worker_config
 

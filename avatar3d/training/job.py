@@ -15,13 +15,13 @@ continues in the same run.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from avatar3d.atomic import atomic_path
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset
 from avatar3d.evaluation.truth import has_truth
@@ -119,7 +119,6 @@ def _keep_final_snapshot(result, run_dir: Path) -> Path | None:
         if not src.is_file():
             return None
         dst = run_dir / FINAL_SNAPSHOT
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
     return dst
