@@ -25,7 +25,7 @@ from PIL import Image
 
 from avatar3d.atomic import atomic_write
 from avatar3d.datagen.dataset import dataset_files, decode_png, read_table
-from avatar3d.datagen.pipeline import TINY_MODEL_ID
+from avatar3d.datagen.config import TINY_MODEL_ID
 from avatar3d.datagen.procedural import PAINTER_ID
 from avatar3d.datagen.shards import CARD_FILE
 from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from avatar3d.chain import STATE_FORMAT, read_state
 from avatar3d.config import ConfigError
 from avatar3d.datagen.dataset import TRAIN_COLUMNS, decode_png, open_dataset, read_table
-from avatar3d.datagen.pipeline import LORA_WEIGHTS
+from avatar3d.datagen.config import LORA_WEIGHTS
 from avatar3d.datagen.schema import FORMAT_KEY, FORMAT_VERSION, format_version
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.optim import OptimizerSpec

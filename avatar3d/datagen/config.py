@@ -1,18 +1,130 @@
-"""Options of ``avatar3d generate`` (jobs/configs/generate_*.yaml): data and checks only, so ``--help``
-and the chain read them without loading Ray or torch; :mod:`avatar3d.datagen.job` runs them."""
+"""Options of ``avatar3d generate`` (jobs/configs/generate_*.yaml) and of its painter (``PipelineConfig``):
+data and checks only, so ``--help``, the chain and ``lora-train`` read them without loading Ray, torch or
+diffusers; :mod:`avatar3d.datagen.pipeline` builds the painter, :mod:`avatar3d.datagen.job` runs the job."""
 from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from avatar3d.config import ConfigError, writable_dir
-from avatar3d.datagen.pipeline import GUIDANCE_TYPES, PipelineConfig
-from avatar3d.datagen.procedural import ProceduralOptions
+from avatar3d.datagen.procedural import PAINTER_ID, ProceduralOptions
 from avatar3d.prompts import load_attributes, load_styles
 from avatar3d.tracking.options import TrackingOptions
+
+
+GUIDANCE_TYPES = ("openpose", "depth", "hybrid")
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+PRESETS = ("sd15", "tiny", "procedural")
+# Scheduler names -> diffusers class names. Every one is built with
+# ``from_config(base_scheduler.config)`` so the noise schedule of the
+# checkpoint (betas, prediction type) is kept.
+SCHEDULERS = {
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET_OPENPOSE = "lllyasviel/control_v11p_sd15_openpose"
+DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
+# Names recorded in the dataset for the tiny preset (it has no hub id).
+TINY_MODEL_ID = "avatar3d/tiny-random-sd"
+TINY_CONTROLNET_IDS = {"openpose": "avatar3d/tiny-random-controlnet-openpose",
+                       "depth": "avatar3d/tiny-random-controlnet-depth"}
+# Fixed seeds for the tiny preset's random weights, one per component.
+TINY_WEIGHT_SEED = 0
+
+
+@dataclass
+class PipelineConfig:
+    """How to build the diffusion pipeline. ``preset=tiny`` ignores the model ids."""
+
+    preset: Literal["sd15", "tiny", "procedural"] = field(
+        default="sd15", metadata={"help": "sd15: real weights (hub ids or local folders); tiny: random tiny weights for tests; "
+                                          "procedural: the parametric avatar painter with known truth (no diffusion)", "choices": list(PRESETS)})
+    base_model: str = field(
+        default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder"})
+    controlnet_openpose: str = field(
+        default=DEFAULT_CONTROLNET_OPENPOSE, metadata={"help": "OpenPose ControlNet hub id or local folder"})
+    controlnet_depth: str = field(
+        default=DEFAULT_CONTROLNET_DEPTH, metadata={"help": "depth ControlNet hub id or local folder"})
+    guidance: Literal["openpose", "depth", "hybrid"] = field(
+        default="hybrid", metadata={"help": "which ControlNet(s): hybrid = OpenPose + depth at once", "choices": list(GUIDANCE_TYPES)})
+    lora: str | None = field(
+        default=None, metadata={"help": "LoRA weights (folder, .safetensors or models:/<name>/<version>) loaded into the UNet, e.g. a character LoRA"})
+    lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata={"help": "weights dtype; float16/bfloat16 on GPU", "choices": list(DTYPES)})
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata={"help": "auto = cuda when available", "choices": list(DEVICES)})
+    scheduler: str = field(default="unipc", metadata={"help": "sampler", "choices": list(SCHEDULERS)})
+    steps: int = field(default=20, metadata={"help": "denoising steps", "min": 1, "max": 1000})
+    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale", "min": 0.0})
+    conditioning_scales: tuple[float, float] = field(
+        default=(1.0, 1.0), metadata={"help": "ControlNet strengths (openpose, depth)"})
+
+    def validate(self) -> "PipelineConfig":
+        def bad(name, value, expected):
+            raise ConfigError(f"pipeline.{name}={value!r} is not valid: pass {expected}")
+
+        if self.preset not in PRESETS:
+            bad("preset", self.preset, f"one of {list(PRESETS)}")
+        if self.preset == "procedural" and self.lora:
+            bad("lora", self.lora, "no LoRA with preset=procedural (it paints without a diffusion model)")
+        if self.guidance not in GUIDANCE_TYPES:
+            bad("guidance", self.guidance, f"one of {list(GUIDANCE_TYPES)}")
+        if self.dtype not in DTYPES:
+            bad("dtype", self.dtype, f"one of {list(DTYPES)}")
+        if self.device not in DEVICES:
+            bad("device", self.device, f"one of {list(DEVICES)}")
+        if self.scheduler not in SCHEDULERS:
+            bad("scheduler", self.scheduler, f"one of {sorted(SCHEDULERS)}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            bad("steps", self.steps, "an integer >= 1")
+        if self.guidance_scale < 0:
+            bad("guidance_scale", self.guidance_scale, "a number >= 0")
+        scales = tuple(self.conditioning_scales)
+        if len(scales) != 2 or any(s < 0 for s in scales):
+            bad("conditioning_scales", self.conditioning_scales, "two numbers >= 0: (openpose, depth)")
+        return self
+
+    @property
+    def controlnet_kinds(self) -> tuple[str, ...]:
+        """ControlNets in the order the pipeline takes their images."""
+        return ("openpose", "depth") if self.guidance == "hybrid" else (self.guidance,)
+
+    def controlnet_ids(self) -> list[str]:
+        if self.preset == "procedural":
+            return []
+        if self.preset == "tiny":
+            return [TINY_CONTROLNET_IDS[k] for k in self.controlnet_kinds]
+        ids = {"openpose": self.controlnet_openpose, "depth": self.controlnet_depth}
+        return [ids[k] for k in self.controlnet_kinds]
+
+    def model_ids(self) -> dict:
+        """What the dataset records about the models that painted it."""
+        if self.preset == "procedural":
+            return {"base_model": PAINTER_ID, "controlnets": [], "lora": ""}
+        return {
+            "base_model": TINY_MODEL_ID if self.preset == "tiny" else self.base_model,
+            "controlnets": self.controlnet_ids(),
+            "lora": self.lora or "",
+        }
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["conditioning_scales"] = list(self.conditioning_scales)
+        return d
 
 
 @dataclass

@@ -44,7 +44,8 @@ import torch
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.config import GenerateConfig
 from avatar3d.datagen.dataset import encode_png
-from avatar3d.datagen.pipeline import PipelineConfig, build_pipeline, check_models_available, generate_from_config
+from avatar3d.datagen.config import PipelineConfig
+from avatar3d.datagen.pipeline import build_pipeline, check_models_available, generate_from_config
 from avatar3d.datagen.procedural import ProceduralPainter
 from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
 from avatar3d.datagen.shards import (

@@ -28,132 +28,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
+import diffusers
 import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    StableDiffusionControlNetPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models import MultiControlNetModel
 from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from avatar3d.config import ConfigError  # a ValueError with a one-line message
+from avatar3d.datagen.config import GUIDANCE_TYPES, LORA_WEIGHTS, SCHEDULERS, TINY_WEIGHT_SEED, PipelineConfig
+from avatar3d.datagen.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_clip_tokenizer
 from avatar3d.hub import ModelUnavailableError, check_model_available  # noqa: F401  (re-exported)
 from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
-
-GUIDANCE_TYPES = ("openpose", "depth", "hybrid")
-DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")
-PRESETS = ("sd15", "tiny", "procedural")
-# Scheduler names -> diffusers class names. Every one is built with
-# ``from_config(base_scheduler.config)`` so the noise schedule of the
-# checkpoint (betas, prediction type) is kept.
-SCHEDULERS = {
-    "unipc": "UniPCMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-}
-
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
-DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNET_OPENPOSE = "lllyasviel/control_v11p_sd15_openpose"
-DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
-# Names recorded in the dataset for the tiny preset (it has no hub id).
-TINY_MODEL_ID = "avatar3d/tiny-random-sd"
-TINY_CONTROLNET_IDS = {"openpose": "avatar3d/tiny-random-controlnet-openpose",
-                       "depth": "avatar3d/tiny-random-controlnet-depth"}
-# Fixed seeds for the tiny preset's random weights, one per component.
-TINY_WEIGHT_SEED = 0
-
-
-@dataclass
-class PipelineConfig:
-    """How to build the diffusion pipeline. ``preset=tiny`` ignores the model ids."""
-
-    preset: Literal["sd15", "tiny", "procedural"] = field(
-        default="sd15", metadata={"help": "sd15: real weights (hub ids or local folders); tiny: random tiny weights for tests; "
-                                          "procedural: the parametric avatar painter with known truth (no diffusion)", "choices": list(PRESETS)})
-    base_model: str = field(
-        default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder"})
-    controlnet_openpose: str = field(
-        default=DEFAULT_CONTROLNET_OPENPOSE, metadata={"help": "OpenPose ControlNet hub id or local folder"})
-    controlnet_depth: str = field(
-        default=DEFAULT_CONTROLNET_DEPTH, metadata={"help": "depth ControlNet hub id or local folder"})
-    guidance: Literal["openpose", "depth", "hybrid"] = field(
-        default="hybrid", metadata={"help": "which ControlNet(s): hybrid = OpenPose + depth at once", "choices": list(GUIDANCE_TYPES)})
-    lora: str | None = field(
-        default=None, metadata={"help": "LoRA weights (folder, .safetensors or models:/<name>/<version>) loaded into the UNet, e.g. a character LoRA"})
-    lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0})
-    dtype: Literal["float32", "float16", "bfloat16"] = field(
-        default="float32", metadata={"help": "weights dtype; float16/bfloat16 on GPU", "choices": list(DTYPES)})
-    device: Literal["auto", "cpu", "cuda"] = field(
-        default="auto", metadata={"help": "auto = cuda when available", "choices": list(DEVICES)})
-    scheduler: str = field(default="unipc", metadata={"help": "sampler", "choices": list(SCHEDULERS)})
-    steps: int = field(default=20, metadata={"help": "denoising steps", "min": 1, "max": 1000})
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance scale", "min": 0.0})
-    conditioning_scales: tuple[float, float] = field(
-        default=(1.0, 1.0), metadata={"help": "ControlNet strengths (openpose, depth)"})
-
-    def validate(self) -> "PipelineConfig":
-        def bad(name, value, expected):
-            raise ConfigError(f"pipeline.{name}={value!r} is not valid: pass {expected}")
-
-        if self.preset not in PRESETS:
-            bad("preset", self.preset, f"one of {list(PRESETS)}")
-        if self.preset == "procedural" and self.lora:
-            bad("lora", self.lora, "no LoRA with preset=procedural (it paints without a diffusion model)")
-        if self.guidance not in GUIDANCE_TYPES:
-            bad("guidance", self.guidance, f"one of {list(GUIDANCE_TYPES)}")
-        if self.dtype not in DTYPES:
-            bad("dtype", self.dtype, f"one of {list(DTYPES)}")
-        if self.device not in DEVICES:
-            bad("device", self.device, f"one of {list(DEVICES)}")
-        if self.scheduler not in SCHEDULERS:
-            bad("scheduler", self.scheduler, f"one of {sorted(SCHEDULERS)}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            bad("steps", self.steps, "an integer >= 1")
-        if self.guidance_scale < 0:
-            bad("guidance_scale", self.guidance_scale, "a number >= 0")
-        scales = tuple(self.conditioning_scales)
-        if len(scales) != 2 or any(s < 0 for s in scales):
-            bad("conditioning_scales", self.conditioning_scales, "two numbers >= 0: (openpose, depth)")
-        return self
-
-    @property
-    def controlnet_kinds(self) -> tuple[str, ...]:
-        """ControlNets in the order the pipeline takes their images."""
-        return ("openpose", "depth") if self.guidance == "hybrid" else (self.guidance,)
-
-    def controlnet_ids(self) -> list[str]:
-        if self.preset == "procedural":
-            return []
-        if self.preset == "tiny":
-            return [TINY_CONTROLNET_IDS[k] for k in self.controlnet_kinds]
-        ids = {"openpose": self.controlnet_openpose, "depth": self.controlnet_depth}
-        return [ids[k] for k in self.controlnet_kinds]
-
-    def model_ids(self) -> dict:
-        """What the dataset records about the models that painted it."""
-        if self.preset == "procedural":
-            # Local: the painter module (with the dataset reader and pyarrow) is ~80 ms, and `lora-train --help`
-            # imports this module (lora.config -> DEFAULT_BASE_MODEL); only the procedural preset needs the name.
-            from avatar3d.datagen.procedural import PAINTER_ID
-
-            return {"base_model": PAINTER_ID, "controlnets": [], "lora": ""}
-        return {
-            "base_model": TINY_MODEL_ID if self.preset == "tiny" else self.base_model,
-            "controlnets": self.controlnet_ids(),
-            "lora": self.lora or "",
-        }
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["conditioning_scales"] = list(self.conditioning_scales)
-        return d
-
 
 # --------------------------------------------------------------------------- availability
 
@@ -206,8 +101,6 @@ def _check_lora_available(cfg: PipelineConfig) -> None:
 
 
 def resolve_device(device: str) -> str:
-    import torch  # heavy: `lora-train --help` and the dataset reader import this module
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -216,24 +109,18 @@ def resolve_device(device: str) -> str:
 
 
 def torch_dtype(name: str):
-    import torch  # heavy: `lora-train --help` and the dataset reader import this module
-
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Fixed torch RNG inside, the caller's RNG state untouched outside."""
-    import torch  # heavy: `lora-train --help` and the dataset reader import this module
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
 
 def _tiny_controlnet():
-    from diffusers import ControlNetModel  # heavy: only the tiny and sd15 presets need diffusers
-
     # Two conditioning-embedding blocks = one 2x downsampling, matching the
     # tiny VAE's 2x latent scale (SD's 4 blocks match its 8x VAE).
     return ControlNetModel(
@@ -245,12 +132,6 @@ def _tiny_controlnet():
 
 def build_tiny_components(guidance: str) -> dict:
     """Random tiny components for ``StableDiffusionControlNetPipeline``, identical on every call."""
-    # Heavy, and only the tiny preset needs them (the tokenizer module imports transformers too).
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from avatar3d.datagen.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_clip_tokenizer
-
     with _seeded(TINY_WEIGHT_SEED):
         unet = UNet2DConditionModel(
             block_out_channels=(4, 8), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
@@ -288,8 +169,6 @@ def build_tiny_components(guidance: str) -> dict:
 
 def _load_controlnets(cfg: PipelineConfig, dtype):
     # Heavy: only the sd15 preset (real weights) needs these.
-    from diffusers import ControlNetModel
-    from diffusers.models import MultiControlNetModel
 
     names = {"openpose": "pipeline.controlnet_openpose", "depth": "pipeline.controlnet_depth"}
     nets = []
@@ -312,10 +191,7 @@ def build_pipeline(cfg: PipelineConfig):
     """-> a ready ``StableDiffusionControlNetPipeline`` on the configured device and dtype."""
     # Heavy: `lora-train --help` (through lora.config), the dataset reader and the procedural preset import
     # this module, and none of them may pay for torch or diffusers.
-    import torch
-    from diffusers import StableDiffusionControlNetPipeline
 
-    import diffusers
 
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -381,7 +257,6 @@ def generate(
     order), each with one image per prompt (PIL, or HWC / HW array, uint8 or
     float in [0, 1]). conditioning_scales: one per ControlNet.
     """
-    import torch  # heavy: `lora-train --help` and the dataset reader import this module
 
     n = len(prompts)
     if not (len(negative_prompts) == len(seeds) == n):

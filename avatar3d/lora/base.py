@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
 
-from avatar3d.datagen.pipeline import TINY_MODEL_ID, build_tiny_components
+from avatar3d.datagen.config import TINY_MODEL_ID
+from avatar3d.datagen.pipeline import build_tiny_components
 from avatar3d.hub import check_model_available
 
 PRESETS = ("sd15", "tiny")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from avatar3d.config import ConfigError
-from avatar3d.datagen.pipeline import DEFAULT_BASE_MODEL
+from avatar3d.datagen.config import DEFAULT_BASE_MODEL
 from avatar3d.tracking.options import TrackingOptions
 
 PRESETS = ("sd15", "tiny")  # sd15: real weights; tiny: random weights built from configs (tests)

@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from avatar3d.datagen.pipeline import LORA_WEIGHTS
+from avatar3d.datagen.config import LORA_WEIGHTS
 from avatar3d.safeio import check_format
 from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
 

@@ -56,7 +56,8 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
 from avatar3d.config import ConfigError, dump_config, to_dict
-from avatar3d.datagen.pipeline import LORA_WEIGHTS, resolve_device
+from avatar3d.datagen.config import LORA_WEIGHTS
+from avatar3d.datagen.pipeline import resolve_device
 from avatar3d.lora.base import base_model_id, image_grid, load_base_pipeline, sample_images
 from avatar3d.lora.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
 from avatar3d.lora.data import load_image_set
