@@ -21,8 +21,8 @@ Whether the *denoised* image is bit-identical across batch sizes depends on
 the kernels (batched matmuls may block differently); the tests check it for
 the CPU path.
 
-This module imports no Ray and no MLflow (a registered LoRA is fetched through
-:mod:`avatar3d.tracking.models`, which imports MLflow when it is asked to): the job wraps it.
+This module imports no Ray (a registered LoRA is fetched through
+:mod:`avatar3d.tracking.models`): the job wraps it.
 """
 from __future__ import annotations
 

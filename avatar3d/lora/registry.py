@@ -24,8 +24,10 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 from avatar3d.datagen.config import LORA_WEIGHTS
+from avatar3d.lora.base import load_base_pipeline, sample_images
 from avatar3d.safeio import check_format
 from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
 
@@ -61,18 +63,12 @@ class LoraModel(mlflow.pyfunc.PythonModel):
 
     def _pipeline(self):
         if self._pipe is None:
-            from avatar3d.lora.base import load_base_pipeline
-
             pipe = load_base_pipeline(self.meta["preset"], self.meta["base_model_source"])
             pipe.load_lora_weights(str(self.lora_dir), weight_name=LORA_WEIGHTS)
             self._pipe = pipe
         return self._pipe
 
     def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        from avatar3d.lora.base import sample_images
-
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df:
             raise ValueError("input: a 'seed' column is required (one row per image); optional: prompt")

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ParamSchema, ParamSpec
+from PIL import Image
 
+from avatar3d.prior.pipeline import ImageToAvatarPipeline
 from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -34,15 +39,10 @@ class PriorModel(mlflow.pyfunc.PythonModel):
     ``guidance_scale``. params ``output``: "w" (default) or "front" (the generator's front render of w)."""
 
     def load_context(self, context):
-        from avatar3d.prior.pipeline import ImageToAvatarPipeline
-
         check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.pipe = ImageToAvatarPipeline.from_pretrained(context.artifacts["prior"])
 
     def predict(self, context, model_input, params=None):
-        import pandas as pd
-        from PIL import Image
-
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in df:
             raise ValueError("input: an 'image' column is required (PNG/JPEG bytes or a file path per row); "
@@ -64,8 +64,6 @@ class PriorModel(mlflow.pyfunc.PythonModel):
 
 def _signature():
     """Declares the ``output`` param: MLflow passes only params that the signature names."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
 
     return ModelSignature(params=ParamSchema([ParamSpec("output", "string", "w")]))
 

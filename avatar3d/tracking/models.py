@@ -29,6 +29,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+import mlflow.artifacts
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from avatar3d.runtime import cache_dir as default_cache_dir
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -51,8 +55,6 @@ def registry_uri(tracking_uri: str | None, field: str, ref: str) -> str:
 
 def pinned_uri(ref: str, tracking_uri: str) -> tuple[str, str]:
     """-> (the artifact location of the fixed version or run, its cache key). Asks the registry for aliases."""
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     match = _MODEL_URI.fullmatch(ref)
     if match:
@@ -86,8 +88,6 @@ def pinned_uri(ref: str, tracking_uri: str) -> tuple[str, str]:
 def resolve_model_uri(ref: str, tracking_uri: str | None = None, field: str = "--model",
                       cache_dir: str | Path | None = None) -> Path:
     """``models:/...`` or ``runs:/...`` -> the local folder holding its artifacts (downloaded once)."""
-    from mlflow.exceptions import MlflowException
-
     ref = str(ref)
     uri = registry_uri(tracking_uri, field, ref)
     try:
@@ -103,8 +103,6 @@ def resolve_model_uri(ref: str, tracking_uri: str | None = None, field: str = "-
 
 
 def _download(location: str, tracking_uri: str, target: Path) -> None:
-    import mlflow.artifacts
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()

@@ -32,8 +32,16 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ParamSchema, ParamSpec
 
+from avatar3d.evaluation.mesh import generator_mesh, mesh_bytes
+from avatar3d.gan.samples import to_uint8
+from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.safeio import check_format
+from avatar3d.scene.cameras import camera_label
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FORMAT_KEY = "avatar3d_format"  # the artifact that records a registered model's format, and its metadata key
@@ -50,18 +58,10 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     The identity depends on the seed (and truncation) only; the camera on yaw/pitch or ``camera``."""
 
     def load_context(self, context):
-        from avatar3d.gan.snapshot import load_snapshot
-
         check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.snapshot = load_snapshot(context.artifacts["snapshot"])
 
     def predict(self, context, model_input, params=None):
-        import pandas as pd
-        import torch
-
-        from avatar3d.scene.cameras import camera_label
-        from avatar3d.gan.samples import to_uint8
-
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df:
             raise ValueError("input: a 'seed' column is required (one row per image); optional: yaw, pitch, "
@@ -117,16 +117,11 @@ def check_model_format(context, known: str, untagged: str) -> None:
 
 
 def _mesh_bytes(G, ws, opts) -> bytes:
-    from avatar3d.evaluation.mesh import generator_mesh, mesh_bytes
-
     mesh = generator_mesh(G, ws, resolution=int(opts["mesh_resolution"]), iso=float(opts["iso"]))
     return mesh_bytes(mesh, str(opts["mesh_format"]))
 
 
 def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
     types = {bool: "boolean", int: "long", float: "double", str: "string"}
     return ModelSignature(params=ParamSchema([ParamSpec(k, types[type(v)], v) for k, v in MESH_PARAMS.items()]))
 
