@@ -67,8 +67,8 @@ class ImageEncoder:
 def tiny_encoder(seed: int = 0, image_size: int = 32, dim: int = 32) -> ImageEncoder:
     """A small random CLIP vision tower (2 layers, width 32) built from a config, seeded."""
     # transformers stays out of this module's imports: it (and huggingface_hub with it) reads HF_HUB_OFFLINE
-    # once, at import, and avatar3d.chain imports this module before a stage's apply_local_defaults() sets it;
-    # the image checks below need no transformers either.
+    # once, at import, and prior.pairs imports this module before run_build_pairs' apply_local_defaults() sets
+    # it (a missing encoder would then retry the hub instead of failing at once); the image checks need none.
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

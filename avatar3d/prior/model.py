@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, PriorTransformer, UniPCMultistepScheduler
 
 from avatar3d.prior.config import PREDICTION_TYPES, SAMPLERS
 
@@ -57,10 +58,6 @@ class PriorSize:
 
 def build_prior(w_dim: int, embed_dim: int, size: PriorSize):
     """A fresh ``PriorTransformer`` over w (``w_dim``) conditioned on an embedding (``embed_dim``)."""
-    # diffusers (~5 s; huggingface_hub with it reads HF_HUB_OFFLINE once, at import) stays out of this module's
-    # imports: avatar3d.chain imports it, through the prior pipeline, before a stage's apply_local_defaults().
-    from diffusers import PriorTransformer
-
     prior = PriorTransformer(
         num_attention_heads=size.num_attention_heads, attention_head_dim=size.attention_head_dim,
         num_layers=size.num_layers, embedding_dim=w_dim, num_embeddings=0, additional_embeddings=4,
@@ -92,8 +89,6 @@ def normalize_w(prior, w: torch.Tensor) -> torch.Tensor:
 
 def train_scheduler(prediction_type: str = "sample", num_train_timesteps: int = 1000):
     """The DDPM schedule the prior is trained with (its config is saved beside the weights)."""
-    from diffusers import DDPMScheduler  # local: see build_prior
-
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type: {prediction_type!r} is not known; pass one of {PREDICTION_TYPES}")
     # clip_sample off: normalised w is unit-variance, not bounded to [-1, 1] like pixels.
@@ -103,8 +98,6 @@ def train_scheduler(prediction_type: str = "sample", num_train_timesteps: int = 
 
 def sampling_scheduler(train_config, sampler: str = "ddim"):
     """DDIM or UniPC on the training schedule (same betas, same prediction type)."""
-    from diffusers import DDIMScheduler, UniPCMultistepScheduler  # local: see build_prior
-
     if sampler == "ddim":
         return DDIMScheduler.from_config(train_config, clip_sample=False, set_alpha_to_one=True)
     if sampler == "unipc":

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler, PriorTransformer
 from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.prior.encoder import ImageEncoder, as_rgb, check_image, quiet_transformers
@@ -66,11 +68,6 @@ class ImageToAvatarPipeline:
     @classmethod
     def from_pretrained(cls, folder: str | Path, generator: str | Path | None = None,
                         device: str | torch.device = "cpu") -> "ImageToAvatarPipeline":
-        # diffusers and transformers (huggingface_hub with them) read HF_HUB_OFFLINE once, at import, and
-        # avatar3d.chain imports this module before a stage's apply_local_defaults() sets it.
-        from diffusers import DDPMScheduler, PriorTransformer
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
         quiet_transformers()
         folder = Path(folder)
         meta = read_prior_meta(folder)
