@@ -29,8 +29,8 @@ def check_model_available(model_id: str, field_name: str = "base_model") -> None
             raise ModelUnavailableError(
                 f"{field_name}={model_id!r}: local folder not found: pass an existing diffusers folder or a hub id")
         return
-    # Imported here, not at the top: huggingface_hub reads HF_HUB_OFFLINE once, when first imported, and this
-    # module is imported with avatar3d.datagen (before apply_local_defaults() has set it, in library use).
+    # Imported here, not at the top: huggingface_hub reads HF_HUB_OFFLINE once, when first imported, and
+    # prior.pairs imports this module (through prior.encoder) before run_build_pairs' apply_local_defaults() sets it.
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HfHubHTTPError
 

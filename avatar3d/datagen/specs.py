@@ -17,7 +17,9 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+import pyarrow as pa
 
+from avatar3d.datagen.schema import SPEC_SCHEMA
 from avatar3d.prompts import sample_prompts
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.pose_bins import PoseBins
@@ -102,12 +104,6 @@ def sample_specs(
 
 def specs_to_table(specs: list[SampleSpec]):
     """Specs -> a pyarrow Table with the dataset's spec columns and types."""
-    # Local: avatar3d.datagen imports this module, and `lora-train --help` imports avatar3d.datagen; pyarrow
-    # (~40 ms) is needed only here.
-    import pyarrow as pa
-
-    from avatar3d.datagen.schema import SPEC_SCHEMA
-
     columns = {name: [getattr(s, name) for s in specs] for name in SPEC_COLUMNS}
     return pa.Table.from_pydict(columns, schema=SPEC_SCHEMA)
 
