@@ -219,6 +219,16 @@ def test_prior_pairs_fixture_reads():
     assert np.allclose(np.linalg.norm(pairs.embedding, axis=1), 1.0, atol=1e-4)
 
 
+def test_prior_pairs_of_an_unknown_version_are_refused(tmp_path):
+    folder = copy("prior_pairs", tmp_path)
+    card = json.loads((folder / "pairs.json").read_text())
+    (folder / "pairs.json").write_text(json.dumps({**card, "format": "avatar3d.prior-pairs/9"}))
+    with pytest.raises(ValueError) as err:
+        check_pairs(folder)
+    text = one_line(err)
+    assert text.startswith("pairs: ") and "prior-pairs/9" in text and str(folder) in text
+
+
 def _prior_trainer():
     prior = build_prior(8, 32, PriorSize(num_attention_heads=2, attention_head_dim=8, num_layers=1))
     return prior_loop.PriorTrainer(make_engine(prior, OptimizerSpec(lr=1e-3, betas=(0.9, 0.999)), "plain"),

@@ -53,14 +53,3 @@ def sample_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: 
         out = pipe(prompt=list(prompts), negative_prompt=[negative_prompt] * len(prompts), height=size, width=size,
                    num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type="np")
     return list((np.asarray(out.images) * 255.0).round().clip(0, 255).astype(np.uint8))
-
-
-def image_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """Rows of same-size uint8 images -> one uint8 image, white gaps between tiles."""
-    h, w, _ = rows[0][0].shape
-    ncols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h + pad) - pad, ncols * (w + pad) - pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, im in enumerate(row):
-            grid[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = im
-    return grid

@@ -53,12 +53,12 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from packaging.version import Version
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from PIL import Image
 
 from avatar3d.config import ConfigError, dump_config, to_dict
 from avatar3d.datagen.config import LORA_WEIGHTS
 from avatar3d.datagen.pipeline import resolve_device
-from avatar3d.lora.base import base_model_id, image_grid, load_base_pipeline, sample_images
+from avatar3d.gan.samples import image_grid
+from avatar3d.lora.base import base_model_id, load_base_pipeline, sample_images
 from avatar3d.lora.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
 from avatar3d.lora.data import load_image_set
 from avatar3d.lora.registry import LORA_FORMAT, register_lora
@@ -423,6 +423,6 @@ def _write_previews(pipe, cfg: LoraTrainConfig, images, path: Path) -> Path:
                 pipe.text_encoder.enable_adapters()
     shown = [((im.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
              for im in images.pixels[: cfg.num_samples]]
-
-    Image.fromarray(image_grid([shown, with_lora, base])).save(path)
+    shown += [np.full_like(with_lora[0], 255)] * (len(with_lora) - len(shown))  # fewer images than samples: blanks
+    image_grid(np.stack([*shown, *with_lora, *base]), 3, len(with_lora)).save(path)
     return path

@@ -12,7 +12,7 @@ and the chain's ``image_to_avatar`` stage both call:
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from avatar3d.prior.encoder import load_input_image
 from avatar3d.prior.pipeline import PRIOR_JSON, ImageToAvatarPipeline
 from avatar3d.prior.views import broadcast_w
 from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,6 +116,6 @@ def export_mesh(generator, w, out: Path, resolution: int, iso: float | None = No
         mesh = generator_mesh(generator, broadcast_w(generator, w), resolution=resolution,
                               iso=EG3D_ISO_SIGMA if iso is None else iso)
     except ValueError as exc:
-        print(f"note: mesh skipped: {str(exc).splitlines()[0]} (use --mesh-iso)", file=sys.stderr)
+        log.warning(f"mesh skipped: {str(exc).splitlines()[0]} (use --mesh-iso)")
         return None
     return write_mesh(mesh, out / "mesh.ply")

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from avatar3d.atomic import atomic_write
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.dataset import encode_png
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
@@ -38,6 +39,7 @@ from avatar3d.prior.config import BuildPairsConfig
 from avatar3d.prior.encoder import load_image_encoder
 from avatar3d.prior.views import map_front, render_w, seeded_z
 from avatar3d.runtime import apply_local_defaults, default_device, init_local_ray
+from avatar3d.safeio import check_format
 
 SHARDS = "shards"
 CARD = "pairs.json"
@@ -136,9 +138,7 @@ def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
             "encoder_seed": cfg.encoder_seed, "num_pairs": info.num_rows, "w_dim": info.w_dim,
             "embed_dim": info.embed_dim, "truncation_psi": cfg.truncation_psi, "seed": cfg.seed,
             "config": to_dict(cfg), "seconds": round(time.time() - t0, 3)}
-    tmp_card = out / (CARD + ".tmp")
-    tmp_card.write_text(json.dumps(card, indent=2))
-    os.replace(tmp_card, out / CARD)
+    atomic_write(out / CARD, json.dumps(card, indent=2))
     return PairsResult(folder=out, num_pairs=info.num_rows, w_dim=info.w_dim, embed_dim=info.embed_dim,
                        seconds=time.time() - t0)
 
@@ -202,6 +202,8 @@ def check_pairs(folder: str | Path, need_card: bool = True) -> PairsInfo:
             raise FileNotFoundError(f"pairs: {folder / CARD} is missing (an unfinished build-prior-pairs job?); "
                                     "run build-prior-pairs again")
         card = json.loads((folder / CARD).read_text())
+        check_format(folder / CARD, card.get("format"), PAIRS_FORMAT, "run build-prior-pairs again with this avatar3d",
+                     field="pairs")
     rows, dims = 0, None
     for f in files:
         pf = pq.ParquetFile(f)
