@@ -38,10 +38,10 @@ def format_options(cls, width: int = 100) -> str:
     name_w = min(34, max(len(n) for n, *_ in rows) + 2)
     for name, tp, value, help_text in rows:
         shown = json.dumps(to_dict(value)) if value is not None else "null"
-        if len(shown) > 40:
-            shown = shown[:37] + "..."
-        body = f"{help_text + ' ' if help_text else ''}[{tp}; {shown}]"
-        wrapped = textwrap.wrap(body, width - name_w - 2) or [""]
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        body = f"{help_text + ' ' if help_text else ''}[{tp.replace('NoneType', 'None')}; {shown}]"
+        wrapped = textwrap.wrap(body, width - name_w - 2, break_on_hyphens=False) or [""]
         lines.append(f"  {name:<{name_w}}{wrapped[0]}")
         lines.extend(" " * (name_w + 2) + w for w in wrapped[1:])
     return "\n".join(lines) + "\n"
