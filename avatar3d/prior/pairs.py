@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from avatar3d.atomic import atomic_write
+from avatar3d.atomic import atomic_folder, atomic_write
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.dataset import encode_png
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
@@ -113,23 +111,16 @@ def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     if (out / CARD).exists() and not cfg.overwrite:
         raise ConfigError(f"output_dir: {out} already holds pairs; pass overwrite=true or a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SHARDS}.tmp-{uuid.uuid4().hex[:8]}"
     t0 = time.time()
-    try:
+    with atomic_folder(out / SHARDS) as tmp:  # a failed run leaves the previous pairs as they were
         if use_ray:
             _write_with_ray(cfg, tmp)
         else:
             builder = PairBuilder(cfg.snapshot, cfg.image_encoder, cfg.encoder_seed, cfg.truncation_psi, cfg.seed)
             tables = [builder({"id": np.arange(i, min(i + cfg.batch_size, cfg.num_pairs))})
                       for i in range(0, cfg.num_pairs, cfg.batch_size)]
-            tmp.mkdir()
             pq.write_table(pa.concat_tables(tables), tmp / "part-00000.parquet")
-        (out / CARD).unlink(missing_ok=True)
-        if (out / SHARDS).exists():
-            shutil.rmtree(out / SHARDS)
-        os.replace(tmp, out / SHARDS)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (out / CARD).unlink(missing_ok=True)  # from here until the new card, the folder reads as unfinished
     info = check_pairs(out, need_card=False)
     if info.num_rows != cfg.num_pairs:
         raise RuntimeError(f"pairs job wrote {info.num_rows} rows, expected {cfg.num_pairs}")

@@ -414,7 +414,7 @@ def test_train_gan_refuses_truth_ticks_without_truth(head_dataset, procedural_da
     def started(*args, **kwargs):
         raise _Started
 
-    monkeypatch.setattr(job, "resume_or_start_run", started)
+    monkeypatch.setattr(job, "Tracker", started)
     monkeypatch.setattr(job, "fit_with_ray", started)
     with pytest.raises(ConfigError, match=r"truth_ticks=2: data.path=.* has no truth columns"):
         job.run_train_gan(_train_config(head_dataset, tmp_path / "a", "truth_ticks=2"))
