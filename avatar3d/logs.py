@@ -13,16 +13,28 @@ The level is the argument, else ``$AVATAR3D_LOG_LEVEL``, else INFO.
 ``avatar3d --quiet`` sets WARNING and exports it, so the Ray workers a local
 run starts follow it (on a cluster, put it in the job's runtime env).
 Only the ``avatar3d`` logger is touched: other libraries' logging stays as
-their users set it.
+their users set it; the few third-party warnings in :data:`NOISE` are hidden
+below DEBUG (``-v`` shows them).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import warnings
 
 LEVEL_ENV = "AVATAR3D_LOG_LEVEL"
 LOGGER = "avatar3d"
+
+# Third-party warnings a user cannot act on, hidden unless the level is DEBUG (the test suite hides the
+# same ones, pyproject.toml): importing controlnet-aux registers every detector (timm registry clashes,
+# optional mediapipe) and uses deprecated timm and torch.jit paths.
+NOISE = [
+    dict(module=r"controlnet_aux\..*", category=UserWarning),
+    dict(module=r"timm\..*", category=UserWarning),
+    dict(module=r"timm\..*", category=FutureWarning),
+    dict(message=r"`torch\.jit\.script` is deprecated", category=FutureWarning),
+]
 
 
 class _Formatter(logging.Formatter):
@@ -63,4 +75,7 @@ def setup_logging(level: str | int | None = None) -> logging.Logger:
         logger.addHandler(_StderrHandler())
     logger.setLevel(level)
     logger.propagate = False  # one line per record, whatever the root logger has
+    if level > logging.DEBUG:
+        for rule in NOISE:
+            warnings.filterwarnings("ignore", **rule)
     return logger

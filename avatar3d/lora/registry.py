@@ -68,7 +68,7 @@ class LoraModel(mlflow.pyfunc.PythonModel):
             self._pipe = pipe
         return self._pipe
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df:
             raise ValueError("input: a 'seed' column is required (one row per image); optional: prompt")

@@ -42,7 +42,7 @@ class PriorModel(mlflow.pyfunc.PythonModel):
         check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.pipe = ImageToAvatarPipeline.from_pretrained(context.artifacts["prior"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "image" not in df:
             raise ValueError("input: an 'image' column is required (PNG/JPEG bytes or a file path per row); "

@@ -61,7 +61,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         check_model_format(context, MODEL_FORMAT, UNTAGGED_MODEL_FORMAT)
         self.snapshot = load_snapshot(context.artifacts["snapshot"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "seed" not in df:
             raise ValueError("input: a 'seed' column is required (one row per image); optional: yaw, pitch, "
