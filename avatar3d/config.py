@@ -256,6 +256,11 @@ def _coerce_type(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; YAML 1.2 and Python read a number
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{name}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         if not math.isfinite(value):

@@ -117,3 +117,19 @@ def test_stage_tracking_defaults_survive_a_partial_override():
 
     cfg = load_config(TrainGANConfig, None, ["tracking.register_name=mine"])
     assert (cfg.tracking.experiment, cfg.tracking.register_name) == ("avatar3d-gan", "mine")
+
+
+@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("2.5E3", 2500.0), (" 3 ", 3.0)])
+def test_numbers_in_scientific_notation_are_numbers(text, value):
+    from avatar3d.prior.config import TrainPriorConfig
+
+    assert load_config(TrainPriorConfig, None, [f"lr={text}", "pairs=x"]).lr == value
+
+
+@pytest.mark.parametrize("text, message", [("abc", "expected a number, got 'abc'"), ("nan", "expected a finite number"),
+                                           ("inf", "expected a finite number")])
+def test_non_numbers_are_still_refused(text, message):
+    from avatar3d.prior.config import TrainPriorConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainPriorConfig, None, [f"lr={text}", "pairs=x"])

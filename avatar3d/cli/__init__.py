@@ -15,6 +15,7 @@ import os
 import sys
 
 from avatar3d.config import ConfigError, writable_dir
+from avatar3d.hub import ModelUnavailableError
 from avatar3d.logs import LEVEL_ENV, setup_logging
 
 from avatar3d.cli.common import StageParser, add_config_options, overrides_epilog, resolve_config
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup_logging()
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ConfigError, ValueError, ModelUnavailableError, OSError) as exc:  # OSError: a full disk, a bad path
         if os.environ.get("AVATAR3D_DEBUG") == "1":
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
