@@ -24,6 +24,7 @@ import difflib
 import json
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -132,9 +133,24 @@ def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(value: str, field: str) -> str:
+    """A name that becomes a folder and an MLflow name (run, registered model): letters, digits, '.', '_'
+    and '-', starting with a letter or digit (so never '', '..' or a path); -> it."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ConfigError(f"{field}={value!r}: use letters, digits, '.', '_' or '-', starting with a letter "
+                          "or digit (at most 100), e.g. gan-tiny")
+    return value
+
+
 def writable_dir(path: str | Path, field: str, create: bool = True) -> Path:
     """Check, before any work, that ``path`` is a folder this process can write to -> it. ``create``:
-    make it (and its parents) now; else only check that it exists writable or could be created."""
+    make it (and its parents) now; else only check that it exists writable or could be created.
+    An empty path is refused (it would silently mean the current folder)."""
+    if not str(path).strip():
+        raise ConfigError(f"{field} is empty: pass the folder to write to (e.g. {field}=outputs/run)")
     out = Path(path)
     if not create:
         probe = out.expanduser().absolute()

@@ -133,3 +133,22 @@ def test_non_numbers_are_still_refused(text, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(TrainPriorConfig, None, [f"lr={text}", "pairs=x"])
+
+
+@pytest.mark.parametrize("name", ["o'brien", "..", "", "a/b", "-x", "x" * 101])
+def test_run_names_that_would_break_a_folder_or_an_mlflow_filter_are_refused(name):
+    from avatar3d.prior.config import TrainPriorConfig
+    from avatar3d.training.config import TrainGANConfig
+
+    for cls, extra in ((TrainGANConfig, []), (TrainPriorConfig, ["pairs=x"])):
+        with pytest.raises(ConfigError, match=r"^run_name=.*: use letters, digits"):
+            load_config(cls, None, [f"run_name={name}", *extra])
+
+
+def test_an_empty_output_folder_is_refused_not_taken_as_the_current_one(tmp_path):
+    from avatar3d.config import writable_dir
+
+    for create in (True, False):
+        with pytest.raises(ConfigError, match="output_dir is empty: pass the folder"):
+            writable_dir(" ", "output_dir", create=create)
+    assert writable_dir(tmp_path / "new", "output_dir") == tmp_path / "new" and (tmp_path / "new").is_dir()

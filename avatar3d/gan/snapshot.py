@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from avatar3d.atomic import atomic_path
@@ -60,8 +60,12 @@ def read_snapshot_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"snapshot not found: {path} (pass a .safetensors file written by avatar3d train-gan)")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except SafetensorError as exc:  # text, pickle, a truncated header: not a snapshot
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); pass a .safetensors snapshot "
+                         "written by avatar3d train-gan") from None
     found = meta.get("format")
     if str(found).rpartition("/")[0] != SNAPSHOT_FORMAT.rpartition("/")[0]:
         raise ValueError(f"{path} is not an avatar3d generator snapshot (format {found!r}, "
@@ -75,7 +79,16 @@ def load_snapshot(path: str | Path, device: str | torch.device = "cpu") -> Snaps
     meta = read_snapshot_metadata(path)
     cfg = GANConfig.from_dict(meta["gan_config"])
     G = TriPlaneGenerator(cfg)
-    G.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    try:
+        state = load_file(str(path), device="cpu")
+    except SafetensorError as exc:  # a valid header over missing or cut-off tensor data
+        raise ValueError(f"{path}: the snapshot's weights cannot be read ({exc}); the file is damaged or "
+                         "was cut short, copy it again") from None
+    try:
+        G.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not fit the snapshot's own GAN config "
+                         f"({str(exc).splitlines()[0]}); the file was altered after it was written") from None
     G.neural_rendering_resolution = meta["info"].get("neural_rendering_resolution", G.neural_rendering_resolution)
     return Snapshot(generator=G.to(device).eval().requires_grad_(False), gan_config=meta["gan_config"],
                     info=meta["info"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from avatar3d.config import ConfigError
+from avatar3d.config import ConfigError, check_name
 from avatar3d.tracking.options import TrackingOptions
 from avatar3d.training.config import ScalingOptions
 
@@ -88,8 +88,7 @@ class TrainPriorConfig:
         if self.batch_size % self.scaling.num_workers:
             raise ConfigError(f"batch_size: {self.batch_size} must be divisible by scaling.num_workers="
                               f"{self.scaling.num_workers} (each worker takes an equal share)")
-        if not self.run_name or "/" in self.run_name:
-            raise ConfigError(f"run_name: {self.run_name!r} must be a non-empty name without '/'")
+        check_name(self.run_name, "run_name")
 
 
 @dataclass

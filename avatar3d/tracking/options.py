@@ -6,12 +6,9 @@ registry name), and :class:`avatar3d.tracking.tracker.Tracker` acts on it.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from avatar3d.config import ConfigError
-
-_REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+from avatar3d.config import ConfigError, check_name
 
 
 @dataclass
@@ -33,9 +30,10 @@ class TrackingOptions:
     def validate(self, prefix: str = "tracking") -> "TrackingOptions":
         if not self.experiment.strip():
             raise ConfigError(f"{prefix}.experiment is empty: pass an MLflow experiment name, or {prefix}.enabled=false")
-        if self.register_name and not _REGISTRY_NAME.fullmatch(self.register_name):
-            raise ConfigError(f"{prefix}.register_name={self.register_name!r}: use letters, digits, '.', '_' or '-' "
-                              "(starting with a letter or digit)")
+        if self.register_name:
+            check_name(self.register_name, f"{prefix}.register_name")
+        if self.run_name:
+            check_name(self.run_name, f"{prefix}.run_name")
         return self
 
     def registry_name(self, default: str) -> str | None:

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from avatar3d.config import ConfigError, closest, coerce
+from avatar3d.config import ConfigError, check_name, closest, coerce
 from avatar3d.evaluation.options import FIDOptions, TruthOptions
 from avatar3d.tracking.options import TrackingOptions
 
@@ -93,6 +93,5 @@ class TrainGANConfig:
                               f"{self.scaling.num_workers} (each worker takes an equal share)")
         if self.resume and self.transfer:
             raise ConfigError("resume and transfer exclude each other: resume continues a run, transfer starts one")
-        if not self.run_name or "/" in self.run_name:
-            raise ConfigError(f"run_name: {self.run_name!r} must be a non-empty name without '/'")
+        check_name(self.run_name, "run_name")
         self.model.build()  # type-check the GAN overrides now, not on a worker
