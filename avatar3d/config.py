@@ -133,6 +133,14 @@ def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SEED_MAX = 2**32 - 1  # numpy's and every generator's common range
+
+
+def seed_field(default: int = 0, help: str = "seed") -> Any:
+    """The one rule for seeds in every config: an integer in [0, 2**32 - 1]."""
+    return dataclasses.field(default=default, metadata={"min": 0, "max": SEED_MAX, "help": help})
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 

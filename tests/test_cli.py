@@ -119,3 +119,25 @@ def test_every_job_entrypoint_runs_its_subcommand(script):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]
     assert done.stdout.startswith("usage: avatar3d ")
+
+
+def test_prompts_stream_in_chunks_equal_to_one_list(monkeypatch, capsys):
+    import avatar3d.cli as cli
+    from avatar3d.prompts import sample_prompts
+
+    monkeypatch.setattr(cli, "PROMPT_CHUNK", 3)  # 7 prompts in chunks of 3, 3, 1
+    assert main(["prompts", "--n", "7", "--seed", "5", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [s.to_dict() for s in sample_prompts(7, 5)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prompts", "--seed", "-1"], "--seed: -1 is out of range; pass 0..4294967295"),
+    (["guidance", "--views", "1000000000000", "--out", "x"], "--views: 1000000000000 is out of range; pass 1..360"),
+])
+def test_sizes_and_seeds_that_cannot_work_are_refused_at_once(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert list(tmp_path.iterdir()) == []

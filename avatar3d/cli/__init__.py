@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from avatar3d.config import ConfigError, writable_dir
+from avatar3d.config import SEED_MAX, ConfigError, writable_dir
 from avatar3d.hub import ModelUnavailableError
 from avatar3d.logs import LEVEL_ENV, setup_logging
 
@@ -22,6 +22,9 @@ from avatar3d.cli.common import StageParser, add_config_options, overrides_epilo
 
 
 # -- subcommands ----------------------------------------------------------------
+
+MAX_GUIDANCE_VIEWS = 360
+
 
 def _add_guidance(sub) -> None:
     p = sub.add_parser(
@@ -39,8 +42,9 @@ def _add_guidance(sub) -> None:
 
 
 def _run_guidance(args) -> int:
-    if args.views < 1:
-        raise ConfigError(f"--views: {args.views} must be >= 1")
+    if not 1 <= args.views <= MAX_GUIDANCE_VIEWS:
+        raise ConfigError(f"--views: {args.views} is out of range; pass 1..{MAX_GUIDANCE_VIEWS} (one view per degree "
+                          "at most: every view is also a tile of the contact sheet)")
     if args.size < 16 or args.size > 4096:
         raise ConfigError(f"--size: {args.size} is out of range; pass 16..4096")
     if (args.mesh is None) != (args.landmarks is None):
@@ -69,18 +73,24 @@ def _add_prompts(sub) -> None:
     p.set_defaults(func=_run_prompts)
 
 
+PROMPT_CHUNK = 1000  # prompts are made and printed this many at a time: memory stays flat for any --n
+
+
 def _run_prompts(args) -> int:
     if args.n < 1:
         raise ConfigError(f"--n: {args.n} must be >= 1")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise ConfigError(f"--seed: {args.seed} is out of range; pass 0..{SEED_MAX}")
     from avatar3d.prompts import format_prompt_table, load_styles, sample_prompts
 
     styles = load_styles(args.styles) if args.styles else None
-    samples = sample_prompts(args.n, args.seed, styles=styles)
-    if args.json:
-        for s in samples:
-            print(json.dumps(s.to_dict()))
-    else:
-        print(format_prompt_table(samples))
+    for start in range(0, args.n, PROMPT_CHUNK):
+        samples = sample_prompts(min(PROMPT_CHUNK, args.n - start), args.seed, styles=styles, start=start)
+        if args.json:
+            for s in samples:
+                print(json.dumps(s.to_dict()))
+        else:
+            print(format_prompt_table(samples))
     return 0
 
 
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup_logging()
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`avatar3d prompts ... | head`): stop quietly, as cat would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ConfigError, ValueError, ModelUnavailableError, OSError) as exc:  # OSError: a full disk, a bad path
         if os.environ.get("AVATAR3D_DEBUG") == "1":
             raise

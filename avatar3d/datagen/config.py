@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from avatar3d.config import ConfigError, writable_dir
+from avatar3d.config import ConfigError, seed_field, writable_dir
 from avatar3d.datagen.procedural import PAINTER_ID, ProceduralOptions
 from avatar3d.prompts import load_attributes, load_styles
 from avatar3d.tracking.options import TrackingOptions
@@ -132,7 +132,7 @@ class GenerateConfig:
     """``avatar3d generate``: styles x views x attributes -> multi-view Parquet dataset."""
 
     num_samples: int = field(default=16, metadata={"help": "images in the dataset (N)", "min": 1})
-    seed: int = field(default=0, metadata={"help": "master seed; sample i depends on (seed, i) only", "min": 0})
+    seed: int = seed_field(help="master seed; sample i depends on (seed, i) only")
     styles: list[str] | None = field(
         default=None, metadata={"help": "style names to use (default: all styles of styles_file / the 50 built-ins)"})
     styles_file: str | None = field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avatar3d.config import ConfigError
+from avatar3d.config import ConfigError, seed_field
 
 # Extractor names -> where the Inception weights come from (avatar3d.evaluation.features).
 EXTRACTORS = {"inception": "auto", "inception-clean-fid": "clean-fid", "inception-fid-helper": "fid-helper"}
@@ -23,7 +23,7 @@ MESH_FORMATS = ("glb", "ply", "obj")
 @dataclass
 class FIDOptions:
     num_fakes: int = field(default=10_000, metadata={"min": 2, "help": "generated images (50000 in papers)"})
-    seed: int = field(default=0, metadata={"min": 0, "help": "seed of latents, cameras and ray jitter"})
+    seed: int = seed_field(help="seed of latents, cameras and ray jitter")
     truncation: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0, "help": "truncation psi (1 = none)"})
     per_view: bool = field(default=True, metadata={"help": "FID per view group (front / side / back) too"})
     extractor: str = field(default="inception", metadata={"choices": list(EXTRACTORS),
@@ -41,7 +41,7 @@ class TruthOptions:
     num_avatars: int = field(default=32, metadata={"min": 1, "help": "generated avatars for silhouette agreement"})
     num_identities: int = field(default=64, metadata={"min": 2, "help": "held-out truth identities to match against"})
     per_group: int = field(default=48, metadata={"min": 2, "help": "renders per view group for view consistency and KID"})
-    seed: int = field(default=0, metadata={"min": 0, "help": "seed of latents, held-out identities and cameras"})
+    seed: int = seed_field(help="seed of latents, held-out identities and cameras")
     inception: bool = field(default=True, metadata={
         "help": "also KID per view group on Inception features (about 0.25 s per image on a CPU core); "
                 "training's truth_ticks never compute it"})
@@ -66,7 +66,7 @@ class WalkOptions:
 
 @dataclass
 class TurntableOptions:
-    seed: int = field(default=0, metadata={"help": "identity"})
+    seed: int = seed_field(help="identity")
     frames: int = field(default=36, metadata={"min": 2, "help": "views over 360 degrees"})
     pitch: float = field(default=0.0, metadata={"help": "camera elevation, degrees (+ is above)"})
     truncation: float = field(default=0.7, metadata={"min": 0.0, "max": 1.0})
@@ -79,7 +79,7 @@ class TurntableOptions:
 
 @dataclass
 class MeshOptions:
-    seed: int = field(default=0, metadata={"help": "identity"})
+    seed: int = seed_field(help="identity")
     resolution: int = field(default=256, metadata={"min": 8, "max": 1024, "help": "grid size N (EG3D uses 512)"})
     iso: float = field(default=EG3D_ISO_SIGMA, metadata={
         "help": "raw-density level of the surface (EG3D: 10; density = softplus(sigma - 1))"})

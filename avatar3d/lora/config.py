@@ -6,7 +6,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avatar3d.config import ConfigError
+from avatar3d.config import ConfigError, seed_field
 from avatar3d.datagen.config import DEFAULT_BASE_MODEL
 from avatar3d.tracking.options import TrackingOptions
 
@@ -47,7 +47,7 @@ class LoraTrainConfig:
     lr_warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then constant", "min": 0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)", "min": 0.0})
     snr_gamma: float = field(default=0.0, metadata={"help": "min-SNR loss weighting gamma (0 = plain MSE; 5 is usual)", "min": 0.0})
-    seed: int = field(default=0, metadata={"help": "seed of every random draw", "min": 0})
+    seed: int = seed_field(help="seed of every random draw")
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata={"help": "auto = cuda when available", "choices": list(DEVICES)})
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = field(

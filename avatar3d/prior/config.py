@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from avatar3d.config import ConfigError, check_name
+from avatar3d.config import ConfigError, check_name, seed_field
 from avatar3d.tracking.options import TrackingOptions
 from avatar3d.training.config import ScalingOptions
 
@@ -23,9 +23,9 @@ class BuildPairsConfig:
     snapshot: str = field(default="", metadata={"help": "generator snapshot (.safetensors) from train-gan"})
     image_encoder: str = field(default="tiny", metadata={
         "help": "CLIP vision model: hub id, local folder, or 'tiny' (small random weights, offline tests)"})
-    encoder_seed: int = field(default=0, metadata={"help": "weight seed of the tiny encoder"})
+    encoder_seed: int = seed_field(help="weight seed of the tiny encoder")
     num_pairs: int = field(default=256, metadata={"min": 1, "help": "how many (w, embedding, image) rows"})
-    seed: int = field(default=0, metadata={"help": "row i depends only on (seed, i)"})
+    seed: int = seed_field(help="row i depends only on (seed, i)")
     truncation_psi: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
                                                          "help": "1 = the whole W distribution"})
     batch_size: int = field(default=16, metadata={"min": 1, "help": "rows per actor call"})
@@ -78,7 +78,7 @@ class TrainPriorConfig:
     total_steps: int = field(default=2000, metadata={"min": 1})
     steps_per_tick: int = field(default=100, metadata={"min": 1, "help": "progress line + metrics every N steps"})
     checkpoint_ticks: int = field(default=5, metadata={"min": 1, "help": "checkpoint every N ticks"})
-    seed: int = 0
+    seed: int = seed_field(help="seed of batches, noise and timesteps")
     resume: str = field(default="", metadata={"help": "checkpoint folder of a train-prior run to continue"})
     max_failures: int = field(default=0, metadata={"min": -1, "help": "worker-group restarts (-1 = unlimited)"})
 
@@ -100,7 +100,7 @@ class ImageToAvatarConfig:
     output_dir: str = field(default="", metadata={"help": "views, turntable GIF, w.npy, mesh, avatar.json"})
     generator: str = field(default="", metadata={"help": "generator snapshot to use instead of the prior's own"})
     tracking_uri: str = field(default="", metadata={"help": "MLflow store for a models:/ prior"})
-    seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed; same seed, same avatar"})
+    seed: int = seed_field(help="sampling seed; same seed, same avatar")
     guidance_scale: Optional[float] = field(default=None, metadata={"min": 0.0,
                                                                     "help": "CFG scale (default: the prior's)"})
     steps: Optional[int] = field(default=None, metadata={"min": 1, "help": "sampling steps (default: the prior's)"})

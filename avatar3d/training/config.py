@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from avatar3d.config import ConfigError, check_name, closest, coerce
+from avatar3d.config import ConfigError, check_name, closest, coerce, seed_field
 from avatar3d.evaluation.options import FIDOptions, TruthOptions
 from avatar3d.tracking.options import TrackingOptions
 
@@ -82,7 +82,7 @@ class TrainGANConfig:
         "min": 0, "help": "truth metrics (silhouette agreement, view consistency, KID per view) every N ticks; "
                           "needs a dataset of the procedural painter; 0 = off"})
     truth: TruthOptions = field(default_factory=TruthOptions, metadata={"help": "training-time truth metrics"})
-    seed: int = 0
+    seed: int = seed_field(help="seed of every random stream (latents, cameras, batches, ray jitter)")
     resume: str = field(default="", metadata={"help": "resume state folder (a checkpoint of a run) to continue"})
     transfer: str = field(default="", metadata={"help": "snapshot .safetensors whose G weights start a new run"})
     max_failures: int = field(default=0, metadata={"min": -1, "help": "worker-group restarts (-1 = unlimited)"})
