@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -164,6 +165,7 @@ class GenerateConfig:
     def validate(self) -> "GenerateConfig":
         """Cross-field checks; raises ConfigError (one line). Reads files, writes nothing."""
         _check_int("num_samples", self.num_samples, 1)
+        _check_plan_fits(self.num_samples)
         _check_int("resolution", self.resolution, 8)
         if self.resolution % 8:
             raise ConfigError(f"resolution={self.resolution} is not a multiple of 8 (the VAE's scale): pass e.g. "
@@ -247,6 +249,23 @@ class GenerateConfig:
             "guidance_scale": p.guidance_scale, "conditioning_scales": list(p.conditioning_scales), "dtype": p.dtype,
             **({"procedural": self.procedural.to_dict()} if p.preset == "procedural" else {}),
         }
+
+
+PLAN_BYTES_PER_SAMPLE = 1024  # the driver's spec table: ~850 B a row measured (prompts, camera, ids), rounded up
+
+
+def _check_plan_fits(num_samples: int) -> None:
+    """The driver holds the plan (one spec row per sample) in memory: refuse a size that cannot fit here."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: no cheap figure, no check
+        return
+    need = num_samples * PLAN_BYTES_PER_SAMPLE
+    if need > available // 2:
+        most = available // 2 // PLAN_BYTES_PER_SAMPLE
+        raise ConfigError(f"num_samples={num_samples}: the driver's plan needs ~{need / 2**30:,.1f} GiB (about 1 KiB "
+                          f"per sample) and this machine has {available / 2**30:,.1f} GiB free; pass num_samples <= "
+                          f"{most:,} here, or split the dataset over several output folders")
 
 
 def _check_int(name, value, minimum):
