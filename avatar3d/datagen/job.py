@@ -350,6 +350,7 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     """
     t0 = time.perf_counter()
     cfg.validate()
+    Tracker(cfg.tracking, cfg.output_dir, "", stage="datagen").check()  # an unreachable store fails now, not at the end
 
     try:
         check_models_available(cfg.pipeline)

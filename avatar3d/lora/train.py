@@ -269,9 +269,9 @@ def train_lora(cfg: LoraTrainConfig) -> LoraResult:
 
 
 def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
-
-
     t0 = time.perf_counter()
+    tracker = Tracker(cfg.tracking, Path(cfg.output_dir).expanduser(), f"lora-{cfg.slug}", stage="lora",
+                      tags={"avatar3d.token": cfg.token}).check()
     images = load_image_set(cfg.images, cfg.resolution, cfg.min_images)
     if cfg.train_text_encoder:
         check_text_encoder_lora_support()
@@ -324,7 +324,6 @@ def _train_lora(cfg: LoraTrainConfig) -> LoraResult:
                               truncation=True, return_tensors="pt").input_ids.to(device)
 
     losses: list[tuple[int, float]] = []
-    tracker = Tracker(cfg.tracking, out, f"lora-{cfg.slug}", stage="lora", tags={"avatar3d.token": cfg.token})
     running, t_loop = None, time.perf_counter()
     unet.train()
     if cfg.train_text_encoder:

@@ -77,12 +77,13 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
                           f"pairs, fewer than its batch of {per_worker}; lower batch_size or build more pairs")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
-    writable_dir(output_dir, "output_dir")
+    tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True).check()
+    writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
     dump_config(cfg, run_dir / "config.yaml")
     log.info(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)
 
-    with Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True) as tracker:
+    with tracker:
         tracker.log_config({"train": to_dict(cfg),
                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()

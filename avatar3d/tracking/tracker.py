@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from avatar3d.config import ConfigError
 from avatar3d.tracking.options import TrackingOptions
 
 # MLflow caps a param value at 6000 characters (older servers: 500).
@@ -44,6 +46,39 @@ def default_tracking_uri(folder) -> str:
     path = Path(folder).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+# Stores MLflow can open (tracking and registry); anything else is a typo to refuse before any work.
+STORE_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+HEALTH_TIMEOUT_S = 5.0
+
+
+def check_store(uri: str, field: str = "tracking.tracking_uri") -> str:
+    """Refuse, in one line and within seconds, a store this job could not log to -> ``uri``.
+
+    A malformed URI, a sqlite file in a folder that does not exist, or an MLflow server that does
+    not answer ``/health`` within :data:`HEALTH_TIMEOUT_S` (MLflow itself would retry for minutes).
+    """
+    if uri in ("databricks", "databricks-uc"):
+        return uri
+    scheme, sep, _ = uri.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in STORE_SCHEMES:
+        raise ConfigError(f"{field}={uri!r} is not an MLflow store URI: pass sqlite:///<path>.db, "
+                          "http(s)://<server>, or leave it empty for a sqlite store in output_dir")
+    if scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise ConfigError(f"{field}={uri!r}: the folder {folder} does not exist; create it or fix the path")
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as reply:
+                reply.read(64)
+        except (OSError, ValueError) as exc:  # refused, unreachable, timed out, HTTP error, bad host
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"{field}={uri!r}: no MLflow server answers there ({reason}); start it, fix "
+                              "the URI, or pass tracking.enabled=false") from None
+    return uri
 
 
 def use_experiment(tracking_uri: str, experiment: str):
@@ -134,9 +169,16 @@ class Tracker:
     def run_id(self) -> str | None:
         return self.run.info.run_id if self.run is not None else None
 
+    def check(self) -> "Tracker":
+        """Fail now, in one line, if the store cannot be used (call before any work; entering does it too)."""
+        if self.enabled and self.options.tracking_uri:
+            check_store(self.options.tracking_uri)
+        return self
+
     def __enter__(self) -> "Tracker":
         if not self.enabled:
             return self
+        self.check()
         self.uri = self.options.tracking_uri or default_tracking_uri(self.output_dir)
         experiment = use_experiment(self.uri, self.options.experiment)
         found = []

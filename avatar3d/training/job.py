@@ -80,7 +80,8 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         log.warning("precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
-    writable_dir(output_dir, "output_dir")
+    tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="gan", resume=True).check()
+    writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
     if not is_remote(cfg.data.path):  # workers may start elsewhere: hand them absolute paths
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     for name in ("transfer", "resume"):
@@ -90,7 +91,7 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     log.info(f"dataset: {dataset.summary()}")
 
     # One MLflow run per run name: a resumed job logs on in the same run.
-    with Tracker(cfg.tracking, output_dir, cfg.run_name, stage="gan", resume=True) as tracker:
+    with tracker:
         tracker.log_config({"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
         context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",

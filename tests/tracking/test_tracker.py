@@ -72,3 +72,31 @@ def test_generate_refuses_registry_options():
 
     with pytest.raises(ConfigError, match="generate trains no model"):
         load_config(GenerateConfig, None, ["tracking.register=true"])
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("bogus::uri", "is not an MLflow store URI"),
+    ("mlflow.db", "is not an MLflow store URI"),
+    ("sqlite:////nonexistent-avatar3d/x/mlflow.db", "the folder /nonexistent-avatar3d/x does not exist"),
+    ("http://127.0.0.1:9", "no MLflow server answers there"),
+])
+def test_a_store_that_cannot_be_used_is_refused_in_seconds_and_nothing_is_created(uri, message, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=message):
+        Tracker(TrackingOptions(tracking_uri=uri), tmp_path, "r", stage="gan").check()
+    assert time.perf_counter() - t0 < 10
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_gan_with_an_unreachable_server_fails_before_writing(tmp_path, capsys):
+    from avatar3d.cli import main
+
+    out = tmp_path / "gan"
+    data = "tests/fixtures/formats/dataset_v2"
+    assert main(["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", f"data.path={data}", f"output_dir={out}",
+                 "batch_size=2", "tracking.tracking_uri=http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tracking.tracking_uri='http://127.0.0.1:9': no MLflow server answers" in err
+    assert not out.exists()
