@@ -112,3 +112,13 @@ def test_pyfunc_rows_mix_labels_and_angles_and_reject_bad_labels(registered):
         model.predict(None, pd.DataFrame({"seed": [0], "camera": [[1.0, 2.0]]}))
     with pytest.raises(ValueError, match="W-space prior"):
         model.predict(None, pd.DataFrame({"seed": [0], "image": [b""]}))
+
+
+def test_reading_a_model_from_a_mistyped_sqlite_store_creates_nothing(tmp_path, monkeypatch):
+    from avatar3d.tracking.models import resolve_model_uri
+
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "typo" / "mlflow.db"
+    with pytest.raises(ValueError, match=r"--model: no MLflow store at sqlite:///.*typo/mlflow.db \(no such file\)"):
+        resolve_model_uri("models:/avatar3d-gan/1", f"sqlite:///{missing}", field="--model")
+    assert list(tmp_path.iterdir()) == []
