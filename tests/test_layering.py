@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own package and any lower layer;
 ``docs/architecture`` in the README's "How the data flows" says what each holds)::
 
-    0  atomic, config, logs, runtime, safeio, hub, native, tracking   cross-cutting foundations
+    0  atomic, config, lock, logs, runtime, safeio, hub, native, tracking   cross-cutting foundations
     1  scene            2  prompts
     3  datagen          (generation and the one dataset reader)
     4  gan              (networks, the snapshot format, sample grids)
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "avatar3d"
-RANK = {"atomic": 0, "config": 0, "logs": 0, "runtime": 0, "safeio": 0, "hub": 0, "native": 0, "tracking": 0, "": 0,
+RANK = {"atomic": 0, "config": 0, "lock": 0, "logs": 0, "runtime": 0, "safeio": 0, "hub": 0, "native": 0, "tracking": 0, "": 0,
         "scene": 1, "prompts": 2, "datagen": 3, "gan": 4, "evaluation": 5, "training": 6, "prior": 7, "lora": 7,
         "report": 8, "chain_config": 8.5, "chain": 9, "cli": 10, "__main__": 11}
 

@@ -42,9 +42,8 @@ import ray
 import torch
 
 from avatar3d.config import ConfigError, to_dict
-from avatar3d.datagen.config import GenerateConfig
+from avatar3d.datagen.config import GenerateConfig, PipelineConfig
 from avatar3d.datagen.dataset import encode_png
-from avatar3d.datagen.config import PipelineConfig
 from avatar3d.datagen.pipeline import build_pipeline, check_models_available, generate_from_config
 from avatar3d.datagen.procedural import ProceduralPainter
 from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
@@ -59,6 +58,7 @@ from avatar3d.datagen.shards import (
     write_atomic_table,
 )
 from avatar3d.datagen.specs import sample_specs, specs_to_table
+from avatar3d.lock import folder_lock
 from avatar3d.runtime import init_local_ray
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.guidance import render_guidance
@@ -361,7 +361,14 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
     resume = scan_for_resume(out, clean=False)
     _check_resume_compatible(out, fingerprint, cfg.num_samples, resume.done_ids)
 
-    # ---- all checks passed: from here on we do work
+    # ---- all checks passed: from here on we do work, as this folder's one writer
+    with folder_lock(out, "output_dir"):
+        return _generate_locked(cfg, out, fingerprint, t0, on_shard, on_batch)
+
+
+def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: float,
+                     on_shard: Callable[[Path, int], None] | None,
+                     on_batch: Callable[[dict], None] | None) -> GenerationResult:
     out.mkdir(parents=True, exist_ok=True)
     resume = scan_for_resume(out, clean=True)
     for path in resume.removed_tmp + resume.removed_unreadable:

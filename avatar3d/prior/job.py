@@ -22,6 +22,7 @@ from diffusers import PriorTransformer
 
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
+from avatar3d.lock import folder_lock
 from avatar3d.prior.config import TrainPriorConfig
 from avatar3d.prior.encoder import load_image_encoder
 from avatar3d.prior.loop import STATE_TREE, WEIGHTS_DIR
@@ -79,11 +80,11 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     run_dir = output_dir / cfg.run_name
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True).check()
     writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
-    dump_config(cfg, run_dir / "config.yaml")
     log.info(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)
 
-    with tracker:
+    with folder_lock(run_dir, "run_name"), tracker:  # one writer per run folder
+        dump_config(cfg, run_dir / "config.yaml")
         tracker.log_config({"train": to_dict(cfg),
                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()

@@ -33,6 +33,7 @@ from avatar3d.atomic import atomic_folder, atomic_write
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.dataset import encode_png
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
+from avatar3d.lock import folder_lock
 from avatar3d.prior.config import BuildPairsConfig
 from avatar3d.prior.encoder import load_image_encoder
 from avatar3d.prior.views import map_front, render_w, seeded_z
@@ -111,27 +112,28 @@ def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     if (out / CARD).exists() and not cfg.overwrite:
         raise ConfigError(f"output_dir: {out} already holds pairs; pass overwrite=true or a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with atomic_folder(out / SHARDS) as tmp:  # a failed run leaves the previous pairs as they were
-        if use_ray:
-            _write_with_ray(cfg, tmp)
-        else:
-            builder = PairBuilder(cfg.snapshot, cfg.image_encoder, cfg.encoder_seed, cfg.truncation_psi, cfg.seed)
-            tables = [builder({"id": np.arange(i, min(i + cfg.batch_size, cfg.num_pairs))})
-                      for i in range(0, cfg.num_pairs, cfg.batch_size)]
-            pq.write_table(pa.concat_tables(tables), tmp / "part-00000.parquet")
-        (out / CARD).unlink(missing_ok=True)  # from here until the new card, the folder reads as unfinished
-    info = check_pairs(out, need_card=False)
-    if info.num_rows != cfg.num_pairs:
-        raise RuntimeError(f"pairs job wrote {info.num_rows} rows, expected {cfg.num_pairs}")
-    card = {"format": PAIRS_FORMAT, "snapshot": str(Path(cfg.snapshot).resolve()),
-            "gan_config": meta["gan_config"], "image_encoder": cfg.image_encoder,
-            "encoder_seed": cfg.encoder_seed, "num_pairs": info.num_rows, "w_dim": info.w_dim,
-            "embed_dim": info.embed_dim, "truncation_psi": cfg.truncation_psi, "seed": cfg.seed,
-            "config": to_dict(cfg), "seconds": round(time.time() - t0, 3)}
-    atomic_write(out / CARD, json.dumps(card, indent=2))
-    return PairsResult(folder=out, num_pairs=info.num_rows, w_dim=info.w_dim, embed_dim=info.embed_dim,
-                       seconds=time.time() - t0)
+    with folder_lock(out, "output_dir"):  # one writer per pairs folder
+        t0 = time.time()
+        with atomic_folder(out / SHARDS) as tmp:  # a failed run leaves the previous pairs as they were
+            if use_ray:
+                _write_with_ray(cfg, tmp)
+            else:
+                builder = PairBuilder(cfg.snapshot, cfg.image_encoder, cfg.encoder_seed, cfg.truncation_psi, cfg.seed)
+                tables = [builder({"id": np.arange(i, min(i + cfg.batch_size, cfg.num_pairs))})
+                          for i in range(0, cfg.num_pairs, cfg.batch_size)]
+                pq.write_table(pa.concat_tables(tables), tmp / "part-00000.parquet")
+            (out / CARD).unlink(missing_ok=True)  # from here until the new card, the folder reads as unfinished
+        info = check_pairs(out, need_card=False)
+        if info.num_rows != cfg.num_pairs:
+            raise RuntimeError(f"pairs job wrote {info.num_rows} rows, expected {cfg.num_pairs}")
+        card = {"format": PAIRS_FORMAT, "snapshot": str(Path(cfg.snapshot).resolve()),
+                "gan_config": meta["gan_config"], "image_encoder": cfg.image_encoder,
+                "encoder_seed": cfg.encoder_seed, "num_pairs": info.num_rows, "w_dim": info.w_dim,
+                "embed_dim": info.embed_dim, "truncation_psi": cfg.truncation_psi, "seed": cfg.seed,
+                "config": to_dict(cfg), "seconds": round(time.time() - t0, 3)}
+        atomic_write(out / CARD, json.dumps(card, indent=2))
+        return PairsResult(folder=out, num_pairs=info.num_rows, w_dim=info.w_dim, embed_dim=info.embed_dim,
+                           seconds=time.time() - t0)
 
 
 def _write_with_ray(cfg: BuildPairsConfig, folder: Path) -> None:

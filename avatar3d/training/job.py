@@ -26,6 +26,7 @@ from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
 from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset
 from avatar3d.evaluation.truth import has_truth
 from avatar3d.gan.snapshot import read_snapshot_metadata
+from avatar3d.lock import folder_lock
 from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
@@ -87,11 +88,11 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     for name in ("transfer", "resume"):
         if getattr(cfg, name):
             cfg = replace(cfg, **{name: str(Path(getattr(cfg, name)).resolve())})
-    dump_config(cfg, run_dir / "config.yaml")
     log.info(f"dataset: {dataset.summary()}")
 
-    # One MLflow run per run name: a resumed job logs on in the same run.
-    with tracker:
+    # One writer per run folder; one MLflow run per run name (a resumed job logs on in the same run).
+    with folder_lock(run_dir, "run_name"), tracker:
+        dump_config(cfg, run_dir / "config.yaml")
         tracker.log_config({"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
         context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
