@@ -18,8 +18,8 @@ for the same resources and Ray Data fuses them into the actor; with
 that overlap the GPU work.
 
 Resume: re-running the same job (same ``output_dir``) skips every id found in
-a readable shard; leftover ``.tmp`` files and unreadable shards are removed
-first. Rows that define the content (seed, styles, models, ...) are
+a readable shard; leftover temporaries are removed and unreadable shards moved
+to ``quarantine/`` first, by the one job that holds the folder's lock. Rows that define the content (seed, styles, models, ...) are
 fingerprinted in ``job.json``; a re-run with different ones is refused
 before any work, so a folder never mixes two datasets. ``num_samples`` may
 grow (sample i depends on (seed, i) only), not shrink.
@@ -371,8 +371,11 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
                      on_batch: Callable[[dict], None] | None) -> GenerationResult:
     out.mkdir(parents=True, exist_ok=True)
     resume = scan_for_resume(out, clean=True)
-    for path in resume.removed_tmp + resume.removed_unreadable:
-        log.info(f"removed unfinished shard {path.name}")
+    for path in resume.removed_tmp:
+        log.info(f"removed the unfinished temporary {path.name}")
+    for path, reason in resume.quarantined:
+        log.warning(f"moved {path.name}, which resume cannot read ({reason}), to {path.parent}; its rows are "
+                    "painted again")
     write_atomic_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, out / JOB_FILE)
     _init_ray(cfg)
     t_specs = time.perf_counter()

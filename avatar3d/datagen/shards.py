@@ -7,16 +7,20 @@ Layout of a dataset folder::
       job.json               what fixes the content of rows (seed, styles, models, ...)
       shards/part-<run>-<seq>.parquet   at most rows_per_file rows each
       dataset_card.json      counts per style / view / bin, config, model ids, timings
+      quarantine/            shards resume could not read, moved aside (never deleted)
+      .avatar3d.lock         held by the job writing the folder (avatar3d.lock)
 
-Crash safety: a shard is written to ``<name>.tmp`` and renamed with
-``os.replace`` (atomic on POSIX), so a reader or a resumed job never sees a
-half-written shard under its final name. Resume reads the ``id`` column of
-every shard, removes leftover ``.tmp`` files and shards that cannot be read
-(neither should exist, but a disk can fill up), and generates the rest.
+Crash safety: a shard is written under a temporary name (avatar3d.atomic) and
+renamed with ``os.replace`` (atomic on POSIX), so a reader or a resumed job
+never sees a half-written shard under its final name. Resume reads the ``id``
+column of every shard, removes leftover temporaries of our own, moves shards
+it cannot read (a full disk, an I/O error, someone else's file) to
+``quarantine/`` and generates their rows again.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -105,12 +109,28 @@ class ResumeState:
     done_ids: set[str] = field(default_factory=set)
     shards: list[Path] = field(default_factory=list)
     removed_tmp: list[Path] = field(default_factory=list)
-    removed_unreadable: list[Path] = field(default_factory=list)
+    quarantined: list[tuple[Path, str]] = field(default_factory=list)  # (where it went, why)
     duplicate_ids: int = 0
 
 
+QUARANTINE_DIR = "quarantine"
+
+
+def quarantine(path: Path, dataset_dir) -> Path:
+    """Move a shard resume cannot use out of ``shards/`` into ``<dataset>/quarantine/`` (never delete it:
+    an I/O error or a stranger's file may still hold good data) -> its new path."""
+    folder = Path(dataset_dir) / QUARANTINE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        target = folder / f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{path.suffix}"
+    os.replace(path, target)
+    return target
+
+
 def scan_for_resume(dataset_dir, clean: bool = True) -> ResumeState:
-    """Ids already written, after removing half-written and unreadable shards (when ``clean``)."""
+    """Ids already written. When ``clean``: our own half-written temporaries are removed, and shards
+    that cannot be read as ours are moved to ``quarantine/``."""
     state = ResumeState()
     folder = shards_dir(dataset_dir)
     if not folder.is_dir():
@@ -122,10 +142,9 @@ def scan_for_resume(dataset_dir, clean: bool = True) -> ResumeState:
     for path in sorted(folder.glob(SHARD_GLOB)):
         try:
             ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-        except (pa.ArrowException, OSError):
-            state.removed_unreadable.append(path)
-            if clean:
-                path.unlink(missing_ok=True)
+        except (pa.ArrowException, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            state.quarantined.append((quarantine(path, dataset_dir) if clean else path, reason))
             continue
         before = len(state.done_ids)
         state.done_ids.update(ids)

@@ -155,8 +155,9 @@ def test_killed_job_resumes_to_exactly_n_unique_rows(ray_local, reference, tmp_p
     assert run_generation(tiny_config(tmp_path, *overrides)).generated == 0
 
 
-def test_resume_scan_removes_debris_and_counts_ids(tmp_path):
+def test_resume_scan_removes_debris_quarantines_unreadable_shards_and_counts_ids(tmp_path):
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from avatar3d.datagen.shards import ShardWriter, scan_for_resume
 
@@ -170,9 +171,18 @@ def test_resume_scan_removes_debris_and_counts_ids(tmp_path):
     (tmp_path / "shards" / "part-t-00098.parquet").write_bytes(b"PAR1 not parquet")
     state = scan_for_resume(tmp_path)
     assert state.done_ids == {f"{i:08d}" for i in range(7)} and state.duplicate_ids == 0
-    assert len(state.removed_tmp) == 1 and len(state.removed_unreadable) == 1
+    assert len(state.removed_tmp) == 1 and len(state.quarantined) == 1
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
         "part-t-00000.parquet", "part-t-00001.parquet", "part-t-00002.parquet"]
+    # The unreadable shard is kept, out of the readers' way, not deleted.
+    moved, reason = state.quarantined[0]
+    assert moved == tmp_path / "quarantine" / "part-t-00098.parquet" and moved.read_bytes() == b"PAR1 not parquet"
+    assert reason
+    # A readable Parquet file of someone else's schema (no id column) is quarantined too, never deleted.
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "shards" / "part-t-00097.parquet")
+    again = scan_for_resume(tmp_path)
+    assert [p.name for p, _ in again.quarantined] == ["part-t-00097.parquet"]
+    assert pq.read_table(tmp_path / "quarantine" / "part-t-00097.parquet").num_rows == 2
 
 
 def test_export_eg3d_layout(reference, tmp_path):
