@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from avatar3d.chain_config import STAGES, ChainConfig
-from avatar3d.config import ConfigError, dump_config, load_config
+from avatar3d.config import ConfigError, dump_config, load_config, writable_dir
 from avatar3d.datagen.dataset import read_table
 from avatar3d.datagen.config import GenerateConfig
 from avatar3d.datagen.job import run_generation
@@ -74,34 +74,44 @@ class StageConfigs:
     avatar: ImageToAvatarConfig
 
 
+def _stage(cls, path: str | None, wiring: list[str], overrides: list[str], field: str):
+    """One stage's config: its file, the chain's wiring, the user's overrides; an error names the chain's
+    option it came from (``train_overrides: unknown option ...``)."""
+    try:
+        return load_config(cls, path or None, [*wiring, *overrides])
+    except ConfigError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
 def stage_configs(cfg: ChainConfig, out: Path, tracking_uri: str) -> StageConfigs:
     """The stages' configs with the chain's wiring (each stage reads what the one before wrote)."""
-    dataset = out / "dataset"
-    gen = load_config(GenerateConfig, cfg.generate_config, [
-        f"output_dir={dataset}", f"tracking.tracking_uri={tracking_uri}", *cfg.generate_overrides])
-    train = load_config(TrainGANConfig, cfg.train_config, [
-        f"data.path={dataset}", f"output_dir={out / 'gan'}", f"tracking.tracking_uri={tracking_uri}",
-        *cfg.train_overrides])
+    dataset, track = out / "dataset", f"tracking.tracking_uri={tracking_uri}"
+    gen = _stage(GenerateConfig, cfg.generate_config, [f"output_dir={dataset}", track], cfg.generate_overrides,
+                 "generate_overrides")
+    train = _stage(TrainGANConfig, cfg.train_config, [f"data.path={dataset}", f"output_dir={out / 'gan'}", track],
+                   cfg.train_overrides, "train_overrides")
     snapshot = out / "gan" / train.run_name / FINAL_SNAPSHOT
-    evaluate = load_config(EvaluateConfig, cfg.evaluate_config or None, [
-        f"model={snapshot}", f"data={dataset}", f"output_dir={out / 'evaluate'}", *cfg.evaluate_overrides])
-    pairs = load_config(BuildPairsConfig, cfg.prior_pairs_config, [
-        f"output_dir={out / 'prior_pairs'}", f"snapshot={snapshot}", *cfg.prior_pairs_overrides])
-    prior = load_config(TrainPriorConfig, cfg.prior_train_config, [
-        f"pairs={out / 'prior_pairs'}", f"output_dir={out / 'prior'}", f"tracking.tracking_uri={tracking_uri}",
-        *cfg.prior_train_overrides])
-    avatar = load_config(ImageToAvatarConfig, None, [
-        f"image={out / 'image_to_avatar' / 'input.png'}", f"output_dir={out / 'image_to_avatar'}",
-        f"prior={out / 'prior' / prior.run_name / 'prior'}", *cfg.image_to_avatar_overrides])
+    evaluate = _stage(EvaluateConfig, cfg.evaluate_config, [f"model={snapshot}", f"data={dataset}",
+                                                            f"output_dir={out / 'evaluate'}"],
+                      cfg.evaluate_overrides, "evaluate_overrides")
+    pairs = _stage(BuildPairsConfig, cfg.prior_pairs_config, [f"output_dir={out / 'prior_pairs'}", f"snapshot={snapshot}"],
+                   cfg.prior_pairs_overrides, "prior_pairs_overrides")
+    prior = _stage(TrainPriorConfig, cfg.prior_train_config, [f"pairs={out / 'prior_pairs'}",
+                                                              f"output_dir={out / 'prior'}", track],
+                   cfg.prior_train_overrides, "prior_train_overrides")
+    avatar = _stage(ImageToAvatarConfig, None, [f"image={out / 'image_to_avatar' / 'input.png'}",
+                                                f"output_dir={out / 'image_to_avatar'}",
+                                                f"prior={out / 'prior' / prior.run_name / 'prior'}", "overwrite=true"],
+                    cfg.image_to_avatar_overrides, "image_to_avatar_overrides")
     return StageConfigs(generate=gen, train=train, evaluate=evaluate, pairs=pairs, prior=prior, avatar=avatar)
 
 
 def run_chain(cfg: ChainConfig) -> ChainResult:
     out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     tracking_uri = cfg.tracking_uri or default_tracking_uri(out)
-    # Resolve every stage's config before running anything: a typo fails now, not an hour in.
+    # Resolve every stage's config before running (or creating) anything: a typo fails now, not an hour in.
     stages = stage_configs(cfg, out, tracking_uri)
+    writable_dir(out, "output_dir")
     dump_config(cfg, out / "chain_config.yaml")
     forced = set(STAGES[STAGES.index(cfg.from_stage):]) if cfg.from_stage else set()
     done = read_state(out)

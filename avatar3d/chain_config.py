@@ -34,6 +34,8 @@ class ChainConfig:
     tracking_uri: str = field(default="", metadata={"help": "MLflow URI for every stage; empty = sqlite in output_dir"})
 
     def validate(self) -> None:
+        if not self.output_dir.strip():
+            raise ConfigError("output_dir is empty: pass the folder the chain writes under, e.g. output_dir=outputs/demo")
         if self.from_stage and self.from_stage not in STAGES:
             raise ConfigError(f"from_stage: {self.from_stage!r} is not a stage; choose one of {', '.join(STAGES)}")
         order = [s for s in STAGES if s in self.stages]

@@ -133,6 +133,20 @@ def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_fits_in_memory(count: int, bytes_each: int, field: str, what: str) -> None:
+    """Refuse a size whose in-memory part cannot fit in half of this machine's free memory (one line with
+    the largest size that fits); no check where the OS gives no cheap figure."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = count * bytes_each
+    if need > available // 2:
+        raise ConfigError(f"{field}={count}: {what} needs ~{need / 2**30:,.1f} GiB (about {bytes_each:,} bytes each) "
+                          f"and this machine has {available / 2**30:,.1f} GiB free; pass {field} <= "
+                          f"{available // 2 // bytes_each:,}")
+
+
 SEED_MAX = 2**32 - 1  # numpy's and every generator's common range
 
 

@@ -74,7 +74,7 @@ def test_quiet_and_verbose_set_one_level_for_the_avatar3d_logger(monkeypatch, ca
 
 
 @pytest.mark.parametrize("argv, pattern", [
-    (["prompts", "--n", "0"], "avatar3d prompts: error: --n: 0 must be >= 1"),
+    (["prompts", "--n", "0"], "avatar3d prompts: error: --n: 0 is out of range; pass 1..10,000,000"),
     (["generate", "--config", "jobs/configs/generate_tiny.yaml", "num_sampels=3"],
      "avatar3d generate: error: unknown option 'num_sampels'; did you mean 'num_samples'?"),
     (["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", "batch_size=many"],

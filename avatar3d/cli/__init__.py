@@ -73,17 +73,18 @@ def _add_prompts(sub) -> None:
     p.set_defaults(func=_run_prompts)
 
 
+MAX_PROMPTS = 10_000_000
 PROMPT_CHUNK = 1000  # prompts are made and printed this many at a time: memory stays flat for any --n
 
 
 def _run_prompts(args) -> int:
-    if args.n < 1:
-        raise ConfigError(f"--n: {args.n} must be >= 1")
+    if not 1 <= args.n <= MAX_PROMPTS:
+        raise ConfigError(f"--n: {args.n} is out of range; pass 1..{MAX_PROMPTS:,} (20x the paper's dataset)")
     if not 0 <= args.seed <= SEED_MAX:
         raise ConfigError(f"--seed: {args.seed} is out of range; pass 0..{SEED_MAX}")
     from avatar3d.prompts import format_prompt_table, load_styles, sample_prompts
 
-    styles = load_styles(args.styles) if args.styles else None
+    styles = load_styles(args.styles, field="--styles") if args.styles else None
     for start in range(0, args.n, PROMPT_CHUNK):
         samples = sample_prompts(min(PROMPT_CHUNK, args.n - start), args.seed, styles=styles, start=start)
         if args.json:

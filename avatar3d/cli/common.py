@@ -92,7 +92,7 @@ def from_flags(cls, data: dict, flags: dict[str, str] | None = None):
         return from_dict(cls, data)
     except ConfigError as exc:
         msg = str(exc)
-        field = msg.split(":", 1)[0].split(" ", 1)[0]
+        field = msg.split(":", 1)[0].split(" ", 1)[0].split("=", 1)[0]  # "field: ..." or "field=value: ..."
         if field not in data:
             raise
         flag = (flags or {}).get(field, "--" + field.replace("_", "-"))

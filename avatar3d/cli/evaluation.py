@@ -94,6 +94,8 @@ def _run_fid(args) -> int:
     from avatar3d.datagen.dataset import TRAIN_COLUMNS, open_dataset
 
     open_dataset(args.data, columns=TRAIN_COLUMNS, field="--data")
+    if args.out:
+        _out_file(args.out)
     result = compute_fid(_load(args), args.data, opts, args.device, args.model, args.cache_dir)
     print(result.summary())
     if args.out:
@@ -136,6 +138,8 @@ def _run_truth(args) -> int:
     if not has_truth(args.data, field="--data"):
         raise ConfigError(f"--data: {args.data} has no truth columns; pass a dataset made with "
                           "pipeline.preset=procedural")
+    if args.out:
+        _out_file(args.out)
     result = compute_truth(_load(args).generator, args.data, opts, args.cache_dir)
     print(result.summary())
     if args.out:
@@ -182,8 +186,9 @@ def _run_walk(args) -> int:
                                                  "truncation": "truncation", "fps": "fps", "formats": "format_list"})
     from avatar3d.evaluation.stage import write_walk
 
-    out = writable_dir(args.out, "--out")
-    for path in write_walk(_load(args).generator, opts, out):
+    writable_dir(args.out, "--out", create=False)  # checked now, created once the model has loaded
+    G = _load(args).generator
+    for path in write_walk(G, opts, writable_dir(args.out, "--out")):
         print(path)
     return 0
 
@@ -208,8 +213,9 @@ def _run_turntable(args) -> int:
                                                       "formats": "format_list"})
     from avatar3d.evaluation.stage import write_turntable
 
-    out = writable_dir(args.out, "--out")
-    for path in write_turntable(_load(args).generator, opts, out):
+    writable_dir(args.out, "--out", create=False)  # checked now, created once the model has loaded
+    G = _load(args).generator
+    for path in write_turntable(G, opts, writable_dir(args.out, "--out")):
         print(path)
     return 0
 
@@ -234,8 +240,17 @@ def _add_export_mesh(sub, O) -> None:
     p.set_defaults(func=_run_export_mesh)
 
 
+def _out_file(path: str, flag: str = "--out") -> Path:
+    """An output file's path, checked before any work: not a folder, in a folder that can be written."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"{flag}: {path} is a folder; pass a file name inside it")
+    writable_dir(out.parent, flag, create=False)
+    return out
+
+
 def _run_export_mesh(args) -> int:
-    out = Path(args.out)
+    out = _out_file(args.out)
     if out.suffix.lower() not in (".glb", ".ply", ".obj"):
         raise ConfigError(f"--out: {out.name} must end in .glb, .ply or .obj")
     args.format = out.suffix.lower()[1:]

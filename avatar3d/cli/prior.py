@@ -62,6 +62,7 @@ def register(sub) -> None:
                    help=option_help(C, "mesh_resolution"))
     p.add_argument("--mesh-iso", type=float, default=default(C, "mesh_iso"),
                    help=field_help(C, "mesh_iso"))
+    p.add_argument("--overwrite", action="store_true", help=field_help(C, "overwrite"))
     p.set_defaults(func=run_image_to_avatar_command)
 
 
@@ -97,7 +98,7 @@ def run_image_to_avatar_command(args) -> int:
             "seed": args.seed, "guidance_scale": args.guidance_scale, "steps": args.steps, "sampler": args.sampler,
             "views": args.views, "pitch": args.pitch, "turntable_frames": args.turntable_frames,
             "truncation_psi": args.truncation_psi, "mesh_resolution": args.mesh_resolution,
-            "mesh_iso": args.mesh_iso}
+            "mesh_iso": args.mesh_iso, "overwrite": args.overwrite}
     cfg = from_flags(ImageToAvatarConfig, data, {"output_dir": "--out", "image": "IMAGE"})
     for path in run_image_to_avatar(cfg).files:
         print(path)

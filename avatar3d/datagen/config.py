@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from avatar3d.config import ConfigError, seed_field, writable_dir
+from avatar3d.config import ConfigError, check_fits_in_memory, seed_field, writable_dir
 from avatar3d.datagen.procedural import PAINTER_ID, ProceduralOptions
 from avatar3d.prompts import load_attributes, load_styles
 from avatar3d.tracking.options import TrackingOptions
@@ -165,7 +164,7 @@ class GenerateConfig:
     def validate(self) -> "GenerateConfig":
         """Cross-field checks; raises ConfigError (one line). Reads files, writes nothing."""
         _check_int("num_samples", self.num_samples, 1)
-        _check_plan_fits(self.num_samples)
+        check_fits_in_memory(self.num_samples, PLAN_BYTES_PER_SAMPLE, "num_samples", "the driver's plan")
         _check_int("resolution", self.resolution, 8)
         if self.resolution % 8:
             raise ConfigError(f"resolution={self.resolution} is not a multiple of 8 (the VAE's scale): pass e.g. "
@@ -204,7 +203,7 @@ class GenerateConfig:
     def resolved_styles(self):
         """The Style list this job uses; unknown or empty selections raise ConfigError."""
         try:
-            available = load_styles(self.styles_file) if self.styles_file else load_styles()
+            available = load_styles(self.styles_file, field="styles_file") if self.styles_file else load_styles()
         except ValueError as err:
             raise ConfigError(str(err).splitlines()[0]) from None
         if self.styles is None:
@@ -252,20 +251,6 @@ class GenerateConfig:
 
 
 PLAN_BYTES_PER_SAMPLE = 1024  # the driver's spec table: ~850 B a row measured (prompts, camera, ids), rounded up
-
-
-def _check_plan_fits(num_samples: int) -> None:
-    """The driver holds the plan (one spec row per sample) in memory: refuse a size that cannot fit here."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not Linux: no cheap figure, no check
-        return
-    need = num_samples * PLAN_BYTES_PER_SAMPLE
-    if need > available // 2:
-        most = available // 2 // PLAN_BYTES_PER_SAMPLE
-        raise ConfigError(f"num_samples={num_samples}: the driver's plan needs ~{need / 2**30:,.1f} GiB (about 1 KiB "
-                          f"per sample) and this machine has {available / 2**30:,.1f} GiB free; pass num_samples <= "
-                          f"{most:,} here, or split the dataset over several output folders")
 
 
 def _check_int(name, value, minimum):

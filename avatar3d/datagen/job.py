@@ -426,6 +426,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
     card = build_card(out, to_dict(cfg), model_ids, timings, cfg.num_samples)
     timings["total_wall_s"] = round(time.perf_counter() - t0, 3)
     card["timings"] = timings
+    card["history"] = _card_history(out / CARD_FILE)
     card_path = write_atomic_json(card, out / CARD_FILE)
     if card["num_rows"] != card["num_unique_ids"]:
         log.warning(f"{card['num_rows'] - card['num_unique_ids']} duplicate ids in {out}")
@@ -437,6 +438,18 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
     )
     log.info(result.summary())
     return result
+
+
+def _card_history(path: Path) -> list[dict]:
+    """The earlier runs of this folder (when, how many rows, their timings), kept when the card is rewritten."""
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    earlier = {k: old.get(k) for k in ("created_at", "num_rows", "timings")}
+    return [*old.get("history", []), earlier]
 
 
 def log_to_mlflow(cfg: GenerateConfig, card: dict, card_path: Path, generated: int) -> str | None:

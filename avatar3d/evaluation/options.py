@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avatar3d.config import ConfigError, seed_field
+from avatar3d.config import ConfigError, check_fits_in_memory, seed_field
+
+FAKE_BYTES = 2048 * 8 + 25 * 8  # one fake's Inception features and camera label
 
 # Extractor names -> where the Inception weights come from (avatar3d.evaluation.features).
 EXTRACTORS = {"inception": "auto", "inception-clean-fid": "clean-fid", "inception-fid-helper": "fid-helper"}
@@ -32,6 +34,10 @@ class FIDOptions:
         "choices": ["eigh", "clean-fid"],
         "help": "matrix square root: eigh (clean-fid's value to ~1e-14, ~5x faster) or clean-fid's sqrtm"})
     batch_size: int = field(default=8, metadata={"min": 1, "help": "generator batch (part of the protocol)"})
+
+    def validate(self) -> None:
+        # The features of every fake are held for the statistics (2048 float64), plus the camera labels.
+        check_fits_in_memory(self.num_fakes, FAKE_BYTES, "num_fakes", "FID's features of the fakes")
 
 
 @dataclass

@@ -96,6 +96,9 @@ class GANConfig:
             raise ValueError("p_fine_reliable and p_fine_other are probabilities: pass values in [0, 1]")
         if self.decoder_output_dim < 3:
             raise ValueError(f"decoder_output_dim={self.decoder_output_dim} must be >= 3 (rgb first)")
+        for name in ("lr_g", "lr_d"):  # 0 is allowed: a frozen network is a control run (evaluation/gan)
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a number >= 0 (e.g. 0.0025)")
 
     # --- derived -------------------------------------------------------------------
     @property

@@ -20,7 +20,8 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-from avatar3d.config import writable_dir
+from avatar3d.atomic import atomic_write
+from avatar3d.config import ConfigError, writable_dir
 from avatar3d.evaluation.mesh import EG3D_ISO_SIGMA, export_mesh as write_mesh, generator_mesh
 from avatar3d.prior.config import ImageToAvatarConfig
 from avatar3d.prior.encoder import load_input_image
@@ -29,6 +30,8 @@ from avatar3d.prior.views import broadcast_w
 from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
 
 log = logging.getLogger(__name__)
+
+AVATAR_JSON = "avatar.json"  # written last: its presence marks a finished avatar in a folder
 
 
 @dataclass
@@ -41,10 +44,14 @@ class AvatarResult:
 def run_image_to_avatar(cfg: ImageToAvatarConfig) -> AvatarResult:
     # Check the input before loading any model.
     image = load_input_image(cfg.image, "image")
-    out = writable_dir(cfg.output_dir, "output_dir")
+    if (Path(cfg.output_dir) / AVATAR_JSON).exists() and not cfg.overwrite:
+        raise ConfigError(f"output_dir={cfg.output_dir!r} already holds an avatar ({AVATAR_JSON}); pass --overwrite "
+                          "to replace it, or another folder")
+    writable_dir(cfg.output_dir, "output_dir", create=False)  # checked now, created once the models have loaded
 
     # The prior and its generator.
     pipe = load_pipeline(cfg.prior, cfg.generator or None, cfg.tracking_uri or None)
+    out = writable_dir(cfg.output_dir, "output_dir")
 
     # Image -> w -> views and turntable.
     yaws = view_yaws(cfg.views)
@@ -99,9 +106,9 @@ def write_avatar(result, out: Path, generator, mesh_resolution: int = 128, sourc
     mesh = export_mesh(generator, result.w[:1], out, mesh_resolution, mesh_iso) if mesh_resolution else None
     if mesh is not None:
         paths.append(mesh)
-    record = out / "avatar.json"
-    record.write_text(json.dumps({"input": source, **result.meta, "yaws": result.yaws, "pitches": result.pitches,
-                                  "mesh": str(mesh) if mesh else None}, indent=2))
+    record = out / AVATAR_JSON
+    atomic_write(record, json.dumps({"input": source, **result.meta, "yaws": result.yaws, "pitches": result.pitches,
+                                     "mesh": str(mesh) if mesh else None}, indent=2))
     paths.append(record)
     return paths
 

@@ -113,6 +113,7 @@ class ImageToAvatarConfig:
     mesh_resolution: int = field(default=128, metadata={"min": 0, "max": 1024,
                                                         "help": "marching-cubes grid size (0 = no mesh)"})
     mesh_iso: Optional[float] = field(default=None, metadata={"help": "surface density level (default EG3D's 10)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the avatar an earlier run wrote in output_dir"})
 
     def validate(self) -> None:
         if not self.image:

@@ -76,6 +76,8 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     if rows_per_worker < per_worker:
         raise ConfigError(f"batch_size: each of {cfg.scaling.num_workers} worker(s) would get {rows_per_worker} "
                           f"pairs, fewer than its batch of {per_worker}; lower batch_size or build more pairs")
+    if cfg.lr == 0:
+        log.warning("lr=0: the prior will not change (a control run)")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True).check()

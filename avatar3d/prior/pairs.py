@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from avatar3d.atomic import atomic_folder, atomic_write
-from avatar3d.config import ConfigError, to_dict
+from avatar3d.config import ConfigError, to_dict, writable_dir
 from avatar3d.datagen.dataset import encode_png
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.lock import folder_lock
@@ -105,6 +105,7 @@ class PairsResult:
 def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     """Build the pairs folder (Ray Data actor pool; ``use_ray=False``: the same builder in this process)."""
     apply_local_defaults()
+    writable_dir(cfg.output_dir, "output_dir", create=False)  # an empty one is refused, not taken as "."
     meta = read_snapshot_metadata(cfg.snapshot)  # fail here, not in an actor
     if cfg.image_encoder != "tiny":
         load_image_encoder(cfg.image_encoder)  # one clear line when the model is not there

@@ -141,7 +141,7 @@ def _read_yaml(path: Path, field_name: str, hint: str):
 def _resolve_file(path, field_name: str, hint: str) -> Path:
     path = Path(path)
     if path.suffix.lower() not in _TEXT_SUFFIXES + _YAML_SUFFIXES:
-        raise ValueError(f"{field_name}: unsupported file type {path.name!r}; pass {hint}")
+        raise ValueError(f"{field_name}: unsupported file type {str(path)!r}; pass {hint}")
     if not path.is_file():
         raise ValueError(f"{field_name}: file not found: {str(path)!r}; pass {hint}")
     return path
@@ -171,7 +171,7 @@ def _builtin_styles() -> tuple[Style, ...]:
     return tuple(_validate_styles(data["styles"], source="built-in styles.yaml"))
 
 
-def load_styles(path_or_list=None) -> list[Style]:
+def load_styles(path_or_list=None, field: str = "styles") -> list[Style]:
     """The avatar styles: the 50 built-ins, or the user's own.
 
     ``path_or_list``: None (built-ins); a ``.yaml``/``.yml`` file holding a list
@@ -185,12 +185,12 @@ def load_styles(path_or_list=None) -> list[Style]:
     if path_or_list is None:
         return list(_builtin_styles())
     if isinstance(path_or_list, (str, os.PathLike)):
-        path = _resolve_file(path_or_list, "styles", _STYLES_HINT)
+        path = _resolve_file(path_or_list, field, _STYLES_HINT)
         if path.suffix.lower() in _TEXT_SUFFIXES:
             lines = path.read_text(encoding="utf-8").splitlines()
             items = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
         else:
-            data = _read_yaml(path, "styles", _STYLES_HINT)
+            data = _read_yaml(path, field, _STYLES_HINT)
             items = data.get("styles") if isinstance(data, Mapping) else data
         return _validate_styles(items, source=str(path))
     if isinstance(path_or_list, Sequence):

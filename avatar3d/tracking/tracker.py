@@ -43,9 +43,7 @@ def default_tracking_uri(folder) -> str:
     store in ``folder``."""
     if _USER_TRACKING_URI:
         return _USER_TRACKING_URI
-    path = Path(folder).resolve() / "mlflow.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"  # the folder is made when a run opens
 
 
 # Stores MLflow can open (tracking and registry); anything else is a typo to refuse before any work.
@@ -180,6 +178,8 @@ class Tracker:
             return self
         self.check()
         self.uri = self.options.tracking_uri or default_tracking_uri(self.output_dir)
+        if not self.options.tracking_uri and self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         experiment = use_experiment(self.uri, self.options.experiment)
         found = []
         if self.resume:

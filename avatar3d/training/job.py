@@ -77,6 +77,9 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     if rows_per_worker < per_worker:
         raise ConfigError(f"batch_size: each of {cfg.scaling.num_workers} worker(s) would get {rows_per_worker} "
                           f"rows, fewer than its batch of {per_worker}; lower batch_size or add data")
+    for name in ("lr_g", "lr_d"):
+        if getattr(gan_cfg, name) == 0:
+            log.warning(f"model.overrides.{name}=0: that network will not change (a control run)")
     if cfg.scaling.use_gpu is False and cfg.scaling.precision == "bf16":
         log.warning("precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
     output_dir = Path(cfg.output_dir).resolve()

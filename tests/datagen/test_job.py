@@ -152,7 +152,12 @@ def test_killed_job_resumes_to_exactly_n_unique_rows(ray_local, reference, tmp_p
     assert len(ids) == n == len(set(ids))
     resumed = read_dataset(tmp_path)
     assert resumed.column("image_png").to_pylist()[:N] == table.column("image_png").to_pylist()
+    first_card = json.loads((tmp_path / "dataset_card.json").read_text())
     assert run_generation(tiny_config(tmp_path, *overrides)).generated == 0
+    # The no-op re-run keeps the earlier run's timings in the card's history instead of losing them.
+    card = json.loads((tmp_path / "dataset_card.json").read_text())
+    assert card["history"][-1] == {k: first_card[k] for k in ("created_at", "num_rows", "timings")}
+    assert (tmp_path / "quarantine" / "part-x-00010.parquet").is_file()  # the truncated shard, kept aside
 
 
 def test_resume_scan_removes_debris_quarantines_unreadable_shards_and_counts_ids(tmp_path):

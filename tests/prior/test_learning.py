@@ -127,3 +127,12 @@ def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot,
                str(tmp_path / "no-prior")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "not a prior folder" in err
+    # An earlier avatar is not overwritten silently: refused in one line, kept byte for byte; --overwrite replaces it.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc = main(["image-to-avatar", str(tmp_path / "in.png"), "--out", str(out), "--prior", str(folder), "--seed", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "already holds an avatar (avatar.json); pass --overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    rc = main(["image-to-avatar", str(tmp_path / "in.png"), "--out", str(out), "--prior", str(folder), "--seed", "3",
+               "--views", "4", "--turntable-frames", "0", "--mesh-resolution", "0", "--overwrite"])
+    assert rc == 0 and json.loads((out / "avatar.json").read_text())["seed"] == 3
