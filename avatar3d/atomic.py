@@ -8,12 +8,15 @@ therefore sees the old version or the complete new one, never a torn file.
 * :func:`atomic_write` - bytes or text you already hold;
 * :func:`atomic_path` - a path to hand to a library's own writer
   (``save_file``, ``pq.write_table``, ``np.savez``, ``shutil.copyfile``);
-* :func:`atomic_folder` - a folder of several files, replaced as a whole.
+* :func:`atomic_folder` - a folder of several files, replaced as a whole (one
+  ``renameat2`` exchange on Linux, so a crash leaves the old or the new one).
 
 Standard library only, so light modules (configs, the CLI) use it too.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import uuid
@@ -56,6 +59,24 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system cannot, so the caller falls back."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc / not Linux
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system has no exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextmanager
 def atomic_folder(folder: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success replace ``folder`` with it (every file fsynced)."""
@@ -68,13 +89,15 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         for child in tmp.rglob("*"):
             if child.is_file():
                 _fsync_file(child)
-        if folder.exists():
+        if not folder.exists():
+            tmp.rename(folder)
+        elif _exchange(tmp, folder):  # one atomic step: the old folder now sits at tmp
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # no renameat2 here: two renames; a crash between them leaves the old one at .<name>.old-*
             old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
             folder.rename(old)
             tmp.rename(folder)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

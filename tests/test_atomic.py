@@ -46,3 +46,29 @@ def test_atomic_folder_swaps_the_whole_folder_or_nothing(tmp_path):
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in folder.iterdir()) == ["b.txt"]
     assert sorted(os.listdir(tmp_path)) == ["prior"]
+
+
+def test_replacing_a_folder_is_one_atomic_exchange_here(tmp_path, monkeypatch):
+    import avatar3d.atomic as atomic
+
+    calls = []
+    real = atomic._exchange
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: calls.append((a, b)) or real(a, b))
+    folder = tmp_path / "prior"
+    with atomic_folder(folder) as tmp:
+        (tmp / "v").write_text("1")
+    with atomic_folder(folder) as tmp:
+        (tmp / "v").write_text("2")
+    assert len(calls) == 1 and (folder / "v").read_text() == "2"  # Linux: renameat2 swapped them in one step
+    assert sorted(os.listdir(tmp_path)) == ["prior"]
+
+
+def test_where_no_exchange_exists_the_fallback_still_replaces(tmp_path, monkeypatch):
+    import avatar3d.atomic as atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    folder = tmp_path / "prior"
+    for version in ("1", "2"):
+        with atomic_folder(folder) as tmp:
+            (tmp / "v").write_text(version)
+    assert (folder / "v").read_text() == "2" and sorted(os.listdir(tmp_path)) == ["prior"]
