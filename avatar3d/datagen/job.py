@@ -53,6 +53,7 @@ from avatar3d.datagen.shards import (
     SPECS_FILE,
     ShardWriter,
     build_card,
+    drop_duplicate_rows,
     scan_for_resume,
     write_atomic_json,
     write_atomic_table,
@@ -376,6 +377,10 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
     for path, reason in resume.quarantined:
         log.warning(f"moved {path.name}, which resume cannot read ({reason}), to {path.parent}; its rows are "
                     "painted again")
+    if resume.duplicate_ids:
+        dropped = drop_duplicate_rows(out)
+        log.warning(f"removed {dropped} duplicate rows (ids written twice, as two jobs writing one folder at once "
+                    "did before the folder lock); each id now appears once")
     write_atomic_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, out / JOB_FILE)
     _init_ray(cfg)
     t_specs = time.perf_counter()

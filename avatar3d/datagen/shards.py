@@ -153,6 +153,28 @@ def scan_for_resume(dataset_dir, clean: bool = True) -> ResumeState:
     return state
 
 
+def drop_duplicate_rows(dataset_dir) -> int:
+    """Keep the first row of every id (shards in name order): a shard holding later copies is rewritten
+    without them (atomically), one holding nothing new is moved to ``quarantine/``. -> rows dropped."""
+    seen: set[str] = set()
+    dropped = 0
+    for path in list_shards(dataset_dir):
+        table = pq.read_table(path)
+        keep = []
+        for row, row_id in enumerate(table.column("id").to_pylist()):
+            if row_id not in seen:
+                seen.add(row_id)
+                keep.append(row)
+        if len(keep) == table.num_rows:
+            continue
+        dropped += table.num_rows - len(keep)
+        if keep:
+            write_atomic_table(table.take(keep), path)
+        else:
+            quarantine(path, dataset_dir)
+    return dropped
+
+
 def list_shards(dataset_dir) -> list[Path]:
     return sorted(shards_dir(dataset_dir).glob(SHARD_GLOB))
 

@@ -242,3 +242,23 @@ def test_sd15_config_loads_and_missing_models_fail_in_one_line(tmp_path, monkeyp
         run_generation(cfg)
     assert "\n" not in str(err.value) and "stable-diffusion-v1-5" in str(err.value) and "HF_HUB_OFFLINE=0" in str(err.value)
     assert not (tmp_path / "sd").exists()
+
+
+def test_duplicate_ids_from_two_writers_are_dropped_keeping_the_first_copy(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avatar3d.datagen.shards import ShardWriter, drop_duplicate_rows, list_shards, scan_for_resume
+
+    schema = pa.schema([("id", pa.string()), ("v", pa.int64())], metadata={b"avatar3d.dataset": b"2"})
+    for tag, ids in (("a", ["0", "1", "2"]), ("b", ["1", "2", "3"]), ("c", ["0", "3"])):
+        writer = ShardWriter(tmp_path, rows_per_file=10, run_tag=tag, schema=schema)
+        writer.add(pa.table({"id": ids, "v": [ord(tag)] * len(ids)}, schema=schema))
+        writer.flush()
+    assert scan_for_resume(tmp_path, clean=False).duplicate_ids == 4
+    assert drop_duplicate_rows(tmp_path) == 4
+    rows = [r for p in list_shards(tmp_path) for r in pq.read_table(p).to_pylist()]
+    assert sorted((r["id"], r["v"]) for r in rows) == [("0", 97), ("1", 97), ("2", 97), ("3", 98)]
+    assert [p.name for p in (tmp_path / "quarantine").iterdir()] == ["part-c-00000.parquet"]  # nothing new in c
+    assert pq.read_schema(list_shards(tmp_path)[1]).metadata[b"avatar3d.dataset"] == b"2"  # still a dataset shard
+    assert scan_for_resume(tmp_path, clean=False).duplicate_ids == 0
