@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from avatar3d.evaluation.models import load_generator, resolve_snapshot
+from avatar3d.tracking.tracker import use_experiment
 from avatar3d.training.registry import register_generator
 from tests.evaluation.helpers import micro_generator, surface_iso, write_micro_snapshot
 
@@ -20,8 +21,7 @@ def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     snap = write_micro_snapshot(root / "g.safetensors")
     uri = f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("eval-test")
+    use_experiment(uri, "eval-test")  # artifacts beside the store, not in ./mlruns of the checkout
     with mlflow.start_run():
         version = register_generator(snap, "micro-gan")
     mlflow.set_tracking_uri("")  # leave no global state behind for other tests
@@ -48,8 +48,7 @@ def test_an_alias_is_resolved_to_its_version_before_the_cache(registered, tmp_pa
     assert first.read_bytes() == registered["snapshot"].read_bytes()
     # A second version with other weights; the alias moves to it.
     snap2 = write_micro_snapshot(tmp_path / "v2.safetensors", seed=1)
-    mlflow.set_tracking_uri(registered["uri"])
-    mlflow.set_experiment("eval-test")
+    use_experiment(registered["uri"], "eval-test")
     with mlflow.start_run():
         assert register_generator(snap2, "micro-gan") == "micro-gan/2"
     mlflow.set_tracking_uri("")
