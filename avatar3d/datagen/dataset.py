@@ -193,9 +193,14 @@ def read_table(uri: str | Path, columns: Sequence[str] | None = None) -> pa.Tabl
     return open_dataset(uri, columns=tuple(columns or ()), field="dataset", check_images=False).read(columns)
 
 
-def decode_png(data: bytes, resolution: int | None = None) -> np.ndarray:
-    """PNG bytes -> HWC uint8 RGB, resized to ``resolution`` (Lanczos, as the trainer does) if given."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
+def decode_png(data: bytes, resolution: int | None = None, where: str = "") -> np.ndarray:
+    """PNG bytes -> HWC uint8 RGB, resized to ``resolution`` (Lanczos, as the trainer does) if given.
+    Bytes that are not an image raise one ValueError naming ``where`` (e.g. the row's id)."""
+    try:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+    except (OSError, SyntaxError) as exc:  # PIL: UnidentifiedImageError (an OSError), truncated data
+        raise ValueError(f"{where or 'image'}: not a readable image ({str(exc).splitlines()[0]}); "
+                         "regenerate that row (move its shard to quarantine/ and re-run avatar3d generate)") from None
     if resolution is not None and img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.LANCZOS)
     return np.asarray(img)

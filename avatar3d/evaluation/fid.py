@@ -163,8 +163,9 @@ def dataset_hash(dataset_dir: str | Path) -> str:
 def iter_dataset(dataset_dir: str | Path, resolution: int, batch_size: int = 64):
     """-> batches of (images (B, R, R, 3) uint8, camera labels (B, 25)) over every row."""
     ds = open_dataset(dataset_dir, columns=TRAIN_COLUMNS, field="--data")
-    for rows in ds.iter_batches(["image_png", "camera"], batch_size):
-        images = np.stack([decode_png(b, resolution) for b in rows["image_png"]])
+    for rows in ds.iter_batches(["id", "image_png", "camera"], batch_size):
+        images = np.stack([decode_png(b, resolution, where=f"--data: row id {row_id}")
+                           for row_id, b in zip(rows["id"], rows["image_png"])])
         yield images, np.asarray(rows["camera"], dtype=np.float64)
 
 

@@ -145,3 +145,23 @@ def test_inception_weights_come_from_the_package_or_the_project_cache_never_tmp(
         features.InceptionFeatures("clean-fid")
     # clean-fid itself reads /tmp/inception-2015-12-05.pt (TorchScript, anyone can write there): never here.
     assert "/tmp" not in inspect.getsource(features).replace("``/tmp``", "")
+
+
+def test_a_row_whose_image_is_not_a_png_is_named_not_a_traceback(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avatar3d.evaluation.fid import iter_dataset
+
+    data = tmp_path / "ds"
+    shutil.copytree("tests/fixtures/formats/dataset_v2", data)
+    last = sorted((data / "shards").glob("*.parquet"))[-1]
+    table = pq.read_table(last)
+    images = table.column("image_png").to_pylist()
+    images[-1] = b"this is text posing as a PNG"
+    bad_id = table.column("id").to_pylist()[-1]
+    pq.write_table(table.set_column(table.schema.get_field_index("image_png"), "image_png",
+                                    pa.array(images, type=table.schema.field("image_png").type)), last)
+    with pytest.raises(ValueError, match=rf"^--data: row id {bad_id}: not a readable image \(.*\); regenerate"):
+        for _ in iter_dataset(data, 16, batch_size=3):
+            pass
