@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -26,6 +27,8 @@ from mlflow.entities import Metric
 
 from avatar3d.config import ConfigError
 from avatar3d.tracking.options import TrackingOptions
+
+log = logging.getLogger(__name__)
 
 # MLflow caps a param value at 6000 characters (older servers: 500).
 _MAX_PARAM_LEN = 500
@@ -115,25 +118,46 @@ def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
 
 class RunLogger:
     """Logs into one existing run by id, through a stateless client (safe on Ray workers: no global
-    MLflow state, no active run)."""
+    MLflow state, no active run).
+
+    Tracking never kills a run: a call that fails (the server restarting, a network blip) is retried
+    with backoff (:data:`RETRY_DELAYS_S`), then dropped with a warning and counted in ``dropped``.
+    """
+
+    RETRY_DELAYS_S = (1.0, 4.0, 15.0)
 
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.dropped = 0
+
+    def _call(self, what: str, fn: Callable[..., Any], *args, **kwargs) -> None:
+        for delay in (*self.RETRY_DELAYS_S, None):
+            try:
+                fn(*args, **kwargs)
+                return
+            except Exception as exc:  # MlflowException, OSError, requests' errors: all transient here
+                if delay is None:
+                    self.dropped += 1
+                    log.warning(f"MLflow: {what} not logged after {len(self.RETRY_DELAYS_S) + 1} tries "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); training goes on")
+                    return
+                time.sleep(delay)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Finite values only (a NaN would hide the curve in MLflow's UI)."""
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, int(step)) for k, v in _finite(metrics).items()])
+        batch = [Metric(k, v, now, int(step)) for k, v in _finite(metrics).items()]
+        self._call(f"metrics at step {step}", self.client.log_batch, self.run_id, metrics=batch)
 
     def log_image(self, image, artifact_file: str) -> None:
-        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+        self._call(artifact_file, self.client.log_image, self.run_id, image, artifact_file=artifact_file)
 
     def log_file(self, path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        self._call(str(path), self.client.log_artifact, self.run_id, str(path), artifact_path=artifact_path)
 
     def log_folder(self, path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(path), artifact_path=artifact_path)
+        self._call(str(path), self.client.log_artifacts, self.run_id, str(path), artifact_path=artifact_path)
 
 
 class Tracker:

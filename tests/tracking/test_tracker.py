@@ -100,3 +100,31 @@ def test_train_gan_with_an_unreachable_server_fails_before_writing(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tracking.tracking_uri='http://127.0.0.1:9': no MLflow server answers" in err
     assert not out.exists()
+
+
+def test_a_flaky_store_is_retried_and_a_dead_one_never_kills_the_run(tmp_path, monkeypatch, capsys):
+    from avatar3d.logs import setup_logging
+
+    setup_logging("INFO")  # as a Ray Train worker does: warnings on stderr in the one format
+    with Tracker(_options(tmp_path), tmp_path, "flaky", stage="gan") as tracker:
+        logger = RunLogger(tracker.uri, tracker.run_id)
+    monkeypatch.setattr(RunLogger, "RETRY_DELAYS_S", (0.0, 0.0))
+    real, calls = logger.client.log_batch, []
+
+    def flaky(*args, **kwargs):  # fails twice, then the server is back
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionError("server restarting")
+        return real(*args, **kwargs)
+
+    logger.client.log_batch = flaky
+    logger.log_metrics({"loss_G": 1.5}, step=4)
+    assert len(calls) == 3 and logger.dropped == 0
+    assert MlflowClient(tracking_uri=tracker.uri).get_run(tracker.run_id).data.metrics == {"loss_G": 1.5}
+
+    def dead(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    logger.client.log_batch = dead
+    logger.log_metrics({"loss_G": 1.0}, step=5)  # does not raise: training goes on
+    assert logger.dropped == 1 and "not logged after 3 tries (no route to host)" in capsys.readouterr().err
