@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -75,7 +76,9 @@ def check_store(uri: str, field: str = "tracking.tracking_uri") -> str:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as reply:
                 reply.read(64)
-        except (OSError, ValueError) as exc:  # refused, unreachable, timed out, HTTP error, bad host
+        except urllib.error.HTTPError:  # it answered (401 behind an auth proxy, say): a server is there
+            pass
+        except (OSError, ValueError) as exc:  # refused, unreachable, timed out, bad host
             reason = getattr(exc, "reason", exc)
             raise ConfigError(f"{field}={uri!r}: no MLflow server answers there ({reason}); start it, fix "
                               "the URI, or pass tracking.enabled=false") from None

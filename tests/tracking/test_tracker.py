@@ -128,3 +128,26 @@ def test_a_flaky_store_is_retried_and_a_dead_one_never_kills_the_run(tmp_path, m
     logger.client.log_batch = dead
     logger.log_metrics({"loss_G": 1.0}, step=5)  # does not raise: training goes on
     assert logger.dropped == 1 and "not logged after 3 tries (no route to host)" in capsys.readouterr().err
+
+
+def test_a_server_that_answers_even_401_counts_as_there(tmp_path):
+    import http.server
+    import threading
+
+    from avatar3d.tracking.tracker import check_store
+
+    class Locked(http.server.BaseHTTPRequestHandler):  # an MLflow server behind an authenticating proxy
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Locked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        assert check_store(uri) == uri
+    finally:
+        server.shutdown()
