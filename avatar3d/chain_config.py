@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avatar3d.config import ConfigError
+from avatar3d.config import ConfigError, writable_dir
 
 STAGES = ("guidance", "generate", "train_gan", "evaluate", "prior_pairs", "train_prior", "image_to_avatar",
           "report")
@@ -34,8 +34,7 @@ class ChainConfig:
     tracking_uri: str = field(default="", metadata={"help": "MLflow URI for every stage; empty = sqlite in output_dir"})
 
     def validate(self) -> None:
-        if not self.output_dir.strip():
-            raise ConfigError("output_dir is empty: pass the folder the chain writes under, e.g. output_dir=outputs/demo")
+        writable_dir(self.output_dir, "output_dir", create=False)  # empty, a file, read-only: refused now
         if self.from_stage and self.from_stage not in STAGES:
             raise ConfigError(f"from_stage: {self.from_stage!r} is not a stage; choose one of {', '.join(STAGES)}")
         order = [s for s in STAGES if s in self.stages]

@@ -34,6 +34,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from avatar3d.runtime import cache_dir as default_cache_dir
+from avatar3d.tracking.tracker import sqlite_file
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 _MODEL_URI = re.compile(r"models:/([^/@]+)(?:/([^/@]+)|@([A-Za-z0-9_.-]+))(/.*)?")
@@ -50,7 +51,8 @@ def registry_uri(tracking_uri: str | None, field: str, ref: str) -> str:
     if not uri:
         raise ValueError(f"{field}: {ref} is an MLflow URI but no tracking store is set; pass the store "
                          "(e.g. sqlite:///outputs/gan/mlflow.db) or set MLFLOW_TRACKING_URI")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    db = sqlite_file(uri)
+    if db is not None and not db.is_file():
         # Reading a model must not create a store: MLflow would make an empty database (and its folder).
         raise ValueError(f"{field}: no MLflow store at {uri} (no such file); pass the sqlite file the model "
                          "was registered in, e.g. sqlite:///outputs/gan/mlflow.db")

@@ -41,13 +41,22 @@ STAGE_TAG = "avatar3d.stage"
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` store URI (relative to the current folder unless the path
+    is absolute, as MLflow reads it); None for any other store."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
 def default_tracking_uri(folder) -> str:
     """Where runs go when the options leave ``tracking_uri`` empty: ``$MLFLOW_TRACKING_URI`` as it was
     when the job started (a cluster's tracking server, set in the job's runtime env), else a sqlite
     store in ``folder``."""
     if _USER_TRACKING_URI:
         return _USER_TRACKING_URI
-    return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"  # the folder is made when a run opens
+    return f"{SQLITE}{Path(folder).resolve() / 'mlflow.db'}"  # the folder is made when a run opens
 
 
 # Stores MLflow can open (tracking and registry); anything else is a typo to refuse before any work.
@@ -68,10 +77,9 @@ def check_store(uri: str, field: str = "tracking.tracking_uri") -> str:
     if not sep or scheme not in STORE_SCHEMES:
         raise ConfigError(f"{field}={uri!r} is not an MLflow store URI: pass sqlite:///<path>.db, "
                           "http(s)://<server>, or leave it empty for a sqlite store in output_dir")
-    if scheme == "sqlite":
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise ConfigError(f"{field}={uri!r}: the folder {folder} does not exist; create it or fix the path")
+    db = sqlite_file(uri)
+    if db is not None and not db.parent.is_dir():
+        raise ConfigError(f"{field}={uri!r}: the folder {db.parent} does not exist; create it or fix the path")
     if scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S) as reply:
@@ -93,8 +101,8 @@ def use_experiment(tracking_uri: str, experiment: str):
     under whatever folder the job happened to start in.
     """
     mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None and tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+    db = sqlite_file(tracking_uri)
+    if mlflow.get_experiment_by_name(experiment) is None and db is not None:
         try:
             mlflow.create_experiment(experiment, artifact_location=(db.parent / "mlartifacts").resolve().as_uri())
         except mlflow.exceptions.MlflowException:  # created meanwhile by another process
@@ -205,8 +213,9 @@ class Tracker:
             return self
         self.check()
         self.uri = self.options.tracking_uri or default_tracking_uri(self.output_dir)
-        if not self.options.tracking_uri and self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_file(self.uri)
+        if not self.options.tracking_uri and db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         experiment = use_experiment(self.uri, self.options.experiment)
         found = []
         if self.resume:
