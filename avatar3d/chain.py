@@ -74,11 +74,15 @@ class StageConfigs:
     avatar: ImageToAvatarConfig
 
 
-def _stage(cls, path: str | None, wiring: list[str], overrides: list[str], field: str):
-    """One stage's config: its file, the chain's wiring, the user's overrides; an error names the chain's
-    option it came from (``train_overrides: unknown option ...``)."""
+def _stage(cls, path: str | None, wiring: list[str], overrides: list[str], field: str, base_dir: str = ""):
+    """One stage's config: its file, the chain's wiring (absolute paths), the user's overrides (relative input
+    paths read from ``base_dir``, the chain config's folder); an error names the chain's option it came from
+    (``train_overrides: unknown option ...``)."""
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{field.replace('_overrides', '_config')}: config file not found: {path} (relative "
+                          "paths in the chain's config file are read from that file's folder)")
     try:
-        return load_config(cls, path or None, [*wiring, *overrides])
+        return load_config(cls, path or None, [*wiring, *overrides], base_dir=base_dir or None)
     except ConfigError as exc:
         raise ConfigError(f"{field}: {exc}") from None
 
@@ -87,22 +91,22 @@ def stage_configs(cfg: ChainConfig, out: Path, tracking_uri: str) -> StageConfig
     """The stages' configs with the chain's wiring (each stage reads what the one before wrote)."""
     dataset, track = out / "dataset", f"tracking.tracking_uri={tracking_uri}"
     gen = _stage(GenerateConfig, cfg.generate_config, [f"output_dir={dataset}", track], cfg.generate_overrides,
-                 "generate_overrides")
+                 "generate_overrides", cfg.config_dir)
     train = _stage(TrainGANConfig, cfg.train_config, [f"data.path={dataset}", f"output_dir={out / 'gan'}", track],
-                   cfg.train_overrides, "train_overrides")
+                   cfg.train_overrides, "train_overrides", cfg.config_dir)
     snapshot = out / "gan" / train.run_name / FINAL_SNAPSHOT
     evaluate = _stage(EvaluateConfig, cfg.evaluate_config, [f"model={snapshot}", f"data={dataset}",
                                                             f"output_dir={out / 'evaluate'}"],
-                      cfg.evaluate_overrides, "evaluate_overrides")
+                      cfg.evaluate_overrides, "evaluate_overrides", cfg.config_dir)
     pairs = _stage(BuildPairsConfig, cfg.prior_pairs_config, [f"output_dir={out / 'prior_pairs'}", f"snapshot={snapshot}"],
-                   cfg.prior_pairs_overrides, "prior_pairs_overrides")
+                   cfg.prior_pairs_overrides, "prior_pairs_overrides", cfg.config_dir)
     prior = _stage(TrainPriorConfig, cfg.prior_train_config, [f"pairs={out / 'prior_pairs'}",
                                                               f"output_dir={out / 'prior'}", track],
-                   cfg.prior_train_overrides, "prior_train_overrides")
+                   cfg.prior_train_overrides, "prior_train_overrides", cfg.config_dir)
     avatar = _stage(ImageToAvatarConfig, None, [f"image={out / 'image_to_avatar' / 'input.png'}",
                                                 f"output_dir={out / 'image_to_avatar'}",
                                                 f"prior={out / 'prior' / prior.run_name / 'prior'}", "overwrite=true"],
-                    cfg.image_to_avatar_overrides, "image_to_avatar_overrides")
+                    cfg.image_to_avatar_overrides, "image_to_avatar_overrides", cfg.config_dir)
     return StageConfigs(generate=gen, train=train, evaluate=evaluate, pairs=pairs, prior=prior, avatar=avatar)
 
 

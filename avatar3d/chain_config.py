@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avatar3d.config import ConfigError, writable_dir
+from avatar3d.config import CONFIG_DIR, INPUT, ConfigError, writable_dir
 
 STAGES = ("guidance", "generate", "train_gan", "evaluate", "prior_pairs", "train_prior", "image_to_avatar",
           "report")
@@ -18,20 +18,24 @@ class ChainConfig:
     from_stage: str = field(default="", metadata={"help": "re-run this stage and all after it"})
     guidance_views: int = field(default=8, metadata={"min": 1})
     guidance_size: int = field(default=256, metadata={"min": 16})
-    generate_config: str = "jobs/configs/generate_tiny.yaml"
+    generate_config: str = field(default="jobs/configs/generate_tiny.yaml", metadata={"path": INPUT})
     generate_overrides: list[str] = field(default_factory=list)
-    train_config: str = "jobs/configs/train_gan_tiny.yaml"
+    train_config: str = field(default="jobs/configs/train_gan_tiny.yaml", metadata={"path": INPUT})
     train_overrides: list[str] = field(default_factory=list)
     evaluate_config: str = field(default="jobs/configs/evaluate_tiny.yaml",
-                                 metadata={"help": "EvaluateConfig YAML (model, data, output_dir are set here)"})
+                                 metadata={"help": "EvaluateConfig YAML (model, data, output_dir are set here)",
+                                           "path": INPUT})
     evaluate_overrides: list[str] = field(default_factory=list)
-    prior_pairs_config: str = "jobs/configs/prior_pairs_tiny.yaml"
+    prior_pairs_config: str = field(default="jobs/configs/prior_pairs_tiny.yaml", metadata={"path": INPUT})
     prior_pairs_overrides: list[str] = field(default_factory=list)
-    prior_train_config: str = "jobs/configs/prior_train_tiny.yaml"
+    prior_train_config: str = field(default="jobs/configs/prior_train_tiny.yaml", metadata={"path": INPUT})
     prior_train_overrides: list[str] = field(default_factory=list)
     image_to_avatar_overrides: list[str] = field(
         default_factory=list, metadata={"help": "ImageToAvatarConfig overrides, e.g. [mesh_resolution=64]"})
     tracking_uri: str = field(default="", metadata={"help": "MLflow URI for every stage; empty = sqlite in output_dir"})
+    config_dir: str = field(default="", metadata={
+        "path": CONFIG_DIR, "help": "folder the relative input paths in the *_overrides lists are read from; "
+                                    "set to the config file's folder (empty: the current folder)"})
 
     def validate(self) -> None:
         writable_dir(self.output_dir, "output_dir", create=False)  # empty, a file, read-only: refused now

@@ -41,15 +41,68 @@ class ConfigError(ValueError):
     """A user mistake in a config or an option: one line, no traceback."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build ``cls`` from an optional YAML file plus ``key=value`` overrides, validated."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                base_dir: str | Path | None = None) -> T:
+    """Build ``cls`` from an optional YAML file plus ``key=value`` overrides, validated.
+
+    Relative input paths (fields marked ``path``) in the file are read from the file's folder, so a config
+    works from any current folder; those in ``overrides`` from ``base_dir`` (default: the current folder,
+    as a shell user expects). Output folders stay relative to the current folder."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = read_yaml(path)
+        folder = Path(path).parent
+        data = resolve_paths(cls, read_yaml(path), folder)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("path") == CONFIG_DIR and f.name not in data:
+                data[f.name] = os.path.abspath(folder)
     for item in overrides or []:
         key, value = parse_override(item)
+        if base_dir is not None:
+            value = resolve_paths(cls, {key: value}, Path(base_dir), dotted=True)[key]
         set_dotted(data, key, value)
     return from_dict(cls, data)
+
+
+# Field metadata ``path``: INPUT, a file or folder to read (or a URI); MODEL, a hub id or a local folder
+# (resolved only where that folder exists, the rule ``from_pretrained`` itself follows); CONFIG_DIR, set
+# to the config file's folder when not given (the chain reads its *_overrides lists' paths from there).
+INPUT, MODEL, CONFIG_DIR = "input", "model", "config_dir"
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # models:/, runs:/, s3://, file:///, ...
+
+
+def resolve_paths(cls: type, data: Any, base: Path, dotted: bool = False) -> Any:
+    """``data`` with the relative paths of ``cls``'s path fields joined onto ``base`` (absolute, normalised);
+    ``dotted``: keys are dotted override names (``data.path``)."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = dict(data)
+    for key, value in data.items():
+        name, _, rest = key.partition(".") if dotted else (key, "", "")
+        f = fields.get(name)
+        if f is None:
+            continue  # unknown options are from_dict's to refuse
+        if dataclasses.is_dataclass(hints[name]):
+            if rest:
+                out[key] = resolve_paths(hints[name], {rest: value}, base, dotted=True)[rest]
+            elif isinstance(value, dict):
+                out[key] = resolve_paths(hints[name], value, base)
+        elif not rest:
+            out[key] = _resolved(value, f.metadata.get("path"), base)
+    return out
+
+
+def _resolved(value: Any, kind: str | None, base: Path) -> Any:
+    if kind not in (INPUT, MODEL) or not isinstance(value, str) or not value.strip() or URI.match(value):
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return value
+    joined = os.path.abspath(base / path)
+    if kind == MODEL and not os.path.exists(joined):
+        return value  # a hub id (org/name), or a folder relative to the current one
+    return joined
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

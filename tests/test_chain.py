@@ -1,11 +1,15 @@
 """The pipeline runner: validation, stage bookkeeping, and the HTML report."""
 import json
+from pathlib import Path
 
 import pytest
 
-from avatar3d.chain import ChainConfig, run_chain
+from avatar3d.chain import ChainConfig, run_chain, stage_configs
 from avatar3d.config import ConfigError, load_config
 from avatar3d.report import write_report
+from tests import CONFIGS, REPO
+
+DEMO = CONFIGS / "demo_tiny.yaml"
 
 
 @pytest.mark.parametrize("override, pattern", [
@@ -15,11 +19,34 @@ from avatar3d.report import write_report
 ])
 def test_bad_chain_options(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        load_config(ChainConfig, "jobs/configs/demo_tiny.yaml", [override])
+        load_config(ChainConfig, DEMO, [override])
+
+
+def test_the_demo_config_works_from_any_current_folder(tmp_path, monkeypatch):
+    """Relative input paths in the chain's file (stage configs, ``resume=`` in an overrides list) are read
+    from the file's folder; output_dir and command-line overrides from the current folder."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(ChainConfig, DEMO, ["output_dir=out", "prior_train_overrides=[resume=ckpt]"])
+    assert cfg.config_dir == str(DEMO.parent) and cfg.output_dir == "out"
+    assert cfg.generate_config == str(DEMO.parent / "generate_procedural.yaml")
+    stages = stage_configs(cfg, tmp_path / "out", "sqlite:///" + str(tmp_path / "mlflow.db"))
+    assert stages.train.resume == str(REPO / "jobs" / "assets" / "gan_world")
+    assert Path(stages.train.resume, "snapshot.safetensors").is_file()
+    assert stages.generate.pipeline.preset == "procedural"  # generate_procedural.yaml was read
+    assert stages.prior.resume == str(DEMO.parent / "ckpt")  # an override inside the file's list: its folder
+    assert stages.train.data.path == str(tmp_path / "out" / "dataset")  # the chain's wiring is absolute
+
+
+def test_a_missing_stage_config_names_the_option_and_where_it_was_looked_for(tmp_path):
+    (tmp_path / "chain.yaml").write_text("generate_config: configs/gen.yaml\n")
+    cfg = load_config(ChainConfig, tmp_path / "chain.yaml", [f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match=r"^generate_config: config file not found: .*/configs/gen.yaml \(relative") as err:
+        run_chain(cfg)
+    assert str(tmp_path / "configs" / "gen.yaml") in str(err.value) and not (tmp_path / "out").exists()
 
 
 def test_stage_configs_are_checked_before_anything_runs(tmp_path):
-    cfg = load_config(ChainConfig, "jobs/configs/demo_tiny.yaml",
+    cfg = load_config(ChainConfig, DEMO,
                       [f"output_dir={tmp_path}", "train_overrides=[batch_sise=3]"])
     with pytest.raises(ConfigError, match="unknown option 'batch_sise'"):
         run_chain(cfg)
@@ -27,7 +54,7 @@ def test_stage_configs_are_checked_before_anything_runs(tmp_path):
 
 
 def test_guidance_and_report_stages_and_skip_on_rerun(tmp_path):
-    cfg = load_config(ChainConfig, "jobs/configs/demo_tiny.yaml",
+    cfg = load_config(ChainConfig, DEMO,
                       [f"output_dir={tmp_path}", "stages=[guidance, report]", "guidance_views=4", "guidance_size=32"])
     first = run_chain(cfg)
     assert first.ran == ["guidance", "report"] and first.report.is_file()
@@ -36,7 +63,7 @@ def test_guidance_and_report_stages_and_skip_on_rerun(tmp_path):
     assert (tmp_path / "report" / "guidance.png").is_file()
     again = run_chain(cfg)
     assert again.ran == [] and again.skipped == ["guidance", "report"]
-    forced = run_chain(load_config(ChainConfig, "jobs/configs/demo_tiny.yaml", [
+    forced = run_chain(load_config(ChainConfig, DEMO, [
         f"output_dir={tmp_path}", "stages=[guidance, report]", "guidance_views=4", "guidance_size=32",
         "from_stage=report"]))
     assert forced.ran == ["report"] and forced.skipped == ["guidance"]
@@ -46,7 +73,7 @@ def test_guidance_and_report_stages_and_skip_on_rerun(tmp_path):
 
 def test_chain_state_of_another_format_is_refused_in_one_line(tmp_path):
     (tmp_path / "chain_state.json").write_text('["guidance"]')  # an unversioned state
-    cfg = load_config(ChainConfig, "jobs/configs/demo_tiny.yaml", [f"output_dir={tmp_path}", "stages=[guidance]"])
+    cfg = load_config(ChainConfig, DEMO, [f"output_dir={tmp_path}", "stages=[guidance]"])
     with pytest.raises(ConfigError, match="this avatar3d reads 'avatar3d.chain-state/1'") as err:
         run_chain(cfg)
     assert "\n" not in str(err.value) and not (tmp_path / "guidance").exists()

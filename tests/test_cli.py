@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import CONFIGS
 from avatar3d.cli import build_parser, main
 
 
@@ -75,11 +76,11 @@ def test_quiet_and_verbose_set_one_level_for_the_avatar3d_logger(monkeypatch, ca
 
 @pytest.mark.parametrize("argv, pattern", [
     (["prompts", "--n", "0"], "avatar3d prompts: error: --n: 0 is out of range; pass 1..10,000,000"),
-    (["generate", "--config", "jobs/configs/generate_tiny.yaml", "num_sampels=3"],
+    (["generate", "--config", str(CONFIGS / "generate_tiny.yaml"), "num_sampels=3"],
      "avatar3d generate: error: unknown option 'num_sampels'; did you mean 'num_samples'?"),
-    (["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", "batch_size=many"],
+    (["train-gan", "--config", str(CONFIGS / "train_gan_tiny.yaml"), "batch_size=many"],
      "avatar3d train-gan: error: batch_size: expected an integer, got 'many'"),
-    (["train-gan", "--config", "jobs/configs/nope.yaml"], "avatar3d train-gan: error: config file not found"),
+    (["train-gan", "--config", str(CONFIGS / "nope.yaml")], "avatar3d train-gan: error: config file not found"),
     (["guidance", "--out", "/proc/avatar3d-test", "--views", "1", "--size", "16"],
      "avatar3d guidance: error: --out: cannot create folder"),
 ])
@@ -98,7 +99,7 @@ def test_prompts_json_is_deterministic(capsys):
 
 
 def test_print_config_resolves_overrides(capsys):
-    assert main(["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", "--print-config",
+    assert main(["train-gan", "--config", str(CONFIGS / "train_gan_tiny.yaml"), "--print-config",
                  "model.overrides.d_mode=coarse", "scaling.num_workers=2"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"]["overrides"] == {"d_mode": "coarse"} and cfg["scaling"]["num_workers"] == 2

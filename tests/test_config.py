@@ -5,7 +5,7 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from avatar3d.config import ConfigError, describe, dump_config, load_config, to_dict
+from avatar3d.config import CONFIG_DIR, INPUT, MODEL, ConfigError, describe, dump_config, load_config, to_dict
 
 
 @dataclass
@@ -152,3 +152,53 @@ def test_an_empty_output_folder_is_refused_not_taken_as_the_current_one(tmp_path
         with pytest.raises(ConfigError, match="output_dir is empty: pass the folder"):
             writable_dir(" ", "output_dir", create=create)
     assert writable_dir(tmp_path / "new", "output_dir") == tmp_path / "new" and (tmp_path / "new").is_dir()
+
+
+@dataclass
+class Data:
+    path: str = field(default="", metadata={"path": INPUT})
+
+
+@dataclass
+class Paths:
+    data: Data = field(default_factory=Data)
+    snapshot: str = field(default="", metadata={"path": INPUT})
+    model: str = field(default="org/name", metadata={"path": MODEL})
+    output_dir: str = "outputs/run"
+    config_dir: str = field(default="", metadata={"path": CONFIG_DIR})
+
+
+def test_relative_input_paths_in_a_file_are_read_from_its_folder(tmp_path, monkeypatch):
+    conf = tmp_path / "configs"
+    (conf / "local-model").mkdir(parents=True)
+    (conf / "c.yaml").write_text("data: {path: ../ds}\nsnapshot: snaps/g.safetensors\nmodel: local-model\n"
+                                 "output_dir: outs\n")
+    monkeypatch.chdir(tmp_path / "configs" / "local-model")  # anywhere but the file's folder
+    cfg = load_config(Paths, conf / "c.yaml")
+    assert cfg.data.path == str(tmp_path / "ds") and cfg.snapshot == str(conf / "snaps" / "g.safetensors")
+    assert cfg.model == str(conf / "local-model")  # a folder beside the file: that folder
+    assert cfg.output_dir == "outs" and cfg.config_dir == str(conf)  # outputs: the current folder's
+
+
+@pytest.mark.parametrize("value", ["org/name", "models:/gan@champion", "s3://bucket/ds", "/abs/ds", ""])
+def test_hub_ids_uris_and_absolute_paths_are_left_alone(tmp_path, value):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": value, "snapshot": value}))
+    cfg = load_config(Paths, tmp_path / "c.yaml")
+    assert cfg.model == value
+    assert cfg.snapshot == (value if value != "org/name" else str(tmp_path / "org" / "name"))
+
+
+def test_command_line_paths_stay_relative_to_the_current_folder_unless_a_base_is_given(tmp_path):
+    (tmp_path / "c.yaml").write_text("snapshot: a.safetensors\n")
+    cfg = load_config(Paths, tmp_path / "c.yaml", ["snapshot=b.safetensors", "data.path=ds"])
+    assert cfg.snapshot == "b.safetensors" and cfg.data.path == "ds"
+    based = load_config(Paths, None, ["snapshot=b.safetensors", "data.path=ds", "output_dir=o"], base_dir=tmp_path)
+    assert based.snapshot == str(tmp_path / "b.safetensors") and based.data.path == str(tmp_path / "ds")
+    assert based.output_dir == "o" and based.config_dir == ""
+
+
+def test_a_dumped_config_reloads_to_the_same_paths_from_its_new_folder(tmp_path):
+    (tmp_path / "c.yaml").write_text("snapshot: g.safetensors\n")
+    cfg = load_config(Paths, tmp_path / "c.yaml")
+    dumped = dump_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(Paths, dumped) == cfg  # resolved paths are absolute: a dump reads the same anywhere

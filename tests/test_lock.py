@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests import CONFIGS
 from avatar3d.config import ConfigError
 from avatar3d.lock import LOCK_FILE, folder_lock
 
@@ -48,7 +49,7 @@ def test_generate_into_a_folder_another_job_writes_fails_in_one_line(holder, cap
 
     out, proc = holder
     before = sorted(p.name for p in out.iterdir())
-    assert main(["generate", "--config", "jobs/configs/generate_procedural.yaml", "num_samples=4", "resolution=16",
+    assert main(["generate", "--config", str(CONFIGS / "generate_procedural.yaml"), "num_samples=4", "resolution=16",
                  f"output_dir={out}", "tracking.enabled=false"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"is in use by another avatar3d job (pid {proc.pid} " in err

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from avatar3d.config import ConfigError, check_fits_in_memory, seed_field, writable_dir
+from avatar3d.config import INPUT, MODEL, ConfigError, check_fits_in_memory, seed_field, writable_dir
 from avatar3d.datagen.procedural import PAINTER_ID, ProceduralOptions
 from avatar3d.prompts import load_attributes, load_styles
 from avatar3d.tracking.options import TrackingOptions
@@ -53,15 +53,15 @@ class PipelineConfig:
         default="sd15", metadata={"help": "sd15: real weights (hub ids or local folders); tiny: random tiny weights for tests; "
                                           "procedural: the parametric avatar painter with known truth (no diffusion)", "choices": list(PRESETS)})
     base_model: str = field(
-        default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder"})
+        default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder", "path": MODEL})
     controlnet_openpose: str = field(
-        default=DEFAULT_CONTROLNET_OPENPOSE, metadata={"help": "OpenPose ControlNet hub id or local folder"})
+        default=DEFAULT_CONTROLNET_OPENPOSE, metadata={"help": "OpenPose ControlNet hub id or local folder", "path": MODEL})
     controlnet_depth: str = field(
-        default=DEFAULT_CONTROLNET_DEPTH, metadata={"help": "depth ControlNet hub id or local folder"})
+        default=DEFAULT_CONTROLNET_DEPTH, metadata={"help": "depth ControlNet hub id or local folder", "path": MODEL})
     guidance: Literal["openpose", "depth", "hybrid"] = field(
         default="hybrid", metadata={"help": "which ControlNet(s): hybrid = OpenPose + depth at once", "choices": list(GUIDANCE_TYPES)})
     lora: str | None = field(
-        default=None, metadata={"help": "LoRA weights (folder, .safetensors or models:/<name>/<version>) loaded into the UNet, e.g. a character LoRA"})
+        default=None, metadata={"help": "LoRA weights (folder, .safetensors or models:/<name>/<version>) loaded into the UNet, e.g. a character LoRA", "path": MODEL})
     lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0})
     dtype: Literal["float32", "float16", "bfloat16"] = field(
         default="float32", metadata={"help": "weights dtype; float16/bfloat16 on GPU", "choices": list(DTYPES)})
@@ -136,8 +136,8 @@ class GenerateConfig:
     styles: list[str] | None = field(
         default=None, metadata={"help": "style names to use (default: all styles of styles_file / the 50 built-ins)"})
     styles_file: str | None = field(
-        default=None, metadata={"help": "your own styles: .yaml list or .txt with one style per line"})
-    attributes_file: str | None = field(default=None, metadata={"help": "your own attribute categories (.yaml)"})
+        default=None, metadata={"help": "your own styles: .yaml list or .txt with one style per line", "path": INPUT})
+    attributes_file: str | None = field(default=None, metadata={"help": "your own attribute categories (.yaml)", "path": INPUT})
     num_attributes: int = field(default=5, metadata={"help": "attribute categories sampled per image", "min": 0})
     guidance: Literal["openpose", "depth", "hybrid"] = field(
         default="hybrid", metadata={"help": "pose guidance: openpose, depth, or both (hybrid)", "choices": list(GUIDANCE_TYPES)})

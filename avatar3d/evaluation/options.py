@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from avatar3d.config import ConfigError, check_fits_in_memory, seed_field
+from avatar3d.config import INPUT, ConfigError, check_fits_in_memory, seed_field
 
 FAKE_BYTES = 2048 * 8 + 25 * 8  # one fake's Inception features and camera label
 
@@ -98,8 +98,8 @@ class MeshOptions:
 
 @dataclass
 class EvaluateConfig:
-    model: str = field(default="", metadata={"help": "snapshot .safetensors or models:/<name>/<version|@alias>"})
-    data: str = field(default="", metadata={"help": "dataset (folder or URI) for FID"})
+    model: str = field(default="", metadata={"help": "snapshot .safetensors or models:/<name>/<version|@alias>", "path": INPUT})
+    data: str = field(default="", metadata={"help": "dataset (folder or URI) for FID", "path": INPUT})
     output_dir: str = field(default="outputs/evaluate", metadata={"help": "fid.json, walk/, turntable/, mesh/"})
     tracking_uri: str = field(default="", metadata={"help": "MLflow store for models:/ URIs"})
     device: str = field(default="cpu", metadata={"help": "torch device"})

@@ -6,7 +6,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
-from avatar3d.config import ConfigError, seed_field
+from avatar3d.config import INPUT, MODEL, ConfigError, seed_field
 from avatar3d.datagen.config import DEFAULT_BASE_MODEL
 from avatar3d.tracking.options import TrackingOptions
 
@@ -21,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class LoraTrainConfig:
     """``avatar3d lora-train``: a character LoRA from a folder of images."""
 
-    images: str = field(default="", metadata={"help": "folder of ~10 images of the character (required)"})
+    images: str = field(default="", metadata={"help": "folder of ~10 images of the character (required)", "path": INPUT})
     token: str = field(default="", metadata={"help": "the character's trigger word in prompts, e.g. '<mychar>' (required)"})
     style: str = field(default="cartoon", metadata={"help": "style words for the captions, e.g. 'cartoon', '3D render'"})
     caption_template: str = field(
@@ -29,7 +29,7 @@ class LoraTrainConfig:
     min_images: int = field(default=5, metadata={"help": "refuse folders with fewer images", "min": 1})
     preset: Literal["sd15", "tiny"] = field(
         default="sd15", metadata={"help": "sd15: real SD 1.5 weights; tiny: the tiny random model for tests", "choices": list(PRESETS)})
-    base_model: str = field(default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder"})
+    base_model: str = field(default=DEFAULT_BASE_MODEL, metadata={"help": "SD 1.5 hub id or local diffusers folder", "path": MODEL})
     rank: int = field(default=8, metadata={"help": "LoRA rank r", "min": 1})
     alpha: int = field(default=8, metadata={"help": "LoRA alpha (update scale = alpha / rank)", "min": 1})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout inside the LoRA branch", "min": 0.0, "max": 1.0})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from avatar3d.config import ConfigError, check_name, seed_field
+from avatar3d.config import INPUT, MODEL, ConfigError, check_name, seed_field
 from avatar3d.tracking.options import TrackingOptions
 from avatar3d.training.config import ScalingOptions
 
@@ -20,9 +20,9 @@ SAMPLERS = ("ddim", "unipc")  # inference schedulers
 @dataclass
 class BuildPairsConfig:
     output_dir: str = field(default="outputs/prior_pairs", metadata={"help": "folder for the Parquet pairs"})
-    snapshot: str = field(default="", metadata={"help": "generator snapshot (.safetensors) from train-gan"})
+    snapshot: str = field(default="", metadata={"help": "generator snapshot (.safetensors) from train-gan", "path": INPUT})
     image_encoder: str = field(default="tiny", metadata={
-        "help": "CLIP vision model: hub id, local folder, or 'tiny' (small random weights, offline tests)"})
+        "help": "CLIP vision model: hub id, local folder, or 'tiny' (small random weights, offline tests)", "path": MODEL})
     encoder_seed: int = seed_field(help="weight seed of the tiny encoder")
     num_pairs: int = field(default=256, metadata={"min": 1, "help": "how many (w, embedding, image) rows"})
     seed: int = seed_field(help="row i depends only on (seed, i)")
@@ -67,7 +67,7 @@ class SamplingOptions:
 class TrainPriorConfig:
     run_name: str = field(default="prior-tiny", metadata={"help": "same name again = resume that run"})
     output_dir: str = field(default="outputs/prior", metadata={"help": "Ray Train storage + the prior folder"})
-    pairs: str = field(default="", metadata={"help": "pairs folder written by avatar3d build-prior-pairs"})
+    pairs: str = field(default="", metadata={"help": "pairs folder written by avatar3d build-prior-pairs", "path": INPUT})
     model: PriorModelOptions = field(default_factory=PriorModelOptions)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     scaling: ScalingOptions = field(default_factory=ScalingOptions)
@@ -79,7 +79,7 @@ class TrainPriorConfig:
     steps_per_tick: int = field(default=100, metadata={"min": 1, "help": "progress line + metrics every N steps"})
     checkpoint_ticks: int = field(default=5, metadata={"min": 1, "help": "checkpoint every N ticks"})
     seed: int = seed_field(help="seed of batches, noise and timesteps")
-    resume: str = field(default="", metadata={"help": "checkpoint folder of a train-prior run to continue"})
+    resume: str = field(default="", metadata={"help": "checkpoint folder of a train-prior run to continue", "path": INPUT})
     max_failures: int = field(default=0, metadata={"min": -1, "help": "worker-group restarts (-1 = unlimited)"})
 
     def validate(self) -> None:
@@ -95,10 +95,10 @@ class TrainPriorConfig:
 class ImageToAvatarConfig:
     """Options of ``avatar3d image-to-avatar`` (and the chain's ``image_to_avatar`` stage)."""
 
-    image: str = field(default="", metadata={"help": "input image (PNG/JPEG, at least 16x16)"})
-    prior: str = field(default="", metadata={"help": "prior folder (<run>/prior) or models:/<name>/<version|@alias>"})
+    image: str = field(default="", metadata={"help": "input image (PNG/JPEG, at least 16x16)", "path": INPUT})
+    prior: str = field(default="", metadata={"help": "prior folder (<run>/prior) or models:/<name>/<version|@alias>", "path": INPUT})
     output_dir: str = field(default="", metadata={"help": "views, turntable GIF, w.npy, mesh, avatar.json"})
-    generator: str = field(default="", metadata={"help": "generator snapshot to use instead of the prior's own"})
+    generator: str = field(default="", metadata={"help": "generator snapshot to use instead of the prior's own", "path": INPUT})
     tracking_uri: str = field(default="", metadata={"help": "MLflow store for a models:/ prior"})
     seed: int = seed_field(help="sampling seed; same seed, same avatar")
     guidance_scale: Optional[float] = field(default=None, metadata={"min": 0.0,

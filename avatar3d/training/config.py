@@ -11,14 +11,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from avatar3d.config import ConfigError, check_name, closest, coerce, seed_field
+from avatar3d.config import INPUT, ConfigError, check_name, closest, coerce, seed_field
 from avatar3d.evaluation.options import FIDOptions, TruthOptions
 from avatar3d.tracking.options import TrackingOptions
 
 
 @dataclass
 class DataOptions:
-    path: str = field(default="", metadata={"help": "dataset folder written by avatar3d generate"})
+    path: str = field(default="", metadata={"help": "dataset folder written by avatar3d generate", "path": INPUT})
     mirror: bool = field(default=True, metadata={"help": "x-flip augmentation with label mirroring"})
     shuffle_labels: bool = field(default=False, metadata={
         "help": "control experiment: permute the camera labels among each batch's images (no image keeps its "
@@ -83,8 +83,8 @@ class TrainGANConfig:
                           "needs a dataset of the procedural painter; 0 = off"})
     truth: TruthOptions = field(default_factory=TruthOptions, metadata={"help": "training-time truth metrics"})
     seed: int = seed_field(help="seed of every random stream (latents, cameras, batches, ray jitter)")
-    resume: str = field(default="", metadata={"help": "resume state folder (a checkpoint of a run) to continue"})
-    transfer: str = field(default="", metadata={"help": "snapshot .safetensors whose G weights start a new run"})
+    resume: str = field(default="", metadata={"help": "resume state folder (a checkpoint of a run) to continue", "path": INPUT})
+    transfer: str = field(default="", metadata={"help": "snapshot .safetensors whose G weights start a new run", "path": INPUT})
     max_failures: int = field(default=0, metadata={"min": -1, "help": "worker-group restarts (-1 = unlimited)"})
 
     def validate(self) -> None:

@@ -4,6 +4,7 @@ import math
 import pytest
 from mlflow import MlflowClient
 
+from tests import CONFIGS
 from avatar3d.config import ConfigError, load_config
 from avatar3d.tracking.options import TrackingOptions
 from avatar3d.tracking.tracker import RunLogger, Tracker
@@ -95,7 +96,7 @@ def test_train_gan_with_an_unreachable_server_fails_before_writing(tmp_path, cap
 
     out = tmp_path / "gan"
     data = "tests/fixtures/formats/dataset_v2"
-    assert main(["train-gan", "--config", "jobs/configs/train_gan_tiny.yaml", f"data.path={data}", f"output_dir={out}",
+    assert main(["train-gan", "--config", str(CONFIGS / "train_gan_tiny.yaml"), f"data.path={data}", f"output_dir={out}",
                  "batch_size=2", "tracking.tracking_uri=http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tracking.tracking_uri='http://127.0.0.1:9': no MLflow server answers" in err
