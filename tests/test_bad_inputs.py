@@ -150,6 +150,16 @@ ROWS = [
         prep="locked"),
     row("export-mesh/out-existing-folder", "export-mesh --model ${snap} --out ${ws}/meshes/avatar.glb",
         ["--out", "${ws}/meshes/avatar.glb"], prep="glb_folder"),
+    row("export-mesh/out-earlier-mesh", "export-mesh --model ${snap} --out ${ws}/old/avatar.glb",
+        ["--overwrite"], prep="earlier_outputs"),
+    row("export-mesh/preview-earlier", "export-mesh --model ${snap} --out ${ws}/old/new.glb --preview ${ws}/old/p.png",
+        ["--preview", "--overwrite"], prep="earlier_outputs"),
+    row("walk/out-holds-an-earlier-walk", "walk --model ${snap} --out ${ws}/old --formats gif", ["--overwrite"],
+        prep="earlier_outputs"),
+    row("turntable/out-holds-an-earlier-turntable", "turntable --model ${snap} --out ${ws}/old --formats mp4",
+        ["--overwrite"], prep="earlier_outputs"),
+    row("fid/out-earlier-result", "fid --model ${snap} --data ${data} --out ${ws}/old/fid.json", ["--overwrite"],
+        prep="earlier_outputs"),
     row("export-mesh/out-bad-suffix", "export-mesh --model ${snap} --out ${out}/avatar.stl", ["--out"]),
     row("export-mesh/resolution-huge", f"export-mesh --model ${{snap}} {MESH_OUT} --resolution 100000",
         ["--resolution"]),
@@ -357,7 +367,15 @@ def _prep_glb_folder(names):
     (Path(names["ws"]) / "meshes" / "avatar.glb").mkdir(parents=True)  # an existing folder with a mesh's name
 
 
-PREPS = {"locked": _prep_locked, "locked_yaml": _prep_locked_yaml, "glb_folder": _prep_glb_folder}
+def _prep_earlier_outputs(names):
+    old = Path(names["ws"]) / "old"  # what an earlier walk / turntable / export-mesh / fid left
+    old.mkdir()
+    for name in ("avatar.glb", "p.png", "walk.gif", "turntable_grid.png", "fid.json"):
+        (old / name).write_bytes(b"an earlier result " + name.encode())
+
+
+PREPS = {"locked": _prep_locked, "locked_yaml": _prep_locked_yaml, "glb_folder": _prep_glb_folder,
+         "earlier_outputs": _prep_earlier_outputs}
 
 
 def _fill(text: str, names: dict[str, str]) -> str:

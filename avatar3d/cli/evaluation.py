@@ -81,6 +81,7 @@ def _add_fid(sub, O) -> None:
     p.add_argument("--batch-size", type=int, default=default(O, "batch_size"), help=option_help(O, "batch_size"))
     p.add_argument("--cache-dir", default=None, help="cache folder (default $AVATAR3D_CACHE_DIR or ./.cache)")
     p.add_argument("--out", default=None, help="write the result + protocol as JSON here")
+    _overwrite_arg(p)
     p.set_defaults(func=_run_fid, per_view=True)
 
 
@@ -95,7 +96,7 @@ def _run_fid(args) -> int:
 
     open_dataset(args.data, columns=TRAIN_COLUMNS, field="--data")
     if args.out:
-        _out_file(args.out)
+        _out_file(args.out, overwrite=args.overwrite)
     result = compute_fid(_load(args), args.data, opts, args.device, args.model, args.cache_dir)
     print(result.summary())
     if args.out:
@@ -124,6 +125,7 @@ def _add_truth(sub, O) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder for the view classifier "
                                                      "(default $AVATAR3D_CACHE_DIR or ./.cache)")
     p.add_argument("--out", default=None, help="write the figures + protocol as JSON here")
+    _overwrite_arg(p)
     p.set_defaults(func=_run_truth)
 
 
@@ -139,7 +141,7 @@ def _run_truth(args) -> int:
         raise ConfigError(f"--data: {args.data} has no truth columns; pass a dataset made with "
                           "pipeline.preset=procedural")
     if args.out:
-        _out_file(args.out)
+        _out_file(args.out, overwrite=args.overwrite)
     result = compute_truth(_load(args).generator, args.data, opts, args.cache_dir)
     print(result.summary())
     if args.out:
@@ -155,6 +157,14 @@ def _video_args(p, O) -> None:
     p.add_argument("--fps", type=int, default=default(O, "fps"), help=option_help(O, "fps", "video frame rate"))
     p.add_argument("--formats", default=",".join(default(O, "formats")),
                    help=f"comma-separated video formats: gif, mp4 (default {','.join(default(O, 'formats'))})")
+    _overwrite_arg(p)
+
+
+def _video_out(args, stem: str) -> None:
+    """Check --out before the model loads: a folder that can be made, holding no earlier result of ours."""
+    out = writable_dir(args.out, "--out", create=False)
+    _refuse_existing([out / f"{stem}_grid.png", *(out / f"{stem}.{f}" for f in args.format_list)], "--out",
+                     args.overwrite)
 
 
 def _add_walk(sub, O) -> None:
@@ -186,7 +196,7 @@ def _run_walk(args) -> int:
                                                  "truncation": "truncation", "fps": "fps", "formats": "format_list"})
     from avatar3d.evaluation.stage import write_walk
 
-    writable_dir(args.out, "--out", create=False)  # checked now, created once the model has loaded
+    _video_out(args, "walk")  # checked now, created once the model has loaded
     G = _load(args).generator
     for path in write_walk(G, opts, writable_dir(args.out, "--out")):
         print(path)
@@ -213,7 +223,7 @@ def _run_turntable(args) -> int:
                                                       "formats": "format_list"})
     from avatar3d.evaluation.stage import write_turntable
 
-    writable_dir(args.out, "--out", create=False)  # checked now, created once the model has loaded
+    _video_out(args, "turntable")  # checked now, created once the model has loaded
     G = _load(args).generator
     for path in write_turntable(G, opts, writable_dir(args.out, "--out")):
         print(path)
@@ -237,28 +247,47 @@ def _add_export_mesh(sub, O) -> None:
     p.add_argument("--faces", type=int, default=default(O, "faces"), help=option_help(O, "faces"))
     p.add_argument("--truncation", type=float, default=default(O, "truncation"), help=option_help(O, "truncation"))
     p.add_argument("--preview", default=None, help="preview PNG (default: <out>_preview.png; 'none' to skip)")
+    _overwrite_arg(p)
     p.set_defaults(func=_run_export_mesh)
 
 
-def _out_file(path: str, flag: str = "--out") -> Path:
-    """An output file's path, checked before any work: not a folder, in a folder that can be written."""
+def _out_file(path: str, flag: str = "--out", overwrite: bool = False) -> Path:
+    """An output file's path, checked before any work: not a folder, in a folder that can be written, and
+    not an earlier result unless ``--overwrite``."""
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{flag}: {path} is a folder; pass a file name inside it")
     writable_dir(out.parent, flag, create=False)
+    _refuse_existing([out], flag, overwrite)
     return out
 
 
+def _refuse_existing(paths: list[Path], flag: str, overwrite: bool) -> None:
+    """Outputs of an earlier run are kept unless the user asks for them to be replaced."""
+    found = [p for p in paths if p.exists()]
+    if found and not overwrite:
+        raise ConfigError(f"{flag}: {found[0]} already exists (an earlier result); pass --overwrite to replace it, "
+                          f"or another {flag}")
+
+
+def _overwrite_arg(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs of an earlier run (default: refuse, so nothing good is lost)")
+
+
 def _run_export_mesh(args) -> int:
-    out = _out_file(args.out)
+    from avatar3d.evaluation.stage import mesh_preview_path, write_mesh
+
+    out = _out_file(args.out, overwrite=args.overwrite)
     if out.suffix.lower() not in (".glb", ".ply", ".obj"):
         raise ConfigError(f"--out: {out.name} must end in .glb, .ply or .obj")
     args.format = out.suffix.lower()[1:]
     args.with_preview = (args.preview or "").lower() != "none"
+    if args.with_preview:
+        _out_file(args.preview or str(mesh_preview_path(out)), "--preview", args.overwrite)
     opts = _build(_options().MeshOptions, args, {"seed": "seed", "resolution": "resolution", "iso": "iso",
                                                  "smooth": "smooth", "faces": "faces", "truncation": "truncation",
                                                  "format": "format", "preview": "with_preview"})
-    from avatar3d.evaluation.stage import write_mesh
 
     preview = Path(args.preview) if args.with_preview and args.preview else None
     mesh, paths = write_mesh(_load(args).generator, opts, out, preview)

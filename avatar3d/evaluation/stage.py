@@ -25,7 +25,7 @@ from avatar3d.evaluation.options import (  # noqa: F401  (re-exported: the stage
 )
 from avatar3d.evaluation.truth import TruthMetrics, TruthWorld, has_truth
 from avatar3d.runtime import cache_dir as default_cache
-from avatar3d.atomic import atomic_write
+from avatar3d.atomic import atomic_path, atomic_write
 from avatar3d.evaluation.walk import latent_walk, save_outputs, turntable
 
 @dataclass
@@ -78,14 +78,19 @@ def write_turntable(G, opts: TurntableOptions, out_dir: Path) -> list[Path]:
     return save_outputs(result, out_dir, "turntable", _suffixes(opts.formats), opts.fps).files
 
 
+def mesh_preview_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_preview.png")
+
+
 def write_mesh(G, opts: MeshOptions, out: Path, preview: Path | None = None) -> tuple[object, list[Path]]:
     """Marching cubes of one identity -> (mesh, [mesh file, preview]). ValueError if no surface at ``iso``."""
     mesh = generator_mesh(G, seed_latent(G, opts.seed, opts.truncation), opts.resolution, opts.iso,
                           opts.smooth, opts.faces or None)
     paths = [export_mesh(mesh, out)]
     if opts.preview:
-        preview = preview or out.with_name(out.stem + "_preview.png")
-        Image.fromarray(preview_image(mesh)).save(preview)
+        preview = preview or mesh_preview_path(out)
+        with atomic_path(preview, ".png") as tmp:
+            Image.fromarray(preview_image(mesh)).save(tmp)
         paths.append(preview)
     return mesh, paths
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avatar3d.atomic import atomic_path
 from avatar3d.evaluation.mesh import seed_latent
 from avatar3d.gan.samples import image_grid, to_uint8
 from avatar3d.scene.cameras import camera_label
@@ -118,15 +119,15 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:
     suffix = path.suffix.lower()
     if suffix not in VIDEO_FORMATS:
         raise ValueError(f"{path.name}: video format {suffix!r} is not supported; pass a .gif or .mp4 file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".gif":
-        iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-    else:
-        if frames.shape[1] % 2 or frames.shape[2] % 2:
-            raise ValueError(f"MP4 (yuv420p) needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}")
-        # macro_block_size=1: keep the frame size (imageio would otherwise rescale to multiples of 16);
-        # imageio-ffmpeg writes yuv420p, which every player reads.
-        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+    if suffix == ".mp4" and (frames.shape[1] % 2 or frames.shape[2] % 2):
+        raise ValueError(f"MP4 (yuv420p) needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}")
+    with atomic_path(path, suffix) as tmp:  # an earlier video stays whole until the new one is
+        if suffix == ".gif":
+            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        else:
+            # macro_block_size=1: keep the frame size (imageio would otherwise rescale to multiples of 16);
+            # imageio-ffmpeg writes yuv420p, which every player reads.
+            iio.imwrite(tmp, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
     return path
 
 
@@ -134,10 +135,10 @@ def save_outputs(result: WalkOutputs, out_dir: str | Path, stem: str, formats=("
                  fps: int = 24) -> WalkOutputs:
     """Write ``<stem>_grid.png`` and ``<stem>.<gif|mp4>`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files = []
     if result.grid is not None:
-        Image.fromarray(result.grid).save(out / f"{stem}_grid.png")
+        with atomic_path(out / f"{stem}_grid.png", ".png") as tmp:
+            Image.fromarray(result.grid).save(tmp)
         files.append(out / f"{stem}_grid.png")
     for fmt in formats:
         files.append(write_video(result.frames, out / f"{stem}{fmt}", fps))
