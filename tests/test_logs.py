@@ -1,5 +1,6 @@
 """One logging set-up: one format on stderr, a level from the argument or the environment, noise hidden."""
 import logging
+import os
 import subprocess
 import sys
 import warnings
@@ -42,3 +43,18 @@ def test_third_party_noise_is_hidden_below_debug_only():
     loud = subprocess.run([sys.executable, "-c", probe, "DEBUG"], capture_output=True, text=True, timeout=60)
     assert "registry clash" not in quiet.stderr and "our own" in quiet.stderr
     assert "registry clash" in loud.stderr and "our own" in loud.stderr
+
+
+@pytest.mark.parametrize("flag, shown", [(None, False), ("-v", True)])
+def test_mlflow_store_creation_lines_are_hidden_unless_verbose(tmp_path, flag, shown):
+    """A new sqlite store made MLflow print two INFO lines of its own, so a refusal after it was no longer one
+    line; the CLI quiets MLflow's loggers below WARNING (``-v`` shows them) and the tracker logs the run."""
+    probe = ("import os, sys\nfrom avatar3d.cli import main\n"
+             "main([*sys.argv[2:], 'prompts', '--n', '1'])\n"
+             "import mlflow\nmlflow.set_tracking_uri('sqlite:///' + sys.argv[1])\nmlflow.search_experiments()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_LOGGING_LEVEL", LEVEL_ENV)}
+    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "m.db"), *([flag] if flag else [])],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "m.db").is_file()  # the store was made: the lines were due
+    assert ("Creating initial MLflow database tables" in run.stderr) is shown, run.stderr

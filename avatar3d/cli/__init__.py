@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quiet or args.verbose:  # exported, so the Ray workers of a local run follow it
         os.environ[LEVEL_ENV] = "WARNING" if args.quiet else "DEBUG"
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...", "View run at ...") would break
+    # the one-line promise of a late refusal; our tracker logs the run instead. Read by MLflow at import,
+    # so set before any stage imports it; a user's own value wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

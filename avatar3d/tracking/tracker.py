@@ -226,6 +226,8 @@ class Tracker:
             self.run = self._stack.enter_context(mlflow.start_run(run_id=found[0].info.run_id))
         else:
             self.run = self._stack.enter_context(mlflow.start_run(run_name=self.run_name, tags=self.tags))
+        log.info(f"MLflow: {'resumed' if found else 'new'} run {self.run_name} ({self.run_id}) in experiment "
+                 f"{self.options.experiment}, {self.uri}")
         self.logger = RunLogger(self.uri, self.run_id)
         return self
 
