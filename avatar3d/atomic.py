@@ -77,11 +77,31 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+OLD_MARK = ".old-"  # the fallback's parked previous folder: .<name>.old-<random>
+
+
+def recover_folder(folder: str | Path) -> list[Path]:
+    """Undo what a replace of ``folder`` killed part-way left (the caller is its only writer): a previous
+    folder parked by the two-rename fallback goes back when ``folder`` is missing; unfinished temporaries
+    and parked copies are removed. -> the leftovers found."""
+    folder = Path(folder)
+    parked = sorted(folder.parent.glob(f".{folder.name}{OLD_MARK}*"), key=lambda p: p.stat().st_mtime)
+    leftovers = [*parked, *folder.parent.glob(f".{folder.name}{TMP_MARK}*")]
+    if parked and not folder.exists():
+        parked.pop().rename(folder)  # killed between the fallback's two renames: the old one is complete
+    for path in [*parked, *folder.parent.glob(f".{folder.name}{TMP_MARK}*")]:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return leftovers
+
+
 @contextmanager
 def atomic_folder(folder: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success replace ``folder`` with it (every file fsynced)."""
+    """Yield a temporary sibling folder; on success replace ``folder`` with it (every file fsynced). The
+    caller is the folder's only writer (it holds its lock): what an earlier, killed replace left is undone
+    first (:func:`recover_folder`)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(folder)
     tmp = _tmp_sibling(folder)
     tmp.mkdir()
     try:
@@ -93,8 +113,9 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
             tmp.rename(folder)
         elif _exchange(tmp, folder):  # one atomic step: the old folder now sits at tmp
             shutil.rmtree(tmp, ignore_errors=True)
-        else:  # no renameat2 here: two renames; a crash between them leaves the old one at .<name>.old-*
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+        else:  # no renameat2 here: two renames; a crash between them parks the old one at .<name>.old-*,
+            # which the next replace (recover_folder) puts back
+            old = folder.with_name(f".{folder.name}{OLD_MARK}{uuid.uuid4().hex[:8]}")
             folder.rename(old)
             tmp.rename(folder)
             shutil.rmtree(old, ignore_errors=True)
