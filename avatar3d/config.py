@@ -200,6 +200,19 @@ def check_fits_in_memory(count: int, bytes_each: int, field: str, what: str) -> 
                           f"{available // 2 // bytes_each:,}")
 
 
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 8192  # one rule wherever a user's image is taken (prior input, LoRA set)
+
+
+def check_image_size(width: int, height: int, what: str) -> None:
+    """Refuse an image too small to carry a face (a 1x1 upscaled to 512 teaches blur) or too large to hold."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ConfigError(f"{what}: {width}x{height} pixels is too small; pass an image at least "
+                          f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ConfigError(f"{what}: {width}x{height} pixels is too large; pass an image at most "
+                          f"{MAX_IMAGE_SIDE} pixels per side")
+
+
 SEED_MAX = 2**32 - 1  # numpy's and every generator's common range
 
 

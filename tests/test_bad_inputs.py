@@ -289,6 +289,10 @@ ROWS = [
         no_store=True),
     row("image-to-avatar/generator-garbage", I2A + " --prior ${prior} --generator ${garbage}",
         ["--generator", "${garbage}"]),
+    row("image-to-avatar/image-1x1", "image-to-avatar ${ws}/tiny/img0.png --out ${out} --prior ${prior}",
+        ["${ws}/tiny/img0.png", "16x16"], prep="tiny_images"),
+    row("image-to-avatar/out-holds-an-earlier-avatar", "image-to-avatar ${image} --out ${ws}/old --prior ${prior}",
+        ["--overwrite"], prep="earlier_outputs"),
     row("image-to-avatar/seed-negative", I2A + " --prior ${prior} --seed -1", ["--seed"]),
 
     # ---- lora-train
@@ -298,6 +302,8 @@ ROWS = [
         "output_dir=${out}", ["--images", "images", "${notes}"]),
     row("lora-train/config-bad-yaml", "lora-train --config ${bad_yaml} --images ${images} --token t",
         ["${bad_yaml}"]),
+    row("lora-train/images-1x1", "lora-train --config ${cfg}/lora_tiny.yaml --images ${ws}/tiny --token <mychar> "
+        "output_dir=${out}", ["images", "img0.png", "16x16"], prep="tiny_images"),
     row("lora-train/learning-rate-zero", LORA + " learning_rate=0", ["learning_rate"]),
     row("lora-train/learning-rate-1e-4-accepted", LORA + " learning_rate=1e-4 --print-config", kind="accept",
         stdout_has='"learning_rate": 0.0001'),
@@ -370,11 +376,17 @@ def _prep_glb_folder(names):
 def _prep_earlier_outputs(names):
     old = Path(names["ws"]) / "old"  # what an earlier walk / turntable / export-mesh / fid left
     old.mkdir()
-    for name in ("avatar.glb", "p.png", "walk.gif", "turntable_grid.png", "fid.json"):
+    for name in ("avatar.glb", "p.png", "walk.gif", "turntable_grid.png", "fid.json", "avatar.json"):
         (old / name).write_bytes(b"an earlier result " + name.encode())
 
 
-PREPS = {"locked": _prep_locked, "locked_yaml": _prep_locked_yaml, "glb_folder": _prep_glb_folder,
+def _prep_tiny_images(names):
+    (Path(names["ws"]) / "tiny").mkdir()
+    for i in range(6):  # enough images, each 1x1: nothing a LoRA or the prior could learn from
+        _png(Path(names["ws"]) / "tiny" / f"img{i}.png", size=1, shade=40 * i)
+
+
+PREPS = {"tiny_images": _prep_tiny_images, "locked": _prep_locked, "locked_yaml": _prep_locked_yaml, "glb_folder": _prep_glb_folder,
          "earlier_outputs": _prep_earlier_outputs}
 
 

@@ -5,7 +5,8 @@ naming the ``images`` option):
 
 * the folder must exist and hold at least ``min_images`` images;
 * every visible file must be an image (``.png .jpg .jpeg .webp .bmp``) that
-  PIL can open. A stray non-image file is *refused*, naming the file, rather
+  PIL can open, at least 16 pixels on its short side (the project's one rule,
+  :func:`avatar3d.config.check_image_size`). A stray non-image file is *refused*, naming the file, rather
   than skipped: a LoRA learns whatever it is shown, so a folder with
   unexpected content is more likely the wrong folder than a folder to guess
   about. Hidden files (``.DS_Store``, ``.ipynb_checkpoints``) and sub-folders
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from avatar3d.config import check_image_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -73,6 +76,7 @@ def load_image(path: Path, resolution: int, field: str = "images") -> np.ndarray
         im = Image.alpha_composite(white, rgba)
     im = im.convert("RGB")
     w, h = im.size
+    check_image_size(w, h, f"{field}: {path.name!r}")
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
     im = im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)

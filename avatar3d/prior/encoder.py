@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from avatar3d.config import MIN_IMAGE_SIDE, check_image_size  # noqa: F401  (MIN_IMAGE_SIDE: re-exported)
 from avatar3d.hub import ModelUnavailableError, check_model_available
 
 TINY = "tiny"
 # Input images: smaller than this cannot hold a face; larger is a decompression bomb or a mistake.
-MIN_IMAGE_SIDE = 16
-MAX_IMAGE_SIDE = 8192
 # PIL modes we convert to RGB; the rest (16-bit, float, ...) are refused rather than guessed at.
 _CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "RGBX"}
 
@@ -146,13 +145,7 @@ def load_input_image(path: str | Path, field: str = "IMAGE") -> Image.Image:
 
 def check_image(image: Image.Image, what: str = "image") -> Image.Image:
     """Size and channel checks on an opened image -> RGB image."""
-    w, h = image.size
-    if min(w, h) < MIN_IMAGE_SIDE:
-        raise ValueError(f"{what}: {w}x{h} pixels is too small; pass an image at least "
-                         f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
-    if max(w, h) > MAX_IMAGE_SIDE:
-        raise ValueError(f"{what}: {w}x{h} pixels is too large; pass an image at most "
-                         f"{MAX_IMAGE_SIDE} pixels per side")
+    check_image_size(*image.size, what)
     if image.mode not in _CONVERTIBLE_MODES:
         raise ValueError(f"{what}: pixel mode {image.mode!r} (e.g. 16-bit or float) is not supported; pass an "
                          "8-bit RGB, RGBA or grayscale image")
