@@ -1,9 +1,12 @@
 """The prior's image encoder (tiny random CLIP) and the checks on user images."""
+import re
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from avatar3d.hub import ModelUnavailableError
 from avatar3d.prior.encoder import MIN_IMAGE_SIDE, check_image, load_image_encoder, load_input_image, tiny_encoder
 
 torch.set_num_threads(1)
@@ -45,15 +48,19 @@ def test_tiny_encoder_round_trips_through_save_pretrained(tmp_path):
 
 def test_missing_real_encoder_fails_in_one_line_naming_the_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ModelUnavailableError, match=r"^HF_HUB_OFFLINE=1 and model openai/clip-vit-large-patch14-not-cached "
+                       r"is not in the local cache: pass a local folder \(e\.g\. image_encoder=/path/to/") as info:
         load_image_encoder("openai/clip-vit-large-patch14-not-cached")
-    msg = str(info.value)
-    assert "\n" not in msg and "clip-vit-large-patch14-not-cached" in msg and "local folder" in msg
+    assert "\n" not in str(info.value) and info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_missing_local_encoder_folder(tmp_path):
-    with pytest.raises(Exception, match="local folder not found"):
-        load_image_encoder(str(tmp_path / "nope"))
+def test_missing_or_wrong_local_encoder_folder(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelUnavailableError, match=f"^image_encoder='{re.escape(str(missing))}': local folder not found"):
+        load_image_encoder(str(missing))
+    # A folder that exists but holds no CLIP vision model: named as such, not transformers' traceback.
+    with pytest.raises(ModelUnavailableError, match=f"^image_encoder='{re.escape(str(tmp_path))}' is not a CLIP vision model"):
+        load_image_encoder(str(tmp_path))
 
 
 def test_input_image_checks(tmp_path):
