@@ -61,6 +61,37 @@ def _grid_sample_sum(planes, points, box_warp=1.0):
                for k, (u, v) in enumerate(PLANE_AXES))
 
 
+def _stacked_lookup(planes, points, box_warp=1.0, reduce="mean"):
+    """The lookup before 5a9c048: one grid_sample over an (N*3)-stacked copy of planes and grids, then reduced."""
+    n, _, c, h, w = planes.shape
+    a, b = points.shape[1:3]
+    grid = (points * (2.0 / box_warp))[..., torch.tensor(PLANE_AXES)]  # (N, A, B, 3, 2)
+    grid = grid.permute(0, 3, 1, 2, 4).reshape(n * 3, a, b, 2)
+    feats = torch.nn.functional.grid_sample(planes.reshape(n * 3, c, h, w), grid, align_corners=False)
+    feats = feats.view(n, 3, c, a, b)
+    return feats.sum(1) if reduce == "sum" else feats.mean(1)
+
+
+def test_per_plane_lookup_is_bit_identical_to_the_stacked_lookup():
+    """evaluation/gan/README.md ("What made it faster", 1) claims the same bits, forward and backward."""
+    for seed, reduce in ((0, "sum"), (1, "mean")):
+        planes, points = _lookup_case(seed=seed, c=32, res=16)
+        n, _, c, h, w = planes.shape
+        # Contiguous planes, and the channels-last view the CPU synthesis network hands the renderer.
+        nhwc = planes.reshape(n, 3 * c, h, w).contiguous(memory_format=torch.channels_last)
+        for layout in (planes.clone(), nhwc.view(n, 3, c, h, w)):
+            leaf = layout.detach().requires_grad_(True)
+            ref_planes = planes.clone().requires_grad_(True)
+            out = sample_triplane(leaf, points, 0.9, reduce=reduce)
+            ref = _stacked_lookup(ref_planes, points, 0.9, reduce=reduce)
+            assert torch.equal(out, ref), (out - ref).abs().max()
+            grad = torch.randn_like(ref)
+            out.backward(grad)
+            ref.backward(grad)
+            assert ref_planes.grad.abs().sum() > 0
+            assert torch.equal(leaf.grad, ref_planes.grad), (leaf.grad - ref_planes.grad).abs().max()
+
+
 def test_compiled_cpu_kernel_matches_grid_sample_forward_and_backward(compiled_ops):
     planes, points = _lookup_case()
     p_native = planes.clone().requires_grad_(True)
