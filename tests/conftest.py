@@ -15,6 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# A developer's own MLflow server or experiment must never receive test runs: every test names its store.
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
+              "MLFLOW_RUN_ID", "AVATAR3D_LOG_LEVEL", "AVATAR3D_DEBUG", "RAY_ADDRESS"):
+    os.environ.pop(_name, None)
+
 try:
     import torch
 
@@ -23,7 +28,30 @@ except ImportError:  # pragma: no cover - torch is a hard dependency
     pass
 
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_globals_restored():
+    """A test that sets MLflow's process-wide tracking URI or leaves a run open does not leak it into the
+    next test (checked only once some test has imported MLflow: the import costs seconds)."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    before, before_env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = before
+    if before_env is None:  # set_tracking_uri exports the URI to the environment (for child processes) too
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 @pytest.fixture(scope="session")
