@@ -441,8 +441,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
         skipped=len(done), shards_written=len(writer.written), wall_s=timings["total_wall_s"],
         images_per_s=timings["images_per_s"], card_path=str(card_path), mlflow_run_id=run_id, timings=timings,
     )
-    log.info(result.summary())
-    return result
+    return result  # its summary is the caller's to show (the CLI prints it, the chain logs it), once
 
 
 def _card_history(path: Path) -> list[dict]:
