@@ -51,7 +51,7 @@ def test_one_step_on_a_fixed_batch_moves_both_losses_the_right_way():
     assert d2 < d1 - 1e-4
 
 
-def test_full_step_runs_every_phase_and_updates_ema():
+def test_full_step_runs_every_phase():
     torch.manual_seed(0)
     cfg = GANConfig.tiny(**{**MICRO, "d_mode": "coarse_to_fine"}, ema_kimg=0.001)
     tr = GANTrainer(cfg)
@@ -63,13 +63,36 @@ def test_full_step_runs_every_phase_and_updates_ema():
     assert tr.cur_nimg == 4 and tr.batch_idx == 1
     moved = [not torch.equal(a, b) for a, b in zip(g_before, tr.G.parameters())]
     assert sum(moved) > 0.9 * len(moved)
-    # EMA sits between the old and the new weights (beta in (0, 1)).
-    ema = dict(tr.G_ema.named_parameters())
-    name, p = next((n, p) for n, p in tr.G.named_parameters() if n.endswith("conv1.weight"))
-    old = g_before[[n for n, _ in tr.G.named_parameters()].index(name)]
-    assert not torch.equal(ema[name], p) and not torch.equal(ema[name], old)
     stats2 = tr.step(img, c)  # lazy regularisers are skipped on the next step
     assert "loss_D_r1" not in stats2 and "loss_G_density_reg" not in stats2
+
+
+@pytest.mark.parametrize("ema_kimg, ema_rampup, world_size", [(0.003, 0.25, 1), (0.003, None, 1), (0.006, 0.25, 2)])
+def test_ema_is_the_documented_lerp_of_old_ema_and_new_weights(ema_kimg, ema_rampup, world_size):
+    """G_ema <- G + beta (G_ema - G), beta = 0.5 ** (global batch / min(ema_kimg * 1000, cur_nimg * ema_rampup))
+    (avatar3d/gan/ema.py); buffers copied. Two steps: the EMA already differs from G on the second."""
+    torch.manual_seed(0)
+    cfg = GANConfig.tiny(**MICRO, ema_kimg=ema_kimg, ema_rampup=ema_rampup)
+    tr = GANTrainer(cfg, world_size=world_size)  # no process group: world_size only scales the image count
+    img, c = _batch()
+    betas = []
+    for step in (1, 2):
+        ema_before = [p.detach().clone() for p in tr.G_ema.parameters()]
+        tr.step(img, c)
+        nimg = 4 * world_size * step
+        half_life = ema_kimg * 1000 if ema_rampup is None else min(ema_kimg * 1000, nimg * ema_rampup)
+        beta = 0.5 ** (4 * world_size / half_life)
+        betas.append(beta)
+        assert tr.cur_nimg == nimg
+        for (name, e), old, p in zip(tr.G_ema.named_parameters(), ema_before, tr.G.parameters()):
+            expected = beta * old + (1 - beta) * p.detach()
+            assert torch.allclose(e, expected, rtol=1e-6, atol=1e-7), (name, (e - expected).abs().max())
+        for (name, e), b in zip(tr.G_ema.named_buffers(), tr.G.buffers()):
+            assert torch.equal(e, b), name
+    # The cases exercise the ramp-up (beta grows with the image count) and the cap (constant beta), never 0.5
+    # (where swapping beta and 1 - beta would pass) nor ~0 / ~1 (where the old or the new weights would).
+    assert all(0.05 < b < 0.95 and abs(b - 0.5) > 0.05 for b in betas), betas
+    assert (betas[1] > betas[0]) == (ema_rampup is not None)
 
 
 def test_lazy_regularisation_corrects_adam_hyperparameters():
