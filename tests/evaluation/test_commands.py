@@ -44,14 +44,16 @@ def test_walk_and_turntable_write_their_files(snapshot, tmp_path, capsys):
 
 
 def test_fid_prints_and_stores_the_number_with_its_protocol(snapshot, head_dataset, tmp_path, capsys, monkeypatch):
-    import avatar3d.evaluation.features as features
-
-    monkeypatch.setattr(features, "get_extractor", lambda name, device="cpu": SmallFeatures())
+    # Patched where the stage looks it up (it imports the name): patching avatar3d.evaluation.features instead
+    # is ignored once the stage module is imported (e.g. by export-mesh above), and the real Inception ran here
+    # for a minute unnoticed.
+    monkeypatch.setattr("avatar3d.evaluation.stage.get_extractor", lambda name, device="cpu": SmallFeatures())
     out = tmp_path / "fid.json"
     assert main(["fid", "--model", str(snapshot), "--data", str(head_dataset), "--num-fakes", "16",
                  "--cache-dir", str(tmp_path), "--out", str(out), "--frechet", "eigh"]) == 0
     result = json.loads(out.read_text())
     assert result["protocol"]["num_fakes"] == 16 and result["protocol"]["frechet"] == "eigh"
+    assert result["protocol"]["feature_extractor"] == SmallFeatures.name  # the patch took effect
     assert set(result["per_view"]) == {"front", "side", "back"} and result["overall"] > 0
     assert f"FID {result['overall']:.2f}" in capsys.readouterr().out
 
