@@ -1,0 +1,207 @@
+"""The HTML report shows each stage's numbers and pictures in that stage's section (parsed, not grepped).
+
+A pipeline output folder is laid out by hand with known figures (FID with a view group too small, truth
+metrics, a mesh and its preview, image-to-avatar pictures, a training run's history, registered models in an
+MLflow store) and every figure is looked for in the section it belongs to.
+"""
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from avatar3d.evaluation.fid import FIDResult
+from avatar3d.evaluation.truth import TruthMetrics
+from avatar3d.gan import GANConfig, TriPlaneGenerator
+from avatar3d.gan.snapshot import save_snapshot
+from avatar3d.report import write_report
+from avatar3d.training.job import FINAL_SNAPSHOT
+from tests.training.fixtures import MICRO_GAN
+
+torch.set_num_threads(1)
+
+FID = {"overall": 123.456, "front": 111.04, "side": 222.06, "back": math.nan}  # back: too few images
+TRUTH_VALUES = {"sil_agreement": 0.8123, "sil_baseline": 0.6234, "sil_varying": 0.5345,
+                "sil_varying_baseline": 0.4456, "view_front": 0.91, "view_side": 0.72, "view_back": 0.53,
+                "kid_front": 0.0123, "kid_side": 0.0234, "kid_back": 0.0345, "classifier_accuracy": 0.97}
+TRUTH_COUNTS = {"sil_avatars": 12, "sil_identities": 64, "view_per_group": 48, "kid_per_group": 40,
+                "classifier_test": 96}
+REGISTERED = [("tiny-gan", "1"), ("tiny-gan", "2"), ("lora-grn", "1")]
+KIMG = 0.512
+
+
+class Sections(HTMLParser):
+    """Splits the page at <h2> (sections) and <h3> (subsections); collects text, tables and images of each."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.subsections = {}, {}
+        self._h2 = self._h3 = None
+        self._heading = None
+        self._cell = None
+
+    def _targets(self):
+        return [d for d in (self.sections.get(self._h2), self.subsections.get(self._h3)) if d is not None]
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("h2", "h3"):
+            self._heading = [tag, ""]
+        elif tag == "table":
+            for d in self._targets():
+                d["tables"].append([])
+        elif tag == "tr":
+            for d in self._targets():
+                d["tables"][-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "img":
+            for d in self._targets():
+                d["images"].append(attrs["src"])
+
+    def handle_endtag(self, tag):
+        if self._heading and tag == self._heading[0]:
+            kind, text = self._heading
+            self._heading = None
+            if kind == "h2":
+                self._h2, self._h3 = text, None
+                self.sections[text] = {"text": "", "tables": [], "images": []}
+            else:
+                self._h3 = text
+                self.subsections[text] = {"text": "", "tables": [], "images": []}
+        elif tag in ("td", "th") and self._cell is not None:
+            for d in self._targets():
+                d["tables"][-1][-1].append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._heading:
+            self._heading[1] += data
+            return
+        if self._cell is not None:
+            self._cell += data
+        for d in self._targets():
+            d["text"] += data
+
+
+def _section(sections, prefix):
+    (name,) = [k for k in sections if k.startswith(prefix)]
+    return sections[name]
+
+
+def _image(path: Path, seed: int, size=(24, 24)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    # GAN stage: the final snapshot of run "run" (the report finds its MLflow run by this folder's name).
+    cfg = GANConfig.tiny(**MICRO_GAN)
+    torch.manual_seed(0)
+    save_snapshot(out / "gan" / "run" / FINAL_SNAPSHOT, TriPlaneGenerator(cfg), cfg.to_dict(), {"kimg": KIMG})
+    # Evaluation stage: FID (its own writer: NaN is stored as null), truth metrics, a mesh and its preview.
+    ev = out / "evaluate"
+    ev.mkdir()
+    FIDResult(overall=FID["overall"], per_view={g: FID[g] for g in ("front", "side", "back")},
+              protocol={"num_fakes": 8, "seed": 3, "feature_extractor": "inception-fid-helper"}
+              ).save_json(ev / "fid.json")
+    (ev / "truth.json").write_text(TruthMetrics(TRUTH_VALUES, TRUTH_COUNTS, {"seed": 5}).to_json())
+    _image(ev / "mesh" / "avatar_preview.png", 1)
+    (ev / "mesh" / "avatar.glb").write_bytes(b"glTF")
+    # Image to avatar: the input, the sampled avatar's views, the truth views, a turntable.
+    ia = out / "image_to_avatar"
+    for name, seed in (("input.png", 2), ("views.png", 3), ("truth_views.png", 4)):
+        _image(ia / name, seed)
+    frames = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(ia / "turntable.gif", save_all=True, append_images=frames[1:])
+    # MLflow: the GAN run's history and three registered model versions.
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("report-test", artifact_location=(out / "mlartifacts").as_uri())
+    run = client.create_run(exp, run_name="run")
+    for step, loss in ((256, 1.5), (512, 1.2)):
+        client.log_metric(run.info.run_id, "loss_G", loss, step=step)
+        client.log_metric(run.info.run_id, "truth_view_front", loss / 2, step=step)
+    client.set_terminated(run.info.run_id)
+    for name in dict.fromkeys(n for n, _ in REGISTERED):
+        client.create_registered_model(name)
+    for name, _ in REGISTERED:
+        client.create_model_version(name, (out / "mlartifacts" / name).as_uri(), run_id=run.info.run_id)
+    page = write_report(out, uri)
+    parser = Sections()
+    parser.feed(page.read_text())
+    return {"out": out, "rep": page.parent, "sections": parser.sections, "sub": parser.subsections,
+            "run_id": run.info.run_id, "uri": uri}
+
+
+def test_fid_section_shows_the_numbers_per_view_and_the_protocol(report):
+    ev = _section(report["sections"], "5. Evaluation")
+    (header, row), *_ = ev["tables"]
+    assert dict(zip(header, row)) == {"FID": "123.5", "FID front": "111.0", "FID side": "222.1",
+                                      "FID back": row[3]}
+    assert row[3].startswith("n/a")  # null in fid.json: a group with too few images, not a number, no crash
+    assert '"num_fakes": 8' in ev["text"] and '"seed": 3' in ev["text"] and "inception-fid-helper" in ev["text"]
+
+
+def test_truth_metrics_show_each_value_beside_its_control(report):
+    truth = report["sub"]["Truth metrics (procedural world)"]
+    (table,) = truth["tables"]
+    header, *rows = table
+    by_measure = {r[0]: dict(zip(header, r)) for r in rows}
+    sil = by_measure["silhouette agreement (IoU, held-out left / right / back views)"]
+    assert (sil["value"], sil["control"]) == ("0.812", "mean-silhouette baseline 0.623")
+    assert sil["images"] == "12 avatars x 3 views, matched among 64 truth identities"
+    varying = by_measure["silhouette agreement where identities differ"]
+    assert (varying["value"], varying["control"]) == ("0.534", "mean-silhouette baseline 0.446")
+    for group, value in (("front", "0.91"), ("side", "0.72"), ("back", "0.53")):
+        assert by_measure[f"view consistency, {group}"]["value"] == value
+        assert by_measure[f"view consistency, {group}"]["images"] == "48 renders"
+    for group, value in (("front", "0.0123"), ("side", "0.0234"), ("back", "0.0345")):
+        kid = by_measure[f"KID, {group} (vs truth renders, view-classifier features)"]
+        assert (kid["value"], kid["images"]) == (value, "40 fakes vs 40 truth")
+    assert not any("Inception features" in m for m in by_measure)  # no kid_inception_* values given
+    assert "accuracy 0.97 on 96 held-out truth renders" in truth["text"]
+
+
+def test_mesh_preview_is_shown_in_the_evaluation_section(report):
+    ev = _section(report["sections"], "5. Evaluation")
+    assert "mesh_preview.png" in ev["images"]
+    src = report["out"] / "evaluate" / "mesh" / "avatar_preview.png"
+    assert (report["rep"] / "mesh_preview.png").read_bytes() == src.read_bytes()
+    assert "No mesh" not in ev["text"]
+
+
+def test_image_to_avatar_section_shows_input_avatar_truth_and_turntable(report):
+    ia = _section(report["sections"], "6. Image to avatar")
+    assert ia["images"] == ["i2a_input.png", "i2a_views.png", "i2a_truth.png", "i2a_turntable.gif"]
+    for shown, src in (("i2a_input.png", "input.png"), ("i2a_views.png", "views.png"),
+                       ("i2a_truth.png", "truth_views.png"), ("i2a_turntable.gif", "turntable.gif")):
+        assert (report["rep"] / shown).read_bytes() == (report["out"] / "image_to_avatar" / src).read_bytes()
+    assert "held-out identity" in ia["text"]  # truth views present: the input is a held-out identity
+    assert not any(img.startswith("i2a") for name, s in report["sections"].items() if not name.startswith("6.")
+                   for img in s["images"])
+
+
+def test_registered_models_are_listed_with_versions_uris_and_runs(report):
+    reg = _section(report["sections"], "7. Registered models")
+    (table,) = reg["tables"]
+    header, *rows = table
+    assert header == ["model", "version", "uri", "run"]
+    assert sorted(tuple(r) for r in rows) == sorted(
+        (name, version, f"models:/{name}/{version}", report["run_id"]) for name, version in REGISTERED)
+    assert report["uri"] in reg["text"]
+
+
+def test_gan_and_training_curve_sections_come_from_the_final_snapshot_and_its_run(report):
+    gan = _section(report["sections"], "4. 3D GAN samples")
+    assert f"({KIMG:.3f} kimg)" in next(k for k in report["sections"] if k.startswith("4."))
+    assert set(gan["images"]) == {"gan_front.png", "gan_side.png", "gan_back.png"}
+    curves = report["sections"]["Training curves (run)"]
+    assert curves["images"] == ["curves.png"] and (report["rep"] / "curves.png").stat().st_size > 0
