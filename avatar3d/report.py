@@ -119,10 +119,10 @@ def _transfer_note(out: Path) -> str:
         if scratch:
             v = scratch.get("values", {})
             text += (f". From scratch at a demo's budget ({scratch.get('kimg', '?')} kimg) the same generator reached "
-                     f"silhouette agreement {v.get('sil_agreement', float('nan')):.3f} (where identities differ "
-                     f"{v.get('sil_varying', float('nan')):.3f}) and view consistency front / side / back "
-                     f"{v.get('view_front', float('nan')):.2f} / {v.get('view_side', float('nan')):.2f} / "
-                     f"{v.get('view_back', float('nan')):.2f}, against this run's figures below")
+                     f"silhouette agreement {_num(v.get('sil_agreement'))} (where identities differ "
+                     f"{_num(v.get('sil_varying'))}) and view consistency front / side / back "
+                     f"{_num(v.get('view_front'), '.2f')} / {_num(v.get('view_side'), '.2f')} / "
+                     f"{_num(v.get('view_back'), '.2f')}, against this run's figures below")
     return text + "."
 
 
@@ -263,6 +263,13 @@ def _gan(out: Path, rep: Path) -> str:
     return "\n".join(parts)
 
 
+def _num(value, spec: str = ".3f") -> str:
+    """A figure from a result file; NaN or null (a view group with too few images) reads "n/a"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a (too few images)"
+    return format(value, spec)
+
+
 def _copy(src: Path, rep: Path, name: str) -> bool:
     if not src.is_file():
         return False
@@ -279,8 +286,8 @@ def _evaluation(out: Path, rep: Path) -> str:
     if fid_file.is_file():
         fid = json.loads(fid_file.read_text())
         per_view = fid.get("per_view", {})
-        parts.append(_table([{"FID": f"{fid.get('overall', float('nan')):.1f}",
-                              **{f"FID {k}": f"{v:.1f}" for k, v in per_view.items()}}]))
+        parts.append(_table([{"FID": _num(fid.get("overall"), ".1f"),
+                              **{f"FID {k}": _num(v, ".1f") for k, v in per_view.items()}}]))
         protocol = fid.get("protocol", {})
         parts.append(f'<p class="note">protocol: {html.escape(json.dumps(protocol))}</p>')
     parts.append(_truth(ev, rep))
@@ -305,22 +312,22 @@ def _truth(ev: Path, rep: Path) -> str:
     v, c = data["values"], data["counts"]
     rows = [
         {"measure": "silhouette agreement (IoU, held-out left / right / back views)",
-         "value": f"{v['sil_agreement']:.3f}", "control": f"mean-silhouette baseline {v['sil_baseline']:.3f}",
+         "value": _num(v['sil_agreement']), "control": f"mean-silhouette baseline {_num(v['sil_baseline'])}",
          "images": f"{c['sil_avatars']} avatars x 3 views, matched among {c['sil_identities']} truth identities"},
-        {"measure": "silhouette agreement where identities differ", "value": f"{v['sil_varying']:.3f}",
-         "control": f"mean-silhouette baseline {v['sil_varying_baseline']:.3f}", "images": "same"},
-        *[{"measure": f"view consistency, {g}", "value": f"{v[f'view_{g}']:.2f}", "control": "chance 0.33",
+        {"measure": "silhouette agreement where identities differ", "value": _num(v['sil_varying']),
+         "control": f"mean-silhouette baseline {_num(v['sil_varying_baseline'])}", "images": "same"},
+        *[{"measure": f"view consistency, {g}", "value": _num(v[f'view_{g}'], ".2f"), "control": "chance 0.33",
            "images": f"{c['view_per_group']} renders"} for g in ("front", "side", "back")],
-        *[{"measure": f"KID, {g} (vs truth renders, Inception features)", "value": f"{v[f'kid_inception_{g}']:.3g}",
+        *[{"measure": f"KID, {g} (vs truth renders, Inception features)", "value": _num(v[f'kid_inception_{g}'], ".3g"),
            "control": "about 0 = same distribution", "images": f"{c['kid_per_group']} fakes vs {c['kid_per_group']} truth"}
           for g in ("front", "side", "back") if f"kid_inception_{g}" in v],
-        *[{"measure": f"KID, {g} (vs truth renders, view-classifier features)", "value": f"{v[f'kid_{g}']:.3g}",
+        *[{"measure": f"KID, {g} (vs truth renders, view-classifier features)", "value": _num(v[f'kid_{g}'], ".3g"),
            "control": "about 0 = same distribution",
            "images": f"{c['kid_per_group']} fakes vs {c['kid_per_group']} truth"} for g in ("front", "side", "back")],
     ]
     return ("<h3>Truth metrics (procedural world)</h3>" + _table(rows)
             + f'<p class="note">View consistency: a small CNN trained on clean truth renders (accuracy '
-            f"{v['classifier_accuracy']:.2f} on {c['classifier_test']} held-out truth renders) names each generator "
+            f"{_num(v['classifier_accuracy'], '.2f')} on {c['classifier_test']} held-out truth renders) names each generator "
             "render front / side / back; the share that matches the render's camera. A Janus head fails at the "
             "back. Silhouette agreement: each generated avatar is matched to the held-out truth identity whose "
             "front silhouette it overlaps most, then compared with that identity at the side and back cameras; "

@@ -3,7 +3,10 @@
 Set before anything imports torch/ray so that child processes (Ray workers)
 inherit it too.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -14,6 +17,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Caches (FID reference statistics, view classifiers, downloaded models) go to a folder of this session, not the
+# checkout's .cache/; compiled extensions stay in the checkout's build cache (as the Makefile puts them).
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(_REPO, ".cache", "torch_extensions"))
+os.environ["AVATAR3D_CACHE_DIR"] = tempfile.mkdtemp(prefix="avatar3d-test-cache-")
+atexit.register(shutil.rmtree, os.environ["AVATAR3D_CACHE_DIR"], True)
 
 # A developer's own MLflow server or experiment must never receive test runs: every test names its store.
 for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",

@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.tracking import fluent
+from mlflow.tracking._tracking_service import utils as tracking_service
 
 from avatar3d.config import ConfigError
 from avatar3d.tracking.options import TrackingOptions
@@ -91,6 +93,20 @@ def check_store(uri: str, field: str = "tracking.tracking_uri") -> str:
             raise ConfigError(f"{field}={uri!r}: no MLflow server answers there ({reason}); start it, fix "
                               "the URI, or pass tracking.enabled=false") from None
     return uri
+
+
+@contextlib.contextmanager
+def mlflow_globals_kept():
+    """MLflow's fluent API keeps the tracking URI (exported to the environment for child processes too) and the
+    active experiment process-wide; a stage puts them back as it found them, so a library caller's own MLflow
+    set-up, and the next stage of a chain, are not pointed at this stage's store (what MLflow's own
+    ``_use_tracking_uri`` does for the URI)."""
+    uri, experiment = tracking_service._tracking_uri, fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri)  # None unsets it, and the environment variable with it
+        fluent._active_experiment_id = experiment
 
 
 def use_experiment(tracking_uri: str, experiment: str):
@@ -213,6 +229,7 @@ class Tracker:
             return self
         self.check()
         self.uri = self.options.tracking_uri or default_tracking_uri(self.output_dir)
+        self._stack.enter_context(mlflow_globals_kept())  # exited last: after the run has ended
         db = sqlite_file(self.uri)
         if not self.options.tracking_uri and db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,26 @@ def test_a_run_gets_config_finite_metrics_files_and_a_registration(tmp_path):
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [3]
 
 
+def test_a_stage_leaves_mlflows_process_wide_settings_as_it_found_them(tmp_path, monkeypatch):
+    """A library caller's own MLflow set-up (or none) survives a stage: the Tracker used to leave MLflow pointed
+    at its store, and export MLFLOW_TRACKING_URI to every process started afterwards."""
+    import os
+
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    with Tracker(_options(tmp_path), tmp_path, "gan-tiny", stage="gan") as tracker:
+        assert mlflow.get_tracking_uri() == tracker.uri and mlflow.active_run() is not None
+    assert utils._tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.active_run() is None
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    mlflow.set_tracking_uri(mine)
+    with Tracker(_options(tmp_path), tmp_path, "gan-tiny-2", stage="gan"):
+        pass
+    assert mlflow.get_tracking_uri() == mine == os.environ["MLFLOW_TRACKING_URI"]
+
+
 def test_resume_reopens_the_run_of_that_name_and_keeps_its_params(tmp_path):
     with Tracker(_options(tmp_path), tmp_path, "r", stage="prior", resume=True) as first:
         first.log_config({"lr": 1})
