@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from avatar3d.datagen.dataset import SHARD_GLOB, SHARDS_DIR, read_table
 from avatar3d.datagen.schema import FORMAT_VERSION, ROW_SCHEMA
-from avatar3d.atomic import TMP_MARK, atomic_path, atomic_write
+from avatar3d.atomic import TMP_MARK, atomic_folder, atomic_path, atomic_write
 
 SPECS_FILE = "specs.parquet"
 JOB_FILE = "job.json"
@@ -232,22 +232,30 @@ def eg3d_image_name(row_id: str) -> str:
     return f"img{row_id}.png"
 
 
-def export_eg3d(dataset_dir, out_dir) -> EG3DExport:
+def export_eg3d(dataset_dir, out_dir, overwrite: bool = False) -> EG3DExport:
     """Write EG3D's layout: PNGs plus ``dataset.json`` = ``{"labels": [[name, [25 floats]], ...]}``.
 
     The PNG bytes are copied as generated (no re-encoding). Shards are read one
-    at a time, so memory stays at one shard.
+    at a time, so memory stays at one shard. The folder is written whole
+    (:func:`avatar3d.atomic.atomic_folder`): a folder that is not empty is
+    refused unless ``overwrite``, which replaces it, so an earlier export's
+    images never sit unlabelled beside a new ``dataset.json``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out_dir: {out} is a file; pass a folder for the export")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out_dir: {out} is not empty (an earlier export?); pass overwrite=True to replace "
+                              "it, or another folder")
     labels = []
-    for path in list_shards(dataset_dir):
-        table = pq.read_table(path, columns=["id", "index", "camera", "image_png"])
-        for row_id, camera, png in zip(table.column("id").to_pylist(), table.column("camera").to_pylist(),
-                                       table.column("image_png").to_pylist()):
-            name = eg3d_image_name(row_id)
-            (out / name).write_bytes(png)
-            labels.append([name, [float(x) for x in camera]])
-    labels.sort(key=lambda item: item[0])
-    dataset_json = write_atomic_json({"labels": labels}, out / "dataset.json")
-    return EG3DExport(out_dir=out, dataset_json=dataset_json, num_images=len(labels))
+    with atomic_folder(out) as tmp:
+        for path in list_shards(dataset_dir):
+            table = pq.read_table(path, columns=["id", "index", "camera", "image_png"])
+            for row_id, camera, png in zip(table.column("id").to_pylist(), table.column("camera").to_pylist(),
+                                           table.column("image_png").to_pylist()):
+                name = eg3d_image_name(row_id)
+                (tmp / name).write_bytes(png)
+                labels.append([name, [float(x) for x in camera]])
+        labels.sort(key=lambda item: item[0])
+        (tmp / "dataset.json").write_text(json.dumps({"labels": labels}, indent=2, ensure_ascii=False))
+    return EG3DExport(out_dir=out, dataset_json=out / "dataset.json", num_images=len(labels))
