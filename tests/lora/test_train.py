@@ -46,14 +46,23 @@ def _probe(cfg, lora_dir, seed, repeats=8):
     return probe_loss(pipe.unet, scheduler, latents, states, seed, repeats)
 
 
+# Measured (lora_tiny.yaml, 60 steps, lr 1e-2): the trainer's probe 1.1079 -> 1.0594 (4.4% lower), the
+# independent probe below 1.1053 -> 1.0624 (3.9% lower). Asserted: at least 3% lower (the drop with a 1.3-1.5x
+# safety factor). What this shows is that the adapters train and are saved and reloaded as trained; not that
+# they learned the character: on the tiny random model the same 4% drop appears on unrelated images, on pure
+# noise images and with any caption (its VAE's latents have std 0.045 against unit noise, so the loss is all
+# noise prediction).
+MIN_DROP = 0.03
+
+
 def test_training_lowers_the_denoising_loss_on_the_images(tiny_lora):
     cfg, result, _ = tiny_lora
     assert result.num_images == 6 and result.steps == cfg.steps
-    assert result.probe_loss_after < 0.98 * result.probe_loss_before
+    assert result.probe_loss_after < (1 - MIN_DROP) * result.probe_loss_before
     # Measured again, independently of the trainer, from the saved file and other (noise, t) draws.
     before = _probe(cfg, None, seed=1234)
     after = _probe(cfg, result.lora_dir, seed=1234)
-    assert after < 0.98 * before
+    assert after < (1 - MIN_DROP) * before
     # The saved adapter is the trained one (rank, alpha and every weight survive the round trip).
     assert _probe(cfg, result.lora_dir, seed=cfg.seed + 1, repeats=cfg.probe_repeats) == pytest.approx(
         result.probe_loss_after, rel=1e-5)
@@ -165,30 +174,54 @@ def test_training_is_reproducible(character_images, tmp_path):
             assert torch.equal(fa.get_tensor(key), fb.get_tensor(key)), key
 
 
-def _text_encoder_lora_supported() -> bool:
-    from avatar3d.lora.train import check_text_encoder_lora_support
+def test_an_adapter_that_does_not_learn_leaves_the_probe_loss_unchanged(character_images, tmp_path):
+    """Control for the loss test: with a vanishing learning rate (0 is refused by the config) the loss after
+    equals the loss before, and the saved adapter leaves the base model's loss as it was. Fails if the before
+    and after probes draw different (noise, t) (measured: 1.1079 vs 1.0879, a 'drop' of 1.8% with no
+    learning) or if an adapter is not a no-op at the start (B not zero)."""
+    cfg = tiny_config(character_images, tmp_path, "learning_rate=1e-12", "steps=4", "num_samples=0",
+                      "tracking.enabled=false")
+    result = train_lora(cfg)
+    assert result.probe_loss_after == pytest.approx(result.probe_loss_before, rel=1e-7)
+    assert _probe(cfg, result.lora_dir, seed=1234) == pytest.approx(_probe(cfg, None, seed=1234), rel=1e-7)
 
-    try:
-        check_text_encoder_lora_support()
-        return True
-    except ConfigError:
-        return False
+
+def _pins(*names):
+    pins = {}
+    for line in (Path(__file__).resolve().parents[2] / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().lower() in names:
+            pins[name.strip().lower()] = version.strip()
+    return pins
 
 
-def test_text_encoder_lora_round_trips_or_is_refused_in_one_line(character_images, tmp_path):
-    """transformers pins a minimum peft for text-encoder adapters: either the round trip works or we say why."""
+def test_text_encoder_lora_is_refused_in_one_line_with_the_pinned_peft(character_images, tmp_path, monkeypatch):
+    """constraints.txt pins peft 0.21.2 beside transformers 5.24.0, whose peft integration asks for
+    peft>=0.22.0: with the pins, train_text_encoder=true is refused before any work, in one line. (Without our
+    check transformers itself refuses later, in its own words: the refusal is needed, not over-cautious.)
+    Other pins fail here on purpose: decide which branch they take (refusal, or the round trip: the adapter
+    saved under text_encoder.* changes the painting) and assert that one."""
+    import importlib.metadata
+
+    from packaging.version import Version
+    from transformers.integrations.peft import MIN_PEFT_VERSION
+
+    import avatar3d.lora.train as lora_train
+
+    pins = _pins("peft", "transformers")
+    assert pins == {"peft": "0.21.2", "transformers": "5.24.0"}, f"constraints.txt changed the pins: {pins}"
+    installed = {name: importlib.metadata.version(name) for name in pins}
+    assert installed == pins, f"installed {installed} differ from constraints.txt {pins}: pip install -c constraints.txt"
+    assert Version(pins["peft"]) < Version(MIN_PEFT_VERSION) == Version("0.22.0")
     cfg = tiny_config(character_images, tmp_path, "train_text_encoder=true", "steps=4", "num_samples=0",
                       "tracking.enabled=false")
-    if not _text_encoder_lora_supported():
-        with pytest.raises(ConfigError, match=r"^train_text_encoder=true needs peft>="):
-            train_lora(cfg)
-        assert not (tmp_path / "lora").exists()
-        return
-    result = train_lora(cfg)
-    with safe_open(str(result.lora_dir / LORA_WEIGHTS), "pt") as f:
-        assert any(k.startswith("text_encoder.") for k in f.keys())
-    base = PipelineConfig(preset="tiny", guidance="openpose", steps=3, device="cpu")
-    assert not np.array_equal(_paint(base)[0], _paint(PipelineConfig(**{**base.to_dict(), "lora": str(result.lora_dir)}))[0])
+    with pytest.raises(ConfigError, match=r"^train_text_encoder=true needs peft>=0\.22\.0 with transformers "
+                                          r"5\.24\.0 \(installed: peft 0\.21\.2\)") as err:
+        train_lora(cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "lora").exists()
+    monkeypatch.setattr(lora_train, "check_text_encoder_lora_support", lambda: None)
+    with pytest.raises(ValueError, match=r"version of PEFT you are using is not compatible.*>= 0\.22\.0"):
+        train_lora(cfg)
 
 
 def test_unknown_target_module_is_one_line(character_images, tmp_path):
