@@ -104,16 +104,25 @@ def test_truncation_and_pose_conditioning_switch():
 
 def test_float64_and_bfloat16_autocast():
     cfg = GANConfig.tiny(**MICRO)
-    G = TriPlaneGenerator(cfg)
-    z, c = torch.randn(2, cfg.z_dim), cams([0, 45])
+    torch.manual_seed(0)
+    G, D = TriPlaneGenerator(cfg).eval(), build_discriminator(cfg)
+    z, c, label = torch.randn(4, cfg.z_dim), cams([0, 45, 120, 180]), torch.randn(4, cfg.d_label_dim)
     out = G.double()(z.double(), c.double())
     assert out.image.dtype == torch.float64 and torch.isfinite(out.image).all()
     G = G.float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = G(z, c)
-        D = build_discriminator(cfg)
-        logits = D(out.image, out.image_raw, torch.zeros(2, cfg.d_label_dim))
-    assert torch.isfinite(out.image.float()).all() and torch.isfinite(logits.float()).all()
+
+    def forward(bf16: bool):
+        torch.manual_seed(1)  # the same ray jitter in both passes
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = G(z, c, noise_mode="const")
+            return out.image, out.image_raw, D(out.image, out.image_raw, label)
+
+    # bf16 keeps 8 significant bits (0.4% spacing) and each output passes ~20 rounded layers: measured mean
+    # errors of 0.4-1.9% of the outputs' mean magnitude, single pixels up to 0.08. Tolerance: 4% mean, 0.25 max.
+    for ref, low in zip(forward(False), forward(True)):
+        assert low.dtype == torch.bfloat16 and ref.dtype == torch.float32
+        err = (low.float() - ref).abs()
+        assert 0 < err.mean() < 0.04 * ref.abs().mean() and err.max() < 0.25, (err.mean(), err.max(), ref.abs().mean())
 
 
 def test_bad_camera_shape_raises():
