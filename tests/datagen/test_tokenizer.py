@@ -26,13 +26,8 @@ def _openai_reference_tokenizer():
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except ImportError as err:
-        # ftfy / regex are openai-clip's own dependencies: openai-clip==1.0.1 (a main dependency) requires
-        # ftfy, regex and tqdm, and constraints.txt pins ftfy==6.3.1 and regex==2026.11.19, so `make install`
-        # always has them and this skip only fires in a venv built with --no-deps. Pending a decision (#20):
-        # list "ftfy==6.3.1" and "regex==2026.11.19" in the dev extra ([project.optional-dependencies] dev)
-        # and turn this skip into a failure, so the reference comparison can never be skipped silently.
-        pytest.skip(f"reference tokenizer unavailable: {err}")
+    except ImportError as err:  # ftfy / regex come with the dev extra: the oracle must never be skipped silently
+        pytest.fail(f"reference tokenizer unavailable ({err}): install the dev extra (pip install -e '.[dev]')")
     return module.SimpleTokenizer(find_bpe_file())
 
 
