@@ -2,7 +2,9 @@
 
 No Ray, no MLflow: the caller passes an endless iterator of :class:`PriorBatch`
 (this worker's share) and :class:`avatar3d.training.loop.LoopHooks`
-(``report(metrics, checkpoint_dir)``, ``print``). The optimiser is an engine
+(``report(metrics, checkpoint_dir)``, ``print``); the checkpoint folder is a
+temporary one of the loop's, removed when ``report`` returns or raises (a hook
+that wants to keep it copies it). The optimiser is an engine
 from :func:`avatar3d.training.engines.make_engine` (DeepSpeed or plain), so
 the denoiser is called as ``engine.module`` and the loss handed to
 ``engine.backward``.
@@ -16,6 +18,7 @@ version 1, today's layout.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -125,10 +128,14 @@ def training_loop(trainer: PriorTrainer, batches: Iterator[PriorBatch], opts: Pr
                     f"sec/step {sec_per_step:<7.3f} elapsed {format_hms(now - start_time)} eta {format_hms(eta)}")
         losses.clear()
         checkpoint = None
-        if tick % opts.checkpoint_ticks == 0 or done:
-            checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-prior-ckpt-"))
-            save_resume_state(trainer, checkpoint, rank)
-        hooks.report(metrics, checkpoint)
+        try:
+            if tick % opts.checkpoint_ticks == 0 or done:
+                checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-prior-ckpt-"))
+                save_resume_state(trainer, checkpoint, rank)
+            hooks.report(metrics, checkpoint)
+        finally:  # reported (Ray has its copy), or failed: either way the temporary folder goes
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint, ignore_errors=True)
         tick_start_step, tick_start_time = trainer.step_count, time.time()
 
     return PriorLoopResult(step=trainer.step_count, ticks=tick, last_metrics=metrics)

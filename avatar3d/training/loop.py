@@ -8,8 +8,13 @@ small objects the caller passes:
   few ticks, a finished checkpoint folder; ``log_images`` / ``log_snapshot``
   receive sample grids and inference snapshots (rank 0 only).
 
+A checkpoint folder is a temporary folder of the loop's, valid while ``report``
+runs: the loop removes it when ``report`` returns or raises, on every rank (Ray's
+``ray.train.report`` has copied it into storage by then; a hook that wants to
+keep one copies it).
+
 :mod:`avatar3d.training.ray_worker` supplies Ray Train's versions; tests and
-benchmarks run the same loop in one process with :class:`LocalHooks`.
+benchmarks run the same loop in one process with their own :class:`LoopHooks`.
 
 A checkpoint folder (the resume state) records :data:`RESUME_FORMAT` in its
 ``loop_state`` tree; one without it is version 1, today's layout.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -57,6 +63,7 @@ class LoopOptions:
 class LoopHooks:
     """What the loop hands outward. The defaults do nothing."""
 
+    # The checkpoint folder is removed when report returns: copy it to keep it.
     report: Callable[[dict[str, float], Path | None], None] = lambda metrics, ckpt: None
     log_images: Callable[[dict[str, Any], int], None] = lambda grids, step: None
     log_snapshot: Callable[[Path, dict[str, Any]], None] = lambda path, info: None
@@ -139,15 +146,19 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
             metrics.update(evaluated)
             hooks.print("  " + "  ".join(f"{k} {v:.3g}" for k, v in evaluated.items()))
         checkpoint = None
-        if tick % opts.snapshot_ticks == 0 or done:
-            checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-ckpt-"))
-            save_resume_state(trainer, checkpoint, rank)
-            if rank == 0:
-                info = {"kimg": trainer.cur_nimg / 1e3, "tick": tick,
-                        "neural_rendering_resolution": int(trainer.G_ema.neural_rendering_resolution)}
-                save_snapshot(checkpoint / SNAPSHOT_FILE, trainer.G_ema, trainer.cfg.to_dict(), info)
-                hooks.log_snapshot(checkpoint / SNAPSHOT_FILE, info)
-        hooks.report(metrics, checkpoint)
+        try:
+            if tick % opts.snapshot_ticks == 0 or done:
+                checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-ckpt-"))
+                save_resume_state(trainer, checkpoint, rank)
+                if rank == 0:
+                    info = {"kimg": trainer.cur_nimg / 1e3, "tick": tick,
+                            "neural_rendering_resolution": int(trainer.G_ema.neural_rendering_resolution)}
+                    save_snapshot(checkpoint / SNAPSHOT_FILE, trainer.G_ema, trainer.cfg.to_dict(), info)
+                    hooks.log_snapshot(checkpoint / SNAPSHOT_FILE, info)
+            hooks.report(metrics, checkpoint)
+        finally:  # reported (Ray has its copy), or failed: either way the temporary folder goes
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint, ignore_errors=True)
         hooks.after_tick(tick, rank)
         tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
 

@@ -1,12 +1,13 @@
 """The prior's plain training loop: ticks, checkpoints, and a bit-exact resume."""
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 from avatar3d.gan.optim import OptimizerSpec
-from avatar3d.prior.loop import (PriorLoopOptions, PriorTrainer, array_batches, load_resume_state, peek_step,
+from avatar3d.prior.loop import (STATE_TREE, PriorLoopOptions, PriorTrainer, array_batches, load_resume_state, peek_step,
                                  training_loop)
 from avatar3d.prior.model import PriorSize, build_prior, train_scheduler
 from avatar3d.training.engines import make_engine
@@ -36,9 +37,7 @@ def _run(trainer, total, start=0, resume=None, keep=None):
     def report(metrics, ckpt):
         reports.append((metrics["step"], ckpt is not None))
         if ckpt is not None and keep is not None and metrics["step"] == keep[0]:
-            shutil.copytree(ckpt, keep[1])
-        if ckpt is not None:
-            shutil.rmtree(ckpt)
+            shutil.copytree(ckpt, keep[1])  # the loop removes its folder when report returns
 
     opts = PriorLoopOptions(total_steps=total, steps_per_tick=3, checkpoint_ticks=2, cond_drop_prob=0.2)
     training_loop(trainer, array_batches(w, e, 8, seed=1, start_step=start), opts,
@@ -71,3 +70,27 @@ def test_resume_refuses_another_architecture(tmp_path):
         load_resume_state(wrong, tmp_path / "ckpt", rank=0)
     with pytest.raises(FileNotFoundError, match="not a train-prior checkpoint"):
         load_resume_state(trainer, tmp_path, rank=0)
+
+
+def test_checkpoint_folders_are_removed_after_report_and_on_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the loop makes its folders; restored after
+    seen = []
+
+    def report(metrics, ckpt):
+        if ckpt is not None:
+            assert ckpt.parent == tmp_path and ckpt.name.startswith("avatar3d-prior-ckpt-")
+            assert (ckpt / STATE_TREE).is_dir() and (ckpt / "engine").is_dir()
+            seen.append(metrics["step"])
+
+    w, e = _data()
+    opts = PriorLoopOptions(total_steps=7, steps_per_tick=3, checkpoint_ticks=2)
+    training_loop(_trainer(), array_batches(w, e, 8, seed=1), opts, LoopHooks(report=report, print=lambda *_: None))
+    assert seen == [6, 7] and list(tmp_path.iterdir()) == []
+
+    def fail(metrics, ckpt):
+        if ckpt is not None:
+            raise RuntimeError("storage unreachable")
+
+    with pytest.raises(RuntimeError, match="storage unreachable"):
+        training_loop(_trainer(), array_batches(w, e, 8, seed=1), opts, LoopHooks(report=fail, print=lambda *_: None))
+    assert list(tmp_path.iterdir()) == []

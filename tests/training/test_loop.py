@@ -1,5 +1,8 @@
 """The training loop in one process (plain engines): snapshots, resume, failure modes."""
 import itertools
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,8 +13,8 @@ from avatar3d.gan.config import GANConfig
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.datagen.dataset import read_table
 from avatar3d.training.data import decode_batch
-from avatar3d.training.loop import (SNAPSHOT_FILE, LoopHooks, LoopOptions, NonFiniteLossError, build_trainer,
-                                    load_resume_state, training_loop)
+from avatar3d.training.loop import (SNAPSHOT_FILE, STATE_TREE, LoopHooks, LoopOptions, NonFiniteLossError,
+                                    build_trainer, load_resume_state, training_loop)
 
 from tests.training.fixtures import MICRO_GAN
 
@@ -27,7 +30,9 @@ def _batches(rows, start=0, per=4):
                            np.random.default_rng([7, k]))
 
 
-def _run(rows, total_kimg, keep, resume=None):
+def _run(rows, total_kimg, keep, resume=None, keep_dir=None):
+    """-> (trainer, result); ``keep`` gets (kimg, copy of the checkpoint under ``keep_dir``) per checkpoint
+    (the loop removes its own folder when report returns)."""
     trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
     start = 0
     if resume is not None:
@@ -35,8 +40,12 @@ def _run(rows, total_kimg, keep, resume=None):
         start = peek_batch_idx(resume)
 
     def report(metrics, ckpt):
-        if ckpt is not None:
-            keep.append((metrics["kimg"], ckpt))
+        if ckpt is not None and keep_dir is not None:
+            copy = Path(keep_dir) / f"kimg{metrics['kimg']:.3f}-{len(keep)}"
+            shutil.copytree(ckpt, copy)
+            keep.append((metrics["kimg"], copy))
+        elif ckpt is not None:
+            keep.append((metrics["kimg"], None))
 
     opts = LoopOptions(total_kimg=total_kimg, kimg_per_tick=0.008, snapshot_ticks=1, image_ticks=100)
     result = training_loop(trainer, _batches(rows, start), opts, LoopHooks(report=report, print=lambda *_: None),
@@ -49,12 +58,12 @@ def rows(head_dataset):
     return read_table(head_dataset).to_pydict()
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(rows):
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(rows, tmp_path):
     torch.manual_seed(0)
     full_ckpts, half_ckpts = [], []
     full, res_full = _run(rows, 0.016, full_ckpts)
     assert res_full.cur_nimg == 16 and len(full_ckpts) == 2
-    _, res_half = _run(rows, 0.008, half_ckpts)
+    _, res_half = _run(rows, 0.008, half_ckpts, keep_dir=tmp_path)
     assert res_half.cur_nimg == 8
     resumed, res = _run(rows, 0.016, [], resume=half_ckpts[-1][1])
     assert res.cur_nimg == 16
@@ -83,7 +92,7 @@ def test_evaluation_hook_runs_on_its_ticks_and_reports_metrics(rows):
 
 def test_snapshot_loads_and_renders_in_a_plain_process(rows, tmp_path):
     ckpts = []
-    trainer, _ = _run(rows, 0.008, ckpts)
+    trainer, _ = _run(rows, 0.008, ckpts, keep_dir=tmp_path)
     snap = load_snapshot(ckpts[-1][1] / SNAPSHOT_FILE)
     assert snap.info["kimg"] == pytest.approx(0.008)
     for a, b in zip(snap.generator.state_dict().values(), trainer.G_ema.state_dict().values()):
@@ -103,9 +112,9 @@ def test_snapshot_metadata_is_checked(tmp_path):
         read_snapshot_metadata(tmp_path / "missing.safetensors")
 
 
-def test_nan_loss_stops_before_checkpointing_and_keeps_the_last_good_one(rows):
+def test_nan_loss_stops_before_checkpointing_and_keeps_the_last_good_one(rows, tmp_path):
     ckpts = []
-    trainer, _ = _run(rows, 0.008, ckpts)
+    trainer, _ = _run(rows, 0.008, ckpts, keep_dir=tmp_path)
     good = ckpts[-1][1]
     before = sorted(p.name for p in good.rglob("*"))
     # Poison D so its logits are NaN, then continue from the good checkpoint.
@@ -127,9 +136,51 @@ def test_nan_loss_stops_before_checkpointing_and_keeps_the_last_good_one(rows):
 
 def test_resume_refuses_a_different_model(rows, tmp_path):
     ckpts = []
-    _run(rows, 0.008, ckpts)
+    _run(rows, 0.008, ckpts, keep_dir=tmp_path / "kept")
     other = build_trainer(GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (16, 16), "r1_gamma": 3.0}), None, 0, 0, 1, "cpu")
     with pytest.raises(ValueError, match=r"different model config \(r1_gamma\)"):
         load_resume_state(other, ckpts[-1][1], 0)
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         load_resume_state(other, tmp_path, 0)
+
+
+@pytest.fixture
+def private_tempdir(tmp_path, monkeypatch):
+    """tempfile's folder (where the loop makes its checkpoint folders) pointed at an empty one; restored after."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_checkpoint_folders_exist_while_report_runs_and_are_removed_after(rows, private_tempdir):
+    seen = []
+
+    def report(metrics, ckpt):
+        if ckpt is not None:
+            assert ckpt.parent == private_tempdir and ckpt.name.startswith("avatar3d-ckpt-")
+            assert (ckpt / SNAPSHOT_FILE).is_file() and (ckpt / STATE_TREE).is_dir() and (ckpt / "rng_rank0").is_dir()
+            seen.append((metrics["kimg"], ckpt))
+
+    trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
+    opts = LoopOptions(total_kimg=0.012, kimg_per_tick=0.004, snapshot_ticks=2, image_ticks=100)
+    training_loop(trainer, _batches(rows), opts, LoopHooks(report=report, print=lambda *_: None))
+    assert [kimg for kimg, _ in seen] == [0.008, 0.012]  # every 2nd tick, and the last
+    assert list(private_tempdir.iterdir()) == []
+    # The default hooks (tests, benchmarks) take no copy either: nothing piles up.
+    trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
+    training_loop(trainer, _batches(rows), LoopOptions(total_kimg=0.004, kimg_per_tick=0.004, image_ticks=100),
+                  LoopHooks(print=lambda *_: None))
+    assert list(private_tempdir.iterdir()) == []
+
+
+def test_a_failing_report_or_snapshot_log_leaves_no_checkpoint_folder(rows, private_tempdir):
+    def fail(*args):
+        raise RuntimeError("storage unreachable")
+
+    for hooks in (LoopHooks(report=fail, print=lambda *_: None), LoopHooks(log_snapshot=fail, print=lambda *_: None)):
+        trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
+        opts = LoopOptions(total_kimg=0.004, kimg_per_tick=0.004, image_ticks=100)
+        with pytest.raises(RuntimeError, match="storage unreachable"):
+            training_loop(trainer, _batches(rows), opts, hooks)
+        assert list(private_tempdir.iterdir()) == []
