@@ -103,7 +103,11 @@ def gaussian_blur2d(x: torch.Tensor, sigma: float) -> torch.Tensor:
         return x
     t = torch.arange(-size, size + 1, device=x.device, dtype=torch.float32)
     f = t.div(sigma).square().neg().exp2()
-    return fir_filter2d(x, f / f.sum(), (size, size))
+    # In float32 with autocast off: under CPU bf16 autocast, oneDNN's depthwise convolution of channels-last
+    # images with this many taps (61 at the initial sigma 10) ran for minutes; float32 takes milliseconds and
+    # a blur gains nothing from bf16. An fp32 run is unchanged.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return fir_filter2d(x.float(), f / f.sum(), (size, size)).to(x.dtype)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float = 1.0,

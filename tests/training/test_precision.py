@@ -102,10 +102,6 @@ print(round(time.time() - start, 3), torch.isfinite(out.float()).all().item())
 """
 
 
-@pytest.mark.xfail(strict=True, reason="oneDNN's bf16 depthwise convolution of a channels-last 32 px image with the "
-                                       "blur's 61 taps runs for minutes (fine in fp32, with contiguous input, or "
-                                       "with mkldnn off): gaussian_blur2d needs to blur in float32 with autocast off, "
-                                       "or on a contiguous copy (both measured 0.003-0.007 s)")
 def test_bf16_blur_of_channels_last_images_finishes():
     """CPU bf16 training blurs D's real images: it must take milliseconds (0.007 s on a contiguous copy)."""
     import subprocess
