@@ -19,7 +19,7 @@ CLAIMS = REPO / "docs" / "claims.md"
 REFERENCE = re.compile(r"\btests/[\w./-]+?\.py::[\w:]+(\[[^\]`]*\])?")
 ROW = re.compile(r"^\| (\d+) \|(.*)$", re.M)
 UNBACKED = "## Not backed by a test yet"
-FALSE = "### Believed false today"
+FALSE = "### Believed false when first written"
 
 
 def references(text: str) -> list[str]:

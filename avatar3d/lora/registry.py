@@ -29,7 +29,7 @@ import pandas as pd
 from avatar3d.datagen.config import LORA_WEIGHTS
 from avatar3d.lora.base import load_base_pipeline, sample_images
 from avatar3d.safeio import check_format
-from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
+from avatar3d.training.registry import FORMAT_KEY, GENERATOR_REQUIREMENTS, check_model_format, format_artifact
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 META_FILE = "avatar3d_lora.json"
@@ -92,8 +92,7 @@ def register_lora(lora_dir: str | Path, name: str) -> str:
             python_model=LoraModel(),
             artifacts={"lora": str(lora_dir), **format_artifact(tmp, MODEL_FORMAT)},
             code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=["torch", "diffusers", "transformers", "peft", "safetensors", "numpy", "pandas",
-                              "pyyaml"],
+            pip_requirements=[*GENERATOR_REQUIREMENTS, "diffusers", "transformers", "peft"],
             metadata={FORMAT_KEY: MODEL_FORMAT},
             registered_model_name=name,
         )

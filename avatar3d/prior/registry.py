@@ -27,7 +27,7 @@ from mlflow.types.schema import ParamSchema, ParamSpec
 from PIL import Image
 
 from avatar3d.prior.pipeline import ImageToAvatarPipeline
-from avatar3d.training.registry import FORMAT_KEY, check_model_format, format_artifact
+from avatar3d.training.registry import FORMAT_KEY, GENERATOR_REQUIREMENTS, check_model_format, format_artifact
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODEL_FORMAT = "avatar3d.prior-model/1"
@@ -77,8 +77,7 @@ def register_prior(prior_folder: str | Path, name: str) -> str:
             artifacts={"prior": str(prior_folder), **format_artifact(tmp, MODEL_FORMAT)},
             signature=_signature(),
             code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=["torch", "diffusers", "transformers", "safetensors", "numpy", "pandas", "pillow",
-                              "pyyaml"],
+            pip_requirements=[*GENERATOR_REQUIREMENTS, "diffusers", "transformers"],
             metadata={FORMAT_KEY: MODEL_FORMAT},
             registered_model_name=name,
         )

@@ -43,6 +43,10 @@ from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.safeio import check_format
 from avatar3d.scene.cameras import camera_label
 
+# What a consumer installs beside MLflow (the model carries avatar3d's code, which imports these when it loads:
+# meshes through PyMCubes + trimesh, renders through pillow). The prior and the LoRA models add theirs.
+GENERATOR_REQUIREMENTS = ["torch", "safetensors", "numpy", "pandas", "pyyaml", "pillow", "PyMCubes", "trimesh"]
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FORMAT_KEY = "avatar3d_format"  # the artifact that records a registered model's format, and its metadata key
 FORMAT_FILE = "avatar3d_model.json"
@@ -135,7 +139,7 @@ def register_generator(snapshot: str | Path, name: str) -> str:
             artifacts={"snapshot": str(snapshot), **format_artifact(tmp, MODEL_FORMAT)},
             signature=_signature(),
             code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=["torch", "safetensors", "numpy", "pandas", "pyyaml", "PyMCubes", "trimesh"],
+            pip_requirements=GENERATOR_REQUIREMENTS,
             metadata={FORMAT_KEY: MODEL_FORMAT},
             registered_model_name=name,
         )
