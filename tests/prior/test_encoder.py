@@ -48,18 +48,21 @@ def test_tiny_encoder_round_trips_through_save_pretrained(tmp_path):
 
 def test_missing_real_encoder_fails_in_one_line_naming_the_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match=r"^HF_HUB_OFFLINE=1 and model openai/clip-vit-large-patch14-not-cached "
-                       r"is not in the local cache: pass a local folder \(e\.g\. image_encoder=/path/to/") as info:
+    expected = (r"^HF_HUB_OFFLINE=1 and model openai/clip-vit-large-patch14-not-cached is not in the local cache: "
+                r"pass a local folder \(e\.g\. image_encoder=/path/to/")
+    with pytest.raises(ModelUnavailableError, match=expected) as info:
         load_image_encoder("openai/clip-vit-large-patch14-not-cached")
     assert "\n" not in str(info.value) and info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_missing_or_wrong_local_encoder_folder(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(ModelUnavailableError, match=f"^image_encoder='{re.escape(str(missing))}': local folder not found"):
+    folder = re.escape(str(missing))
+    with pytest.raises(ModelUnavailableError, match=f"^image_encoder='{folder}': local folder not found"):
         load_image_encoder(str(missing))
     # A folder that exists but holds no CLIP vision model: named as such, not transformers' traceback.
-    with pytest.raises(ModelUnavailableError, match=f"^image_encoder='{re.escape(str(tmp_path))}' is not a CLIP vision model"):
+    folder = re.escape(str(tmp_path))
+    with pytest.raises(ModelUnavailableError, match=f"^image_encoder='{folder}' is not a CLIP vision model"):
         load_image_encoder(str(tmp_path))
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from avatar3d.gan.optim import OptimizerSpec
-from avatar3d.prior.loop import (STATE_TREE, PriorLoopOptions, PriorTrainer, array_batches, load_resume_state, peek_step,
-                                 training_loop)
+from avatar3d.prior.loop import (STATE_TREE, PriorLoopOptions, PriorTrainer, array_batches, load_resume_state,
+                                 peek_step, training_loop)
 from avatar3d.prior.model import PriorSize, build_prior, train_scheduler
 from avatar3d.training.engines import make_engine
 from avatar3d.training.loop import LoopHooks

@@ -33,7 +33,8 @@ def _gan(rows, precision: str, steps: int = 4):
     reports = []
     opts = LoopOptions(total_kimg=steps * 0.004, kimg_per_tick=0.004, snapshot_ticks=10**6, image_ticks=10**6,
                        precision=precision)
-    training_loop(trainer, _batches(rows), opts, LoopHooks(report=lambda m, c: reports.append(m), print=lambda *_: None))
+    hooks = LoopHooks(report=lambda m, c: reports.append(m), print=lambda *_: None)
+    training_loop(trainer, _batches(rows), opts, hooks)
     return trainer, [{k: v for k, v in m.items() if k.startswith("loss")} for m in reports]
 
 
