@@ -48,7 +48,7 @@ def _mlflow_globals_restored():
     """A test that sets MLflow's process-wide tracking URI or leaves a run open does not leak it into the
     next test (checked only once some test has imported MLflow: the import costs seconds)."""
     utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    before, before_env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    before = getattr(utils, "_tracking_uri", None)
     yield
     mlflow = sys.modules.get("mlflow")
     if mlflow is None:
@@ -58,10 +58,9 @@ def _mlflow_globals_restored():
     utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
     if utils is not None:
         utils._tracking_uri = before
-    if before_env is None:  # set_tracking_uri exports the URI to the environment (for child processes) too
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before_env
+    # set_tracking_uri exports the URI to the environment (for child processes) too, also from a module
+    # fixture set up before this one: back to the session's start, where it is unset (above)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

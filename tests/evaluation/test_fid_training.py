@@ -9,6 +9,7 @@ extractor's name, which is part of the protocol, is still checked): the equality
 """
 import json
 import math
+import shutil
 import tempfile
 
 import numpy as np
@@ -63,7 +64,12 @@ def test_training_time_fid_equals_the_fid_command_on_the_final_snapshot(head_dat
                                               f"output_dir={tmp_path / 'run'}"])
     trainer = build_trainer(GANConfig.tiny(**MICRO_GAN), None, seed=0, rank=0, world_size=1, device="cpu")
     reported = []
-    hooks = LoopHooks(report=lambda metrics, ckpt: reported.append((dict(metrics), ckpt)), print=lambda *_: None,
+
+    def report(metrics, ckpt):  # the loop removes its checkpoint folder once reported: keep a copy, as Ray does
+        kept = shutil.copytree(ckpt, tmp_path / f"kept-{len(reported)}") if ckpt is not None else None
+        reported.append((dict(metrics), kept))
+
+    hooks = LoopHooks(report=report, print=lambda *_: None,
                       evaluators=[(1, worker._fid_hook(cfg.data.path, cfg.fid))])
     training_loop(trainer, _batches(read_table(head_dataset).to_pydict()),
                   LoopOptions(total_kimg=0.008, kimg_per_tick=0.004, snapshot_ticks=1, image_ticks=100), hooks)
