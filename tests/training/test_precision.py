@@ -1,9 +1,10 @@
 """precision=bf16: a few CPU training steps of the GAN and of the prior under bf16 autocast, against fp32.
 
-bf16 keeps 8 significant bits (a relative spacing of 2**-8 = 0.4%); each loss here comes out of some
-20 rounded matmuls / convolutions, so a few tenths of a percent to ~2% is what bf16 does to it (measured:
-GAN losses within 1.2%, R1 within 2.5%, the prior's within 0.05%). The tolerance, 5% + 1e-3, is twice
-the worst of those; a step that ignored the option matches fp32 exactly, which is checked too.
+bf16 keeps 8 significant bits (a relative spacing of 2**-8 = 0.4%), and each loss comes out of some 20
+rounded matmuls / convolutions. On the first step (same weights, only rounding differs) the GAN's losses
+were within 0.6% of fp32's: the tolerance is 2% + 1e-3. After that the two runs' weights drift apart a
+little each step (measured up to 4% by the 4th GAN step; the prior stays within 0.05%): 10% + 1e-3 there.
+A step that ignored the option matches fp32 exactly, which is checked too.
 """
 import numpy as np
 import pytest
@@ -17,10 +18,9 @@ from tests.prior.test_loop import _data as prior_data
 from tests.prior.test_loop import _trainer as prior_trainer
 from tests.training.test_loop import CFG, _batches
 
-RTOL, ATOL = 0.05, 1e-3
-# D's input blur is off here: under CPU bf16 autocast its 61-tap depthwise convolution of the channels-last
-# real images does not finish (see test_bf16_blur_of_channels_last_images_finishes below).
-GAN = CFG.replace(blur_init_sigma=0.0)
+FIRST_RTOL, LATER_RTOL, ATOL = 0.02, 0.10, 1e-3
+# The test loop's GAN as it is, D's input blur included (sigma 10 fading: it once hung bf16 on CPU, see the last test).
+GAN = CFG
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,10 @@ def _moved(after, before) -> torch.Tensor:
 def _check_close_but_not_equal(bf16: list[dict[str, float]], fp32: list[dict[str, float]]) -> None:
     assert [m.keys() for m in bf16] == [m.keys() for m in fp32]
     for step, (b, f) in enumerate(zip(bf16, fp32)):
+        rtol = FIRST_RTOL if step == 0 else LATER_RTOL
         for key in f:
             assert np.isfinite(b[key]), (step, key)
-            assert abs(b[key] - f[key]) <= RTOL * abs(f[key]) + ATOL, (step, key, b[key], f[key])
+            assert abs(b[key] - f[key]) <= rtol * abs(f[key]) + ATOL, (step, key, b[key], f[key])
     assert any(b[k] != f[k] for b, f in zip(bf16, fp32) for k in f), "bf16 losses equal fp32's: no autocast ran"
 
 
@@ -62,7 +63,7 @@ def test_gan_steps_in_bf16_track_fp32(rows):
         step_bf16 = _moved(params, getattr(init, net).parameters())
         step_fp32 = _moved(getattr(fp32, net).parameters(), getattr(init, net).parameters())
         assert step_bf16.abs().max() > 0, net
-        # The same training direction: measured cosine 0.97 (G) / 0.98 (D) after 4 steps.
+        # The same training direction: measured cosine 0.95 (G, G_ema) / 0.96 (D) after 4 steps.
         assert torch.nn.functional.cosine_similarity(step_bf16, step_fp32, dim=0) > 0.9, net
 
 
