@@ -48,7 +48,7 @@ demo: install
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-$(TRAIN_GLIBC_TUNABLES)} $(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml $(ARGS)
 
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -m "not slow"
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -4,6 +4,7 @@ hands the next (the README's "everything, restartable" row; `make demo` is the s
 import json
 
 import pyarrow.parquet as pq
+import ray
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -12,6 +13,9 @@ from safetensors import safe_open
 from avatar3d.chain import STAGES, ChainConfig, run_chain
 from avatar3d.config import load_config
 from tests import CONFIGS
+
+
+pytestmark = pytest.mark.slow  # about 2 min (four local Ray starts): make test-slow; make demo is the same chain
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,8 @@ def chain(tmp_path_factory):
     }
     (root / "chain.yaml").write_text(yaml.safe_dump(spec))
     cfg = load_config(ChainConfig, root / "chain.yaml")
-    return cfg, run_chain(cfg)
+    yield cfg, run_chain(cfg)
+    ray.shutdown()  # the stages started a local Ray in this process, as the CLI does; later tests start their own
 
 
 def test_every_stage_ran_once_and_a_rerun_skips_them_all(chain):

@@ -33,6 +33,7 @@ from avatar3d.evaluation.truth import (
 from avatar3d.scene.avatar import render_avatar
 from avatar3d.scene.cameras import camera_label
 from tests.evaluation.helpers import micro_generator, write_micro_snapshot
+from tests import CONFIGS
 from tests.training.fixtures import MICRO_GAN, write_procedural_dataset
 
 torch.set_num_threads(1)
@@ -330,7 +331,7 @@ def fake_training(monkeypatch, classifier):
 def _evaluate_config(snapshot, data, out, *extra):
     from avatar3d.evaluation.options import EvaluateConfig
 
-    return load_config(EvaluateConfig, "jobs/configs/evaluate_tiny.yaml",
+    return load_config(EvaluateConfig, CONFIGS / "evaluate_tiny.yaml",
                        [f"model={snapshot}", f"data={data}", f"output_dir={out}", "parts=[truth]", *extra])
 
 
@@ -404,7 +405,7 @@ class _Started(Exception):
 def _train_config(data, out, *extra):
     from avatar3d.training.config import TrainGANConfig
 
-    return load_config(TrainGANConfig, "jobs/configs/train_gan_tiny.yaml",
+    return load_config(TrainGANConfig, CONFIGS / "train_gan_tiny.yaml",
                        [f"data.path={data}", f"output_dir={out}", "tracking.register=false", *extra])
 
 

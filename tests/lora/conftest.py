@@ -27,9 +27,10 @@ def write_character_images(folder: Path, n: int = 6, size: int = 48) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def lora_cache_dir(tmp_path_factory):
-    """Registry downloads go to a temporary cache, not the checkout's .cache/."""
+    """Registry downloads go to a cache of these tests; package-scoped, so the tests outside tests/lora/ get the
+    session's own cache back (tests/conftest.py) instead of this one."""
     old = os.environ.get("AVATAR3D_CACHE_DIR")
     path = tmp_path_factory.mktemp("cache")
     os.environ["AVATAR3D_CACHE_DIR"] = str(path)

@@ -13,6 +13,7 @@ import pyarrow as pa
 from PIL import Image
 
 from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_COLUMNS
+from tests import CONFIGS
 from avatar3d.datagen.shards import ShardWriter
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.guidance import render_guidance
@@ -59,7 +60,7 @@ def write_procedural_dataset(folder, n=256, size=32, seed=0,
     from avatar3d.datagen.job import GenerateConfig, _rows_for, plan_specs
     from avatar3d.datagen.procedural import ProceduralPainter
 
-    cfg = load_config(GenerateConfig, "jobs/configs/generate_procedural.yaml", [
+    cfg = load_config(GenerateConfig, CONFIGS / "generate_procedural.yaml", [
         f"output_dir={folder}", f"num_samples={n}", f"resolution={size}", f"styles=[{','.join(styles)}]",
         "tracking.enabled=false", f"seed={seed}", f"rows_per_file={rows_per_file}"])
     specs = plan_specs(cfg)
