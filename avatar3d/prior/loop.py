@@ -18,8 +18,6 @@ version 1, today's layout.
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,8 @@ import torch
 
 from avatar3d.prior.model import diffusion_loss
 from avatar3d.safeio import check_format, load_tree, save_tree
-from avatar3d.training.loop import LoopHooks, NonFiniteLossError, autocast_for, format_hms, peak_memory_gb
+from avatar3d.training.loop import (LoopHooks, NonFiniteLossError, autocast_for, checkpoint_folder, format_hms,
+                                    peak_memory_gb)
 
 STATE_TREE = "prior_state"
 WEIGHTS_DIR = "prior"  # the denoiser in diffusers' layout (save_pretrained), for the driver to pick up
@@ -127,15 +126,10 @@ def training_loop(trainer: PriorTrainer, batches: Iterator[PriorBatch], opts: Pr
         hooks.print(f"tick {tick:<4d} step {trainer.step_count:<7d} loss {metrics['loss']:<8.4f} "
                     f"sec/step {sec_per_step:<7.3f} elapsed {format_hms(now - start_time)} eta {format_hms(eta)}")
         losses.clear()
-        checkpoint = None
-        try:
-            if tick % opts.checkpoint_ticks == 0 or done:
-                checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-prior-ckpt-"))
+        with checkpoint_folder(tick % opts.checkpoint_ticks == 0 or done, "avatar3d-prior-ckpt-") as checkpoint:
+            if checkpoint is not None:
                 save_resume_state(trainer, checkpoint, rank)
             hooks.report(metrics, checkpoint)
-        finally:  # reported (Ray has its copy), or failed: either way the temporary folder goes
-            if checkpoint is not None:
-                shutil.rmtree(checkpoint, ignore_errors=True)
         tick_start_step, tick_start_time = trainer.step_count, time.time()
 
     return PriorLoopResult(step=trainer.step_count, ticks=tick, last_metrics=metrics)

@@ -27,6 +27,7 @@ import math
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -145,10 +146,8 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
         if evaluated:
             metrics.update(evaluated)
             hooks.print("  " + "  ".join(f"{k} {v:.3g}" for k, v in evaluated.items()))
-        checkpoint = None
-        try:
-            if tick % opts.snapshot_ticks == 0 or done:
-                checkpoint = Path(tempfile.mkdtemp(prefix="avatar3d-ckpt-"))
+        with checkpoint_folder(tick % opts.snapshot_ticks == 0 or done, "avatar3d-ckpt-") as checkpoint:
+            if checkpoint is not None:
                 save_resume_state(trainer, checkpoint, rank)
                 if rank == 0:
                     info = {"kimg": trainer.cur_nimg / 1e3, "tick": tick,
@@ -156,13 +155,24 @@ def training_loop(trainer: GANTrainer, batches: Iterator[TrainBatch], opts: Loop
                     save_snapshot(checkpoint / SNAPSHOT_FILE, trainer.G_ema, trainer.cfg.to_dict(), info)
                     hooks.log_snapshot(checkpoint / SNAPSHOT_FILE, info)
             hooks.report(metrics, checkpoint)
-        finally:  # reported (Ray has its copy), or failed: either way the temporary folder goes
-            if checkpoint is not None:
-                shutil.rmtree(checkpoint, ignore_errors=True)
         hooks.after_tick(tick, rank)
         tick_start_nimg, tick_start_time = trainer.cur_nimg, time.time()
 
     return LoopResult(cur_nimg=trainer.cur_nimg, ticks=tick, last_metrics=metrics)
+
+
+@contextmanager
+def checkpoint_folder(due: bool, prefix: str) -> Iterator[Path | None]:
+    """A temporary checkpoint folder when one is ``due`` (else None), removed when the block ends: reported
+    (Ray has its copy by then), or failed. Both training loops use it."""
+    if not due:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- resume state -------------------------------------------------------------------

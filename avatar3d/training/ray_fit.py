@@ -10,7 +10,6 @@ loop's reports into ``ray.train.report`` calls with checkpoints, and log rank
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -86,14 +85,12 @@ def worker_device():
 
 
 def ray_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-    """Report metrics (and a finished local checkpoint folder, removed once Ray has persisted it)."""
+    """Report metrics (and a finished local checkpoint folder, which Ray copies into its storage before
+    returning; the training loop removes the folder afterwards)."""
     if checkpoint_dir is None:
         ray.train.report(metrics)
         return
-    try:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
-    finally:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)))
 
 
 def tracking_hooks(context: WorkerContext, step_key: str = "kimg", step_scale: float = 1000.0):
