@@ -173,7 +173,7 @@ SUBCOMMANDS = [_add_guidance, _add_prompts, _add_generate, _add_train_gan, _add_
 
 # Stages that own their subcommands: each module has ``register(subparsers)``
 # adding parsers whose ``func(args) -> int`` does the work (heavy imports inside).
-COMMAND_MODULES: list[str] = ["avatar3d.cli.evaluation", "avatar3d.cli.lora", "avatar3d.cli.prior"]
+COMMAND_MODULES: list[str] = ["avatar3d.cli.evaluation", "avatar3d.cli.lora", "avatar3d.cli.prior", "avatar3d.cli.text"]
 
 
 # -- entry point ----------------------------------------------------------------
