@@ -247,6 +247,9 @@ def _add_export_mesh(sub, O) -> None:
     p.add_argument("--faces", type=int, default=default(O, "faces"), help=option_help(O, "faces"))
     p.add_argument("--truncation", type=float, default=default(O, "truncation"), help=option_help(O, "truncation"))
     p.add_argument("--preview", default=None, help="preview PNG (default: <out>_preview.png; 'none' to skip)")
+    p.add_argument("--html", action="store_true",
+                   help="also write <out>.html beside the mesh: an interactive 3D viewer that works offline (the "
+                        "mesh embedded as GLB, the viewer's script copied beside it; installed by make install)")
     _overwrite_arg(p)
     p.set_defaults(func=_run_export_mesh)
 
@@ -285,6 +288,15 @@ def _run_export_mesh(args) -> int:
     args.with_preview = (args.preview or "").lower() != "none"
     if args.with_preview:
         _out_file(args.preview or str(mesh_preview_path(out)), "--preview", args.overwrite)
+    page = out.with_suffix(".html") if args.html else None
+    if page is not None:
+        _refuse_existing([page], "--out", args.overwrite)
+        from avatar3d.evaluation.viewer import ViewerNotInstalled, require_script
+
+        try:
+            require_script()
+        except ViewerNotInstalled as exc:
+            raise ConfigError(f"--html: {exc}; or leave out --html")
     opts = _build(_options().MeshOptions, args, {"seed": "seed", "resolution": "resolution", "iso": "iso",
                                                  "smooth": "smooth", "faces": "faces", "truncation": "truncation",
                                                  "format": "format", "preview": "with_preview"})
@@ -295,4 +307,19 @@ def _run_export_mesh(args) -> int:
           f"volume {mesh.to_trimesh().volume:.4f} (box units^3)")
     for path in paths[1:]:
         print(path)
+    if page is not None:
+        print(_write_mesh_page(page, out, mesh, args, paths[1] if len(paths) > 1 else None))
     return 0
+
+
+def _write_mesh_page(page: Path, out: Path, mesh, args, preview: Path | None) -> Path:
+    """The viewer page beside the mesh: the GLB itself (or, for PLY / OBJ, the same mesh as GLB)."""
+    from avatar3d.evaluation.mesh import mesh_bytes
+    from avatar3d.evaluation.viewer import painter_note, snapshot_painter, write_viewer
+
+    glb = out.read_bytes() if out.suffix.lower() == ".glb" else mesh_bytes(mesh, "glb")
+    label = (f"Marching-cubes mesh ({out.name}) of seed {args.seed} of {args.model}, at density level "
+             f"{args.iso:g} on a {args.resolution}^3 grid, vertex colours from the decoder. "
+             + painter_note(snapshot_painter(args.model)))
+    poster = preview.name if preview is not None and preview.parent == page.parent else None
+    return write_viewer(page, glb, f"avatar3d mesh: {out.name}", label, poster)[0]

@@ -3,6 +3,7 @@
     viewer_element(glb_bytes, ...)      the <model-viewer> tag, the GLB inside it as a data: URL
     write_viewer(page, glb_bytes, ...)  a standalone HTML page + the viewer's script copied beside it
     install_script(folder)              only the script (the report puts several viewers on its own page)
+    painter_note(base_model)            one sentence: what painted the images a generator learned from
 
 The script is Google's ``<model-viewer>`` (three.js bundled in), its UMD build:
 a classic script, because Chromium refuses ES-module scripts on ``file://``
@@ -130,3 +131,40 @@ def write_viewer(page: str | Path, glb: bytes, title: str, label: str, poster: s
 {STATUS_SCRIPT}
 </body></html>"""
     return [atomic_write(page, text), script]
+
+
+def painter_note(base_model: str) -> str:
+    """What painted the images, from a dataset card's ``model_ids.base_model`` ("" when unknown): the same
+    three cases the report's headline names."""
+    from avatar3d.datagen.config import TINY_MODEL_ID
+    from avatar3d.datagen.procedural import PAINTER_ID
+
+    if base_model == PAINTER_ID:
+        return (f"The images the generator learned from were painted by the procedural painter ({PAINTER_ID}): "
+                "parametric avatars rendered on the CPU, a synthetic test bed, not Stable Diffusion.")
+    if base_model == TINY_MODEL_ID:
+        return ("The images the generator learned from were painted by the tiny random-weight Stable Diffusion + "
+                "ControlNet pipeline: noise by construction, so this mesh checks the plumbing only.")
+    if base_model:
+        return f"The images the generator learned from were painted by Stable Diffusion + ControlNet ({base_model})."
+    return ("What painted the images the generator learned from is not recorded beside this model "
+            "(a training run keeps it in its dataset's dataset_card.json).")
+
+
+def snapshot_painter(model: str) -> str:
+    """The dataset card's painter of a snapshot written by ``train-gan`` (its run folder keeps ``config.yaml``
+    with ``data.path``); "" for registry URIs, moved snapshots or datasets without a card."""
+    import json
+
+    import yaml
+
+    from avatar3d.datagen.shards import CARD_FILE
+
+    path = Path(model)
+    try:
+        cfg = yaml.safe_load((path.parent / "config.yaml").read_text()) or {}
+        data = (cfg.get("data") or {}).get("path") or ""
+        card = json.loads((Path(data) / CARD_FILE).read_text()) if data and "://" not in data else {}
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return ""
+    return str((card.get("model_ids") or {}).get("base_model", ""))

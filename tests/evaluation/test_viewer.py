@@ -111,6 +111,86 @@ def test_viewer_dir_env_points_at_another_install(tmp_path, monkeypatch):
     assert script.read_text() == "/* model-viewer */"
 
 
+# -- export-mesh --html ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    from tests.evaluation.helpers import write_micro_snapshot
+
+    return write_micro_snapshot(tmp_path_factory.mktemp("snap") / "g.safetensors")
+
+
+def _export(snapshot, out: Path, *extra: str) -> int:
+    from avatar3d.cli import main
+    from tests.evaluation.helpers import micro_generator, surface_iso
+
+    return main(["export-mesh", "--model", str(snapshot), "--seed", "0", "--out", str(out), "--resolution", "20",
+                 "--iso", str(surface_iso(micro_generator())), *extra])
+
+
+@installed
+def test_export_mesh_html_writes_the_viewer_beside_the_mesh(snapshot, tmp_path, capsys):
+    out = tmp_path / "avatar.glb"
+    assert _export(snapshot, out, "--html") == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avatar.glb", "avatar.html", "avatar_preview.png",
+                                                         VIEWER_SCRIPT]
+    text = (tmp_path / "avatar.html").read_text()
+    assert embedded_glb(text) == out.read_bytes()  # the very file export-mesh wrote
+    assert not re.search(r"https?://", text)
+    assert 'poster="avatar_preview.png"' in text and "seed 0" in text
+    assert "not recorded beside this model" in text  # a bare snapshot: no run folder says what painted its data
+    assert str(tmp_path / "avatar.html") in capsys.readouterr().out
+
+
+@installed
+def test_export_mesh_html_of_a_ply_embeds_the_same_mesh_as_glb(snapshot, tmp_path, capsys):
+    out = tmp_path / "avatar.ply"
+    assert _export(snapshot, out, "--html", "--preview", "none") == 0, capsys.readouterr().err
+    glb = trimesh.load(io.BytesIO(embedded_glb((tmp_path / "avatar.html").read_text())), file_type="glb",
+                       force="mesh", process=False)
+    ply = trimesh.load(out, force="mesh", process=False)
+    assert glb.vertices.shape == ply.vertices.shape and np.array_equal(glb.faces, ply.faces)
+    assert np.allclose(glb.vertices, ply.vertices, atol=1e-6)
+    assert "poster=" not in (tmp_path / "avatar.html").read_text()
+
+
+@installed
+def test_export_mesh_html_keeps_an_earlier_page_unless_overwrite(snapshot, tmp_path, capsys):
+    out = tmp_path / "avatar.glb"
+    (tmp_path / "avatar.html").write_text("an earlier page")
+    assert _export(snapshot, out, "--html") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"avatar3d export-mesh: error: --out: {tmp_path / 'avatar.html'} already exists (an earlier "
+                   "result); pass --overwrite to replace it, or another --out")
+    assert not out.exists()  # refused before any work
+    assert _export(snapshot, out, "--html", "--overwrite") == 0
+    assert embedded_glb((tmp_path / "avatar.html").read_text()) == out.read_bytes()
+
+
+def test_export_mesh_html_without_the_viewer_is_one_line_before_any_work(snapshot, tmp_path, capsys,
+                                                                         monkeypatch):
+    monkeypatch.setenv(viewer.VIEWER_ENV, str(tmp_path / "nowhere"))
+    assert _export(snapshot, tmp_path / "avatar.glb", "--html") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("avatar3d export-mesh: error: --html: the 3D viewer is not installed")
+    assert "make install" in line and line.endswith("or leave out --html")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_painter_is_read_from_the_snapshots_run_folder(tmp_path):
+    from avatar3d.datagen.procedural import PAINTER_ID
+
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "dataset_card.json").write_text(json.dumps({"model_ids": {"base_model": PAINTER_ID}}))
+    run = tmp_path / "gan" / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"data:\n  path: {data}\n")
+    assert viewer.snapshot_painter(str(run / "network-snapshot-final.safetensors")) == PAINTER_ID
+    assert "procedural painter" in viewer.painter_note(PAINTER_ID)
+    assert viewer.snapshot_painter("models:/avatar3d-gan/1") == ""
+
+
 # -- the browser -----------------------------------------------------------------------------------
 
 class Chromium:
