@@ -7,6 +7,11 @@ failure modes the procedural painter modelled), GAN samples per view group
 from the final snapshot, training curves over kimg, evaluation (FID, truth
 metrics, truth vs generated per view group, walk, turntable, mesh), image to
 avatar (beside the held-out identity's truth views) and the registered models.
+
+Every mesh is shown in an interactive 3D viewer that works offline (the mesh
+embedded in the page, the viewer's script copied beside it:
+:mod:`avatar3d.evaluation.viewer`), with its static preview PNG beside it;
+where the viewer was not installed (no npm) one line says how to add it.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
@@ -28,6 +34,8 @@ from avatar3d.datagen.dataset import dataset_files, decode_png, read_table
 from avatar3d.datagen.config import TINY_MODEL_ID
 from avatar3d.datagen.procedural import PAINTER_ID
 from avatar3d.datagen.shards import CARD_FILE
+from avatar3d.evaluation import viewer
+from avatar3d.evaluation.mesh import MESH_FORMATS
 from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.samples import image_grid, sample_grids
@@ -45,7 +53,11 @@ def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
                 _curves(out, rep, tracking_uri), _evaluation(out, rep), _image_to_avatar(out, rep),
                 _registry(tracking_uri)]
     body = "\n".join(s for s in sections if s)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>avatar3d report</title>
+    scripts = ""
+    if "<model-viewer" in body:  # the mesh viewers: their script beside the page, their status lines at the end
+        scripts = viewer.script_tag()
+        body += "\n" + viewer.STATUS_SCRIPT
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>avatar3d report</title>{scripts}
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 img{{image-rendering:pixelated;max-width:100%;min-height:128px;border:1px solid #ccc}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}} h2{{margin-top:2em}}
@@ -294,14 +306,40 @@ def _evaluation(out: Path, rep: Path) -> str:
     parts.append(_truth_vs_generated(out, rep))
     for src, name, caption in [(ev / "walk" / "walk_grid.png", "walk_grid.png", "latent walk: w interpolated while the camera swings"),
                                (ev / "walk" / "walk.gif", "walk.gif", "latent walk (animated)"),
-                               (ev / "turntable" / "turntable.gif", "turntable.gif", "turntable of identity 0"),
-                               (ev / "mesh" / "avatar_preview.png", "mesh_preview.png", "marching-cubes mesh (avatar.glb)")]:
+                               (ev / "turntable" / "turntable.gif", "turntable.gif", "turntable of identity 0")]:
         if _copy(src, rep, name):
             parts.append(_img(name, caption))
-    if not (ev / "mesh" / "avatar.glb").is_file():
+    meshes = [ev / "mesh" / f"avatar.{fmt}" for fmt in MESH_FORMATS if (ev / "mesh" / f"avatar.{fmt}").is_file()]
+    preview = "mesh_preview.png" if _copy(ev / "mesh" / "avatar_preview.png", rep, "mesh_preview.png") else None
+    if meshes:
+        parts.append(_mesh(meshes[0], rep, preview, f"marching-cubes mesh ({meshes[0].name})", _painter(out)))
+    else:
+        if preview:
+            parts.append(_img(preview, "marching-cubes mesh (preview)"))
         parts.append('<p class="note">No mesh: the generator has no surface at the chosen density level yet '
                      "(train longer or lower mesh_iso).</p>")
     return "\n".join(parts)
+
+
+def _mesh(path: Path, rep: Path, preview: str | None, caption: str, painter: str) -> str:
+    """An exported mesh in the interactive viewer (the mesh embedded, the script copied beside the report),
+    its static preview PNG beside it; one line saying how to install the viewer where npm was missing."""
+    label = f"{caption}. {viewer.painter_note(painter)}"
+    still = _img(preview, f"{caption}: static preview (ray-cast from the front)") if preview else ""
+    if viewer.viewer_script() is None:
+        return (f'<p class="note avatar3d-viewer-missing">Interactive 3D viewer not installed: '
+                f"{html.escape(viewer.INSTALL_HINT)}.</p>{still}")
+    viewer.install_script(rep)
+    glb = path.read_bytes() if path.suffix.lower() == ".glb" else _as_glb(path)
+    block = viewer.viewer_block(glb, caption, preview)
+    return (f'<div style="display:flex;gap:16px;align-items:flex-start;flex-wrap:wrap">'
+            f'<figure style="margin:0">{block}<figcaption class="note" style="max-width:420px">'
+            f"{html.escape(label)}</figcaption></figure>{still}</div>")
+
+
+def _as_glb(path: Path) -> bytes:
+    """A PLY / OBJ mesh as GLB bytes (the viewer reads glTF), vertex colours kept."""
+    return trimesh.load(path, force="mesh", process=False).export(file_type="glb")
 
 
 def _truth(ev: Path, rep: Path) -> str:
@@ -373,6 +411,8 @@ def _image_to_avatar(out: Path, rep: Path) -> str:
                                (ia / "turntable.gif", "i2a_turntable.gif", "its turntable")]:
         if _copy(src, rep, name):
             parts.append(_img(name, caption))
+    if (ia / "mesh.ply").is_file():
+        parts.append(_mesh(ia / "mesh.ply", rep, None, "its marching-cubes mesh (mesh.ply)", _painter(out)))
     return "\n".join(parts)
 
 

@@ -4,21 +4,27 @@ A pipeline output folder is laid out by hand with known figures (FID with a view
 metrics, a mesh and its preview, image-to-avatar pictures, a training run's history, registered models in an
 MLflow store) and every figure is looked for in the section it belongs to.
 """
+import base64
+import io
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 from mlflow import MlflowClient
 from PIL import Image
 
+from avatar3d.datagen.procedural import PAINTER_ID
+from avatar3d.evaluation import viewer
 from avatar3d.evaluation.fid import FIDResult
 from avatar3d.evaluation.truth import TruthMetrics
 from avatar3d.gan import GANConfig, TriPlaneGenerator
 from avatar3d.gan.snapshot import save_snapshot
-from avatar3d.report import write_report
+from avatar3d.report import _mesh, write_report
 from avatar3d.training.job import FINAL_SNAPSHOT
 from tests.training.fixtures import MICRO_GAN
 
@@ -62,6 +68,9 @@ class Sections(HTMLParser):
         elif tag == "img":
             for d in self._targets():
                 d["images"].append(attrs["src"])
+        elif tag == "model-viewer":
+            for d in self._targets():
+                d["viewers"].append(attrs)
 
     def handle_endtag(self, tag):
         if self._heading and tag == self._heading[0]:
@@ -69,10 +78,10 @@ class Sections(HTMLParser):
             self._heading = None
             if kind == "h2":
                 self._h2, self._h3 = text, None
-                self.sections[text] = {"text": "", "tables": [], "images": []}
+                self.sections[text] = {"text": "", "tables": [], "images": [], "viewers": []}
             else:
                 self._h3 = text
-                self.subsections[text] = {"text": "", "tables": [], "images": []}
+                self.subsections[text] = {"text": "", "tables": [], "images": [], "viewers": []}
         elif tag in ("td", "th") and self._cell is not None:
             for d in self._targets():
                 d["tables"][-1][-1].append(self._cell)
@@ -114,13 +123,16 @@ def report(tmp_path_factory):
               ).save_json(ev / "fid.json")
     (ev / "truth.json").write_text(TruthMetrics(TRUTH_VALUES, TRUTH_COUNTS, {"seed": 5}).to_json())
     _image(ev / "mesh" / "avatar_preview.png", 1)
-    (ev / "mesh" / "avatar.glb").write_bytes(b"glTF")
+    box = trimesh.creation.box(extents=(0.4, 0.5, 0.3))
+    box.visual.vertex_colors = np.tile([200, 120, 40, 255], (len(box.vertices), 1)).astype(np.uint8)
+    (ev / "mesh" / "avatar.glb").write_bytes(box.export(file_type="glb"))
     # Image to avatar: the input, the sampled avatar's views, the truth views, a turntable.
     ia = out / "image_to_avatar"
     for name, seed in (("input.png", 2), ("views.png", 3), ("truth_views.png", 4)):
         _image(ia / name, seed)
     frames = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)]
     frames[0].save(ia / "turntable.gif", save_all=True, append_images=frames[1:])
+    trimesh.creation.icosphere(subdivisions=1, radius=0.3).export(ia / "mesh.ply")
     # MLflow: the GAN run's history and three registered model versions.
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -176,6 +188,59 @@ def test_mesh_preview_is_shown_in_the_evaluation_section(report):
     src = report["out"] / "evaluate" / "mesh" / "avatar_preview.png"
     assert (report["rep"] / "mesh_preview.png").read_bytes() == src.read_bytes()
     assert "No mesh" not in ev["text"]
+
+
+def _glb_of(viewer_attrs: dict) -> bytes:
+    prefix = "data:model/gltf-binary;base64,"
+    assert viewer_attrs["src"].startswith(prefix)
+    return base64.b64decode(viewer_attrs["src"][len(prefix):])
+
+
+needs_viewer = pytest.mark.skipif(viewer.viewer_script() is None, reason=f"viewer not installed: {viewer.INSTALL_HINT}")
+
+
+@needs_viewer
+def test_mesh_is_shown_in_the_offline_viewer_beside_its_preview(report):
+    ev = _section(report["sections"], "5. Evaluation")
+    (mv,) = ev["viewers"]
+    assert _glb_of(mv) == (report["out"] / "evaluate" / "mesh" / "avatar.glb").read_bytes()
+    assert mv["poster"] == "mesh_preview.png" and "camera-controls" in mv
+    assert "mesh_preview.png" in ev["images"]  # the static preview stays beside it
+    assert "What painted the images the generator learned from is not recorded" in ev["text"]  # no dataset card
+    page = (report["rep"] / "index.html").read_text()
+    assert (report["rep"] / viewer.VIEWER_SCRIPT).read_bytes() == viewer.viewer_script().read_bytes()
+    assert f'<script src="{viewer.VIEWER_SCRIPT}"></script>' in page
+    assert not re.search(r"https?://", page)  # works offline: no CDN, no URL at all
+    assert "not installed" not in page
+
+
+@needs_viewer
+def test_image_to_avatar_mesh_is_shown_in_the_viewer_too(report):
+    ia = _section(report["sections"], "6. Image to avatar")
+    (mv,) = ia["viewers"]
+    shown = trimesh.load(io.BytesIO(_glb_of(mv)), file_type="glb", force="mesh", process=False)
+    ply = trimesh.load(report["out"] / "image_to_avatar" / "mesh.ply", force="mesh", process=False)
+    assert np.allclose(shown.vertices, ply.vertices, atol=1e-6) and np.array_equal(shown.faces, ply.faces)
+
+
+@needs_viewer
+def test_mesh_viewer_is_labelled_with_what_painted_the_data(tmp_path):
+    glb = tmp_path / "avatar.glb"
+    glb.write_bytes(trimesh.creation.box().export(file_type="glb"))
+    block = _mesh(glb, tmp_path, None, "marching-cubes mesh (avatar.glb)", PAINTER_ID)
+    assert f"painted by the procedural painter ({PAINTER_ID})" in block and "<model-viewer" in block
+    assert (tmp_path / viewer.VIEWER_SCRIPT).is_file()
+
+
+def test_without_the_viewer_the_mesh_section_says_so_in_one_line_and_keeps_the_preview(tmp_path, monkeypatch):
+    monkeypatch.setenv(viewer.VIEWER_ENV, str(tmp_path / "nowhere"))
+    glb = tmp_path / "avatar.glb"
+    glb.write_bytes(trimesh.creation.box().export(file_type="glb"))
+    block = _mesh(glb, tmp_path, "mesh_preview.png", "marching-cubes mesh (avatar.glb)", PAINTER_ID)
+    (note,) = re.findall(r'<p class="note avatar3d-viewer-missing">([^<]*)</p>', block)
+    assert note.startswith("Interactive 3D viewer not installed") and "make install" in note
+    assert '<img src="mesh_preview.png">' in block and "<model-viewer" not in block
+    assert not (tmp_path / viewer.VIEWER_SCRIPT).exists()
 
 
 def test_image_to_avatar_section_shows_input_avatar_truth_and_turntable(report):

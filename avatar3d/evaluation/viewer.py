@@ -80,7 +80,7 @@ def viewer_element(glb: bytes, alt: str, poster: str | None = None, size: str = 
     loaded on the page. ``poster``: an image (a preview PNG beside the page) shown until the mesh loads."""
     poster_attr = f' poster="{html.escape(poster)}"' if poster else ""
     return (f'<model-viewer class="avatar3d-viewer" src="{glb_data_url(glb)}" alt="{html.escape(alt)}" '
-            f'camera-controls camera-orbit="0deg 75deg auto" shadow-intensity="0" exposure="1.1" '
+            f'camera-controls camera-orbit="0deg 75deg auto" shadow-intensity="0" '
             f'interaction-prompt="none"{poster_attr} '
             f'style="width:{size};height:{size};background:#eef0f3;border:1px solid #ccc"></model-viewer>')
 
