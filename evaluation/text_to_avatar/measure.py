@@ -5,7 +5,9 @@ With the procedural painter the painted front view is right by construction (the
 the avatar's renders at the side and back views, where only the 3D GAN (through the prior's w)
 can put the hair colour, and compares them with a control: as many random-w avatars (z ~ N(0, I)
 through the generator's mapping with the front camera, truncation 1: the distribution the
-prior's pairs were drawn from), scored against the same prompts the same way.
+prior's pairs were drawn from), scored against the same prompts the same way; and a second
+control for the prior's own habits (a lean to one colour whatever the input): prompt i scored on
+the prior's avatar of prompt i+1, which asked another colour.
 
 The hair-colour reading (the painter's known truth, nothing learned):
 
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     # The control: one random w per prompt, rendered at the same yaws with the same ray-jitter seed.
     control_w = map_front(G, seeded_z(G, [row_seed(CONTROL_SEED, p["index"]) for p in plist]), 1.0).w
 
-    rows = []
+    rows, prior_views, truth = [], {}, {}
     for p in plist:
         read = match_attributes(p["prompt"])
         assert read.attributes.get("hair_color", "").startswith(p["colour"]), (p, read.attributes)
@@ -137,17 +139,17 @@ def main(argv=None) -> int:
                                  pipeline=PipelineConfig(preset="procedural"))
         res = run_text_to_avatar(cfg, avatar_pipeline=pipe)
         assert [float(y) for y in res.yaws] == list(YAWS), res.yaws
-        prior_views = {y: np.asarray(Image.open(path).convert("RGB")) for y, path in zip(res.yaws, res.views)}
+        prior_views[p["index"]] = {y: np.asarray(Image.open(path).convert("RGB")) for y, path in zip(res.yaws, res.views)}
         control_views = dict(zip(YAWS, render_w(G, control_w[p["index"]:p["index"] + 1], list(YAWS),
                                                 seeds=[p["seed"]])[0]))
-        size = prior_views[0.0].shape[0]
+        size = control_views[0.0].shape[0]
         Image.fromarray(np.concatenate(list(control_views.values()), axis=1)).save(res.output_dir / "control_views.png")
         for view, yaw in {"front": 0.0, **VIEWS}.items():
-            mask, refs = hair_truth(res.identity, yaw, size)
+            mask, refs = truth[p["index"], view] = hair_truth(res.identity, yaw, size)
             row = {"prompt": p["index"], "text": p["prompt"], "style": p["style"], "asked": p["colour"], "view": view,
                    "hair_px": int(mask.sum())}
             if mask.sum() >= MIN_HAIR_PX:
-                for arm, image in (("prior", prior_views[yaw]), ("control", control_views[yaw])):
+                for arm, image in (("prior", prior_views[p["index"]][yaw]), ("control", control_views[yaw])):
                     got, mean = read_colour(image, mask, refs)
                     row[arm] = got
                     row[f"{arm}_mean_rgb"] = [round(float(c), 1) for c in mean]
@@ -156,64 +158,69 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t_start:5.0f}s] #{p['index']:02d} {p['prompt']!r} ({p['style']}): "
               + ", ".join(f"{r['view']} prior={r['prior']} control={r['control']}" for r in done), flush=True)
 
-    def tally(view_names):
-        scored = [r for r in rows if r["view"] in view_names and "prior" in r]
-        skipped = sum(1 for r in rows if r["view"] in view_names and "prior" not in r)
-        p_hit = sum(r["prior"] == r["asked"] for r in scored)
-        c_hit = sum(r["control"] == r["asked"] for r in scored)
-        only_p = sum(r["prior"] == r["asked"] and r["control"] != r["asked"] for r in scored)
-        only_c = sum(r["control"] == r["asked"] and r["prior"] != r["asked"] for r in scored)
-        return {"scored": len(scored), "left_out_no_hair_visible": skipped, "prior_matches": p_hit,
-                "control_matches": c_hit, "prior_rate": p_hit / max(1, len(scored)),
-                "control_rate": c_hit / max(1, len(scored)), "only_prior": only_p, "only_control": only_c,
-                "sign_test_p": binom_two_sided(only_p, only_p + only_c)}
+    # Second control, for the prior's own habits (it may lean to one colour whatever the input): prompt i scored
+    # on the prior's avatar of prompt i+1, which asked another colour (the prompts cycle through the 8 colours).
+    for row in rows:
+        if "prior" in row:
+            other = (row["prompt"] + 1) % len(plist)
+            assert plist[other]["colour"] != row["asked"]
+            mask, refs = truth[row["prompt"], row["view"]]
+            got, _ = read_colour(prior_views[other][{"front": 0.0, **VIEWS}[row["view"]]], mask, refs)
+            row["shuffled"] = got
 
-    # Per prompt (the unit that is independent; its three views are not): the asked colour at >= 2 of its
-    # scored side/back views.
-    per_prompt = {"prior": 0, "control": 0, "scored": 0, "only_prior": 0, "only_control": 0}
+    arms = ("prior", "control", "shuffled")
+
+    def tally(scored, skipped=0):
+        t = {"scored": len(scored), "left_out_no_hair_visible": skipped}
+        for arm in arms:
+            t[f"{arm}_matches"] = sum(r[arm] for r in scored)
+            t[f"{arm}_rate"] = t[f"{arm}_matches"] / max(1, len(scored))
+        for other in ("control", "shuffled"):
+            a = sum(r["prior"] and not r[other] for r in scored)
+            b = sum(r[other] and not r["prior"] for r in scored)
+            t[f"prior_not_{other}"], t[f"{other}_not_prior"] = a, b
+            t[f"sign_test_p_vs_{other}"] = binom_two_sided(a, a + b)
+        return t
+
+    def hits(rs):
+        return [{arm: r[arm] == r["asked"] for arm in arms} for r in rs]
+
+    groups = {"side + back": list(VIEWS), "left side (yaw 90)": ["left side"], "right side (yaw -90)": ["right side"],
+              "back (yaw 180)": ["back"], "front (the painted view; not the claim)": ["front"]}
+    table = {name: tally(hits([r for r in rows if r["view"] in v and "prior" in r]),
+                         sum(1 for r in rows if r["view"] in v and "prior" not in r)) for name, v in groups.items()}
+    # Per prompt (the independent unit; its three views are not): the asked colour at >= 2 of its 3 side/back views.
+    prompt_hits = []
     for p in plist:
-        scored = [r for r in rows if r["prompt"] == p["index"] and r["view"] in VIEWS and "prior" in r]
-        if len(scored) < 2:
-            continue
-        hits = {arm: sum(r[arm] == r["asked"] for r in scored) >= 2 for arm in ("prior", "control")}
-        per_prompt["scored"] += 1
-        per_prompt["prior"] += hits["prior"]
-        per_prompt["control"] += hits["control"]
-        per_prompt["only_prior"] += hits["prior"] and not hits["control"]
-        per_prompt["only_control"] += hits["control"] and not hits["prior"]
-    per_prompt["sign_test_p"] = binom_two_sided(per_prompt["only_prior"], per_prompt["only_prior"] + per_prompt["only_control"])
+        scored = [h for h in hits([r for r in rows if r["prompt"] == p["index"] and r["view"] in VIEWS and "prior" in r])]
+        if len(scored) == len(VIEWS):
+            prompt_hits.append({arm: sum(h[arm] for h in scored) >= 2 for arm in arms})
+    table["prompts: asked colour at >= 2 of 3 side/back views"] = tally(prompt_hits)
 
-    groups = {"side + back": list(VIEWS), "left side": ["left side"], "right side": ["right side"],
-              "back": ["back"], "front (painted view; not the claim)": ["front"]}
-    table = {name: tally(v) for name, v in groups.items()}
-    per_colour = {}
-    for c in COLOURS:
-        scored = [r for r in rows if r["asked"] == c and r["view"] in VIEWS and "prior" in r]
-        per_colour[c] = {"scored": len(scored), "prior": sum(r["prior"] == c for r in scored),
-                         "control": sum(r["control"] == c for r in scored)}
-    read_as = {arm: {c: sum(r.get(arm) == c for r in rows if r["view"] in VIEWS) for c in COLOURS}
-               for arm in ("prior", "control")}
+    side_back = [r for r in rows if r["view"] in VIEWS and "prior" in r]
+    per_colour = {c: {"scored": sum(r["asked"] == c for r in side_back),
+                      **{arm: sum(r["asked"] == c and r[arm] == c for r in side_back) for arm in arms}} for c in COLOURS}
+    read_as = {arm: {c: sum(r[arm] == c for r in side_back) for c in COLOURS} for arm in arms}
     result = {"prior": prior, "prompts": len(plist), "resolution": args.resolution, "min_hair_px": MIN_HAIR_PX,
               "control_seed": CONTROL_SEED, "wall_s": round(time.time() - t_start, 1), "table": table,
-              "per_prompt_majority_side_back": per_prompt, "per_colour_side_back": per_colour, "colours_read_side_back": read_as, "rows": rows}
+              "per_colour_side_back": per_colour, "colours_read_side_back": read_as, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2))
 
     print(f"\n{len(plist)} prompts, prior {prior}, {result['wall_s']} s")
-    print("| views | scored | left out (no hair visible) | prior matches | control (random w) matches | "
-          "only prior / only control | sign test p |")
+    print("| views | scored | prior matches | control: random w | control: prior avatar of another prompt | "
+          "prior only / random-w only (p) | prior only / other-prompt only (p) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, t in table.items():
-        print(f"| {name} | {t['scored']} | {t['left_out_no_hair_visible']} | {t['prior_matches']} "
-              f"({t['prior_rate']:.0%}) | {t['control_matches']} ({t['control_rate']:.0%}) | "
-              f"{t['only_prior']} / {t['only_control']} | {t['sign_test_p']:.2f} |")
-    pp = per_prompt
-    print(f"| prompts: asked colour at >= 2 of 3 side/back views | {pp['scored']} | - | {pp['prior']} "
-          f"({pp['prior'] / max(1, pp['scored']):.0%}) | {pp['control']} ({pp['control'] / max(1, pp['scored']):.0%}) | "
-          f"{pp['only_prior']} / {pp['only_control']} | {pp['sign_test_p']:.2f} |")
-    print("\nper asked colour (side + back): " + ", ".join(f"{c} {v['prior']}/{v['scored']} vs {v['control']}/{v['scored']}"
-                                                    for c, v in per_colour.items()))
-    print("colours read (side + back), prior: " + json.dumps(read_as["prior"]))
-    print("colours read (side + back), control: " + json.dumps(read_as["control"]))
+        print(f"| {name} | {t['scored']} | {t['prior_matches']} ({t['prior_rate']:.0%}) | {t['control_matches']} "
+              f"({t['control_rate']:.0%}) | {t['shuffled_matches']} ({t['shuffled_rate']:.0%}) | "
+              f"{t['prior_not_control']} / {t['control_not_prior']} (p = {t['sign_test_p_vs_control']:.2f}) | "
+              f"{t['prior_not_shuffled']} / {t['shuffled_not_prior']} (p = {t['sign_test_p_vs_shuffled']:.2f}) |")
+    left_out = table["side + back"]["left_out_no_hair_visible"]
+    print(f"\n(side/back views left out, no hair visible: {left_out})")
+    print("per asked colour (side + back; prior / random w / other prompt, of n): "
+          + ", ".join(f"{c} {v['prior']}/{v['control']}/{v['shuffled']} of {v['scored']}" for c, v in per_colour.items()))
+    for arm in arms:
+        print(f"colours read (side + back), {arm}: " + json.dumps(read_as[arm]))
     return 0
 
 
