@@ -25,7 +25,7 @@ from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.lock import folder_lock
 from avatar3d.prior.config import TrainPriorConfig
 from avatar3d.prior.encoder import load_image_encoder
-from avatar3d.prior.loop import STATE_TREE, WEIGHTS_DIR
+from avatar3d.prior.loop import ENGINE_TAG, STATE_TREE, WEIGHTS_DIR
 from avatar3d.prior.model import train_scheduler
 from avatar3d.prior.pairs import check_pairs, w_statistics
 from avatar3d.prior.pipeline import ImageToAvatarPipeline
@@ -34,7 +34,8 @@ from avatar3d.prior.registry import register_prior
 from avatar3d.runtime import apply_local_defaults
 from avatar3d.atomic import atomic_folder
 from avatar3d.tracking.tracker import Tracker
-from avatar3d.training.ray_fit import WorkerContext, fit_with_ray, torch_threads_from_env, worker_config
+from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray,
+                                       torch_threads_from_env, worker_config)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
         log.warning("lr=0: the prior will not change (a control run)")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
+    check_checkpoint_to_load(output_dir, cfg.run_name, cfg.resume, cfg.scaling, (ENGINE_TAG,),
+                             restart="start a new run without resume")
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True).check()
     writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
     log.info(f"pairs: {info.summary()}")

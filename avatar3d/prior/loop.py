@@ -32,6 +32,7 @@ from avatar3d.training.loop import (LoopHooks, NonFiniteLossError, autocast_for,
                                     peak_memory_gb)
 
 STATE_TREE = "prior_state"
+ENGINE_TAG = "engine"
 WEIGHTS_DIR = "prior"  # the denoiser in diffusers' layout (save_pretrained), for the driver to pick up
 # The layout of a checkpoint folder: engine/, prior_state/ (counters, config), prior/, rng_rank<r>/.
 RESUME_FORMAT = "avatar3d.prior-resume/1"
@@ -140,7 +141,7 @@ def training_loop(trainer: PriorTrainer, batches: Iterator[PriorBatch], opts: Pr
 def save_resume_state(trainer: PriorTrainer, folder: Path, rank: int) -> None:
     """Engine (each rank its shard), rank 0's counters + diffusers-layout weights, every rank's RNG."""
     folder = Path(folder)
-    trainer.engine.save(folder, "engine")
+    trainer.engine.save(folder, ENGINE_TAG)
     if rank == 0:
         save_tree({"format": RESUME_FORMAT, "step": trainer.step_count, "pairs_seen": trainer.pairs_seen,
                    "prior_config": dict(trainer.prior.config)}, folder / STATE_TREE)
@@ -157,7 +158,7 @@ def load_resume_state(trainer: PriorTrainer, folder: Path, rank: int) -> None:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ValueError(f"resume: the checkpoint's prior has a different architecture ({', '.join(changed)}); "
                          "resume with the same model options and pairs")
-    trainer.engine.load(folder, "engine")
+    trainer.engine.load(folder, ENGINE_TAG)
     trainer.step_count, trainer.pairs_seen = int(state["step"]), int(state["pairs_seen"])
     rng_path = folder / f"rng_rank{rank}"
     if rng_path.is_dir():  # absent when resuming with more workers than before: fresh streams then

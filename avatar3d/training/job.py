@@ -31,7 +31,8 @@ from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
-from avatar3d.training.ray_fit import WorkerContext, fit_with_ray, torch_threads_from_env, worker_config
+from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray,
+                                       torch_threads_from_env, worker_config)
 from avatar3d.training.ray_worker import train_func
 from avatar3d.training.registry import register_generator
 
@@ -84,6 +85,8 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         log.warning("precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
     output_dir = Path(cfg.output_dir).resolve()
     run_dir = output_dir / cfg.run_name
+    check_checkpoint_to_load(output_dir, cfg.run_name, cfg.resume, cfg.scaling, ("G", "D"),
+                             restart=f"start a new run with transfer={Path(cfg.resume) / SNAPSHOT_FILE}")
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="gan", resume=True).check()
     writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
     if not is_remote(cfg.data.path):  # workers may start elsewhere: hand them absolute paths

@@ -24,6 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from avatar3d.config import from_dict, to_dict
 from avatar3d.runtime import init_local_ray
 from avatar3d.tracking.tracker import RunLogger
+from avatar3d.training.engines import check_resume_engines
 
 
 @dataclass
@@ -75,6 +76,19 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
         datasets={"train": dataset},
     )
     return trainer.fit()
+
+
+def check_checkpoint_to_load(output_dir: Path, run_name: str, resume: str, scaling, tags: tuple[str, ...],
+                             restart: str) -> None:
+    """Refuse, on the driver, a checkpoint the workers could not load: Ray's latest one of ``run_name``
+    (restored when a run name runs again; its folders are named by time), else the ``resume`` folder."""
+    folders = sorted(p for p in (Path(output_dir) / "ray" / run_name).glob("checkpoint_*") if p.is_dir())
+    if folders:
+        check_resume_engines(folders[-1], tags, scaling.strategy, scaling.num_workers,
+                             field=f"run_name={run_name} (its last checkpoint)",
+                             restart="pass another run_name to start afresh")
+    elif resume:
+        check_resume_engines(resume, tags, scaling.strategy, scaling.num_workers, field="resume", restart=restart)
 
 
 def worker_device():

@@ -161,15 +161,19 @@ def test_resume_dir_continues_a_checkpoint_in_a_new_run(tmp_path, head_dataset, 
     assert (checkpoint / "loop_state").is_dir()  # the folder resumed from is left as it was
 
 
-def test_resume_dir_with_another_worker_count_fails_on_the_workers(tmp_path, head_dataset, straight):
-    """What the code does today: ZeRO-1/2 optimiser shards are partitioned per worker and DeepSpeed cannot
-    re-partition them, so a 2-worker checkpoint resumed by 1 worker fails when the worker loads it (after
-    Ray has started the group; the driver does not check it up front)."""
+def test_resume_dir_with_another_worker_count_is_refused_before_workers_start(tmp_path, head_dataset, straight):
+    """ZeRO-1/2 optimiser shards are partitioned per worker and DeepSpeed cannot re-partition them: a
+    2-worker checkpoint resumed by 1 worker is refused on the driver, in one line, before Ray starts a group
+    (before, the worker failed inside Ray with DeepSpeed's "used a DP world size of 2")."""
+    from avatar3d.config import ConfigError
     checkpoint = _checkpoint_at(straight, 0.016)
     cfg = _cfg(tmp_path, head_dataset, run_name="fewer", resume=str(checkpoint),
                **{**RESUMABLE, "scaling.num_workers": 1})
-    with pytest.raises(ray.train.WorkerGroupError, match="used a DP world size of 2 but the current world size is 1"):
+    with pytest.raises(ConfigError, match=r"^resume: .* holds ZeRO optimiser shards of 2 workers.*"
+                                          r"scaling.num_workers=1; resume with scaling.num_workers=2, or start a "
+                                          r"new run with transfer=.*snapshot.safetensors$"):
         run_train_gan(cfg)
+    assert not (tmp_path / "fewer").exists() and not (tmp_path / "ray").exists()  # nothing started
 
 
 def test_transfer_starts_from_the_snapshot_generator(tmp_path, head_dataset):
