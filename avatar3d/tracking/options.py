@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import re
+
 from avatar3d.config import ConfigError, check_name
+
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
+
+
+def check_alias(value: str, field: str) -> None:
+    """MLflow's rule for aliases (letters, digits, _ and -, not a version-like ``v<digits>`` or ``latest``)."""
+    if not _ALIAS.fullmatch(value) or re.fullmatch(r"[vV]\d+|latest", value):
+        raise ConfigError(f"{field}={value!r}: use letters, digits, '_' or '-', starting with a letter (not "
+                          "'latest' or v<number>), e.g. candidate")
 
 
 @dataclass
@@ -26,6 +37,9 @@ class TrackingOptions:
         "help": "register the trained model in the MLflow model registry (training stages; generate has none)"})
     register_name: str = field(default="", metadata={
         "help": "registered model name; empty = the stage's default (avatar3d-gan, avatar3d-prior, avatar3d-lora-<token>)"})
+    register_alias: str = field(default="candidate", metadata={
+        "help": "alias the new version gets (models:/<name>@<alias>); promote one with "
+                "MlflowClient().set_registered_model_alias(name, 'champion', version); empty = none"})
 
     def validate(self, prefix: str = "tracking") -> "TrackingOptions":
         if not self.experiment.strip():
@@ -34,6 +48,8 @@ class TrackingOptions:
             check_name(self.register_name, f"{prefix}.register_name")
         if self.run_name:
             check_name(self.run_name, f"{prefix}.run_name")
+        if self.register_alias:
+            check_alias(self.register_alias, f"{prefix}.register_alias")
         return self
 
     def registry_name(self, default: str) -> str | None:

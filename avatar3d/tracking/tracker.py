@@ -283,4 +283,9 @@ class Tracker:
         name = self.options.registry_name(default)
         if self.run is None or name is None:
             return None
-        return register_fn(*args, name)
+        version = register_fn(*args, name)
+        if self.options.register_alias:
+            client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            client.set_registered_model_alias(name, self.options.register_alias, version.rpartition("/")[2])
+            log.info(f"registered models:/{version} as models:/{name}@{self.options.register_alias}")
+        return version

@@ -31,9 +31,16 @@ def test_a_run_gets_config_finite_metrics_files_and_a_registration(tmp_path):
         tracker.log_config({"model": {"preset": "tiny"}, "batch_size": 4})
         tracker.log_metrics({"loss": 0.5, "fid": math.nan}, step=3)
         tracker.log_file(artifact, artifact_path="cards")
-        version = tracker.register(lambda path, name: f"{name}/1", artifact, default="avatar3d-gan")
+
+        def register(path, name):  # what a stage's register function does: log the model and register it
+            client = MlflowClient(tracking_uri=tracker.uri, registry_uri=tracker.uri)
+            client.create_registered_model(name)
+            return f"{name}/{client.create_model_version(name, str(path), run_id=tracker.run_id).version}"
+
+        version = tracker.register(register, artifact, default="avatar3d-gan")
     assert version == "avatar3d-gan/1"
-    client = MlflowClient(tracking_uri=tracker.uri)
+    client = MlflowClient(tracking_uri=tracker.uri, registry_uri=tracker.uri)
+    assert str(client.get_model_version_by_alias("avatar3d-gan", "candidate").version) == "1"  # the default alias
     run = client.get_run(tracker.run_id)
     assert run.data.params == {"model.preset": "tiny", "batch_size": "4"}
     assert run.data.metrics == {"loss": 0.5}  # the NaN is dropped, not logged
@@ -86,6 +93,12 @@ def test_registry_name_and_validation():
         load_config(TrackingOptions, None, ["register_name=bad name!"])
     with pytest.raises(ConfigError, match="tracking.experiment is empty"):
         load_config(TrackingOptions, None, ["experiment= "])
+    assert TrackingOptions().register_alias == "candidate"
+    load_config(TrackingOptions, None, ["register_alias=champion-2"])
+    load_config(TrackingOptions, None, ["register_alias="])  # none
+    for bad in ("latest", "v3", "two words", "-x"):
+        with pytest.raises(ConfigError, match=rf"tracking.register_alias='{bad}': use letters, digits"):
+            load_config(TrackingOptions, None, [f"register_alias={bad}"])
 
 
 def test_generate_refuses_registry_options():
