@@ -300,8 +300,14 @@ class Chromium:
         os.close(self._w)
 
 
+# The viewer's box in the viewport (where mouse events go); screenshots clip in page coordinates (+ scroll).
 VIEWER_BOX = """(() => { const r = document.querySelector("model-viewer").getBoundingClientRect();
-  return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"""
+  return {x: r.x, y: r.y, width: r.width, height: r.height, scrollX: window.scrollX, scrollY: window.scrollY}; })()"""
+
+
+def page_clip(box: dict) -> dict:
+    return {"x": box["x"] + box["scrollX"], "y": box["y"] + box["scrollY"], "width": box["width"],
+            "height": box["height"]}
 
 
 def turn_camera(browser: Chromium, orbit: str) -> None:
@@ -339,11 +345,11 @@ def look_at_page(page: Path, shots: Path | None = None) -> dict:
         browser.evaluate("document.querySelector('model-viewer').scrollIntoView()")
         box = browser.evaluate(VIEWER_BOX)
         turn_camera(browser, "0deg 75deg auto")
-        front = browser.screenshot(box)
+        front = browser.screenshot(page_clip(box))
         turn_camera(browser, "90deg 75deg auto")
-        turned = browser.screenshot(box)
+        turned = browser.screenshot(page_clip(box))
         drag(browser, box, -box["width"] / 3)
-        dragged = browser.screenshot(box)
+        dragged = browser.screenshot(page_clip(box))
         whole = browser.screenshot()
         if shots:
             for name, image in (("front", front), ("turned", turned), ("dragged", dragged), ("page", whole)):
