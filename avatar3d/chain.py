@@ -1,6 +1,7 @@
 """The whole pipeline as one job: stage after stage, restartable from any stage.
 
-    guidance -> generate -> train_gan -> evaluate -> prior_pairs -> train_prior -> image_to_avatar -> report
+    guidance -> generate -> train_gan -> evaluate -> prior_pairs -> train_prior -> image_to_avatar
+    -> text_to_avatar -> report
 
 Each stage is the same library call its own subcommand makes (``run_generation``,
 ``run_train_gan``, ``run_evaluate``, ``run_build_pairs``, ``run_train_prior``,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from avatar3d.prior.avatar import run_image_to_avatar, view_yaws
 from avatar3d.prior.config import BuildPairsConfig, ImageToAvatarConfig, TrainPriorConfig
 from avatar3d.prior.job import run_train_prior
 from avatar3d.prior.pairs import run_build_pairs
+from avatar3d.prior.text import run_text_to_avatar
+from avatar3d.prior.text_config import TextToAvatarConfig
 from avatar3d.report import write_report
 from avatar3d.atomic import atomic_write
 from avatar3d.scene.guidance import write_guidance_views
@@ -72,6 +75,7 @@ class StageConfigs:
     pairs: BuildPairsConfig
     prior: TrainPriorConfig
     avatar: ImageToAvatarConfig
+    text: TextToAvatarConfig
 
 
 def _stage(cls, path: str | None, wiring: list[str], overrides: list[str], field: str, base_dir: str = ""):
@@ -107,7 +111,18 @@ def stage_configs(cfg: ChainConfig, out: Path, tracking_uri: str) -> StageConfig
                                                 f"output_dir={out / 'image_to_avatar'}",
                                                 f"prior={out / 'prior' / prior.run_name / 'prior'}", "overwrite=true"],
                     cfg.image_to_avatar_overrides, "image_to_avatar_overrides", cfg.config_dir)
-    return StageConfigs(generate=gen, train=train, evaluate=evaluate, pairs=pairs, prior=prior, avatar=avatar)
+    # Text to avatar paints with the generate stage's painter, at the size the GAN learned from.
+    if any(o.startswith("pipeline.") for o in cfg.text_to_avatar_overrides):
+        raise ConfigError("text_to_avatar_overrides: the painter (pipeline.*) is the generate stage's; set it in "
+                          "generate_config / generate_overrides")
+    text = _stage(TextToAvatarConfig, None, [f"prompt={json.dumps(cfg.text_prompt)}",
+                                             f"output_dir={out / 'text_to_avatar'}",
+                                             f"prior={out / 'prior' / prior.run_name / 'prior'}",
+                                             f"resolution={gen.resolution}", "overwrite=true"],
+                  cfg.text_to_avatar_overrides, "text_to_avatar_overrides", cfg.config_dir)
+    text = replace(text, pipeline=gen.pipeline).validate()
+    return StageConfigs(generate=gen, train=train, evaluate=evaluate, pairs=pairs, prior=prior, avatar=avatar,
+                        text=text)
 
 
 def run_chain(cfg: ChainConfig) -> ChainResult:
@@ -143,6 +158,8 @@ def run_chain(cfg: ChainConfig) -> ChainResult:
             write_input_image(out / "dataset", Path(stages.avatar.image), stages.avatar)
             result = run_image_to_avatar(stages.avatar)
             log.info(f"avatar: {len(result.files)} files in {result.output_dir}")
+        elif stage == "text_to_avatar":
+            log.info(run_text_to_avatar(stages.text).summary())
         elif stage == "report":
             report = write_report(out, tracking_uri)
         seconds[stage] = time.time() - t0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from avatar3d.config import CONFIG_DIR, INPUT, ConfigError, writable_dir
 
 STAGES = ("guidance", "generate", "train_gan", "evaluate", "prior_pairs", "train_prior", "image_to_avatar",
-          "report")
+          "text_to_avatar", "report")
 
 
 @dataclass
@@ -32,6 +32,10 @@ class ChainConfig:
     prior_train_overrides: list[str] = field(default_factory=list)
     image_to_avatar_overrides: list[str] = field(
         default_factory=list, metadata={"help": "ImageToAvatarConfig overrides, e.g. [mesh_resolution=64]"})
+    text_prompt: str = field(default="a girl with long red hair, round glasses and no hat", metadata={
+        "help": "the text_to_avatar stage's prompt (painted by the generate stage's painter, at its resolution)"})
+    text_to_avatar_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "TextToAvatarConfig overrides, e.g. [style=anime, views=4]"})
     tracking_uri: str = field(default="", metadata={"help": "MLflow URI for every stage; empty = sqlite in output_dir"})
     config_dir: str = field(default="", metadata={
         "path": CONFIG_DIR, "help": "folder the relative input paths in the *_overrides lists are read from; "

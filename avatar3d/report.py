@@ -51,7 +51,7 @@ def write_report(output_dir: str | Path, tracking_uri: str) -> Path:
     rep.mkdir(parents=True, exist_ok=True)
     sections = [_headline(out), _guidance(out, rep), _prompts(), _dataset(out, rep), _gan(out, rep),
                 _curves(out, rep, tracking_uri), _evaluation(out, rep), _image_to_avatar(out, rep),
-                _registry(tracking_uri)]
+                _text_to_avatar(out, rep), _registry(tracking_uri)]
     body = "\n".join(s for s in sections if s)
     scripts = ""
     if "<model-viewer" in body:  # the mesh viewers: their script beside the page, their status lines at the end
@@ -416,14 +416,41 @@ def _image_to_avatar(out: Path, rep: Path) -> str:
     return "\n".join(parts)
 
 
+def _text_to_avatar(out: Path, rep: Path) -> str:
+    ta = out / "text_to_avatar"
+    if not (ta / "text_to_avatar.json").is_file() or not (ta / "views.png").is_file():
+        return ""
+    summary = json.loads((ta / "text_to_avatar.json").read_text())
+    mapped = summary.get("attributes") or {}
+    parts = ["<h2>7. Text to avatar</h2>",
+             f"<p>Prompt: <b>{html.escape(summary.get('prompt', ''))}</b></p>",
+             f"<p class=\"note\">Front prompt: {html.escape(summary.get('front_prompt', ''))}<br>"
+             f"Painted by: {html.escape(summary.get('painter', ''))}<br>"
+             f"Mapped attributes: {html.escape(', '.join(f'{k}={v!r}' for k, v in mapped.items()) or 'none')}; "
+             f"unmapped phrases (kept in the prompt): {html.escape(', '.join(summary.get('unmapped_phrases') or []) or 'none')}"
+             "</p>",
+             "<p class=\"note\">The painting follows the mapped attributes by construction; whether the avatar "
+             "keeps them is measured in evaluation/text_to_avatar/README.md.</p>"]
+    for src, name, caption in [(ta / "painted_front.png", "t2a_painted.png", "the painted front view"),
+                               (ta / "views.png", "t2a_views.png", "the avatar the prior sampled from it, from several yaws"),
+                               (ta / "turntable.gif", "t2a_turntable.gif", "its turntable")]:
+        if _copy(src, rep, name):
+            parts.append(_img(name, caption))
+    if (ta / "mesh.ply").is_file():
+        parts.append(_mesh(ta / "mesh.ply", rep, None, "its marching-cubes mesh (mesh.ply)", _painter(out)))
+    return "\n".join(parts)
+
+
 def _registry(tracking_uri: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     rows = []
     for model in client.search_registered_models():
         for v in client.search_model_versions(f"name='{model.name}'"):
+            aliases = ", ".join(f"@{alias}" for alias, version in sorted((model.aliases or {}).items())
+                                if str(version) == str(v.version))
             rows.append({"model": model.name, "version": v.version, "uri": f"models:/{model.name}/{v.version}",
-                         "run": v.run_id})
+                         "aliases": aliases or "-", "run": v.run_id})
     if not rows:
         return ""
-    return (f"<h2>7. Registered models</h2><p class=\"note\">MLflow store: {html.escape(tracking_uri)}</p>"
+    return (f"<h2>8. Registered models</h2><p class=\"note\">MLflow store: {html.escape(tracking_uri)}</p>"
             + _table(rows))

@@ -8,6 +8,7 @@ import ray
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 from safetensors import safe_open
 
 from avatar3d.chain import STAGES, ChainConfig, run_chain
@@ -36,6 +37,9 @@ def chain(tmp_path_factory):
                                   "scaling.strategy=plain", "tracking.register_name=e2e-prior"],
         "image_to_avatar_overrides": ["steps=2", "views=2", "turntable_frames=2", "mesh_resolution=24",
                                       "mesh_iso=0.5"],
+        "text_prompt": "a woman with blue hair",
+        "text_to_avatar_overrides": ["steps=2", "views=3", "turntable_frames=2", "mesh_resolution=24",
+                                     "mesh_iso=0.5"],
     }
     (root / "chain.yaml").write_text(yaml.safe_dump(spec))
     cfg = load_config(ChainConfig, root / "chain.yaml")
@@ -77,12 +81,21 @@ def test_each_stage_reads_what_the_one_before_wrote(chain):
     avatar = json.loads((out / "image_to_avatar" / "avatar.json").read_text())
     assert avatar["input"] == str(out / "image_to_avatar" / "input.png") and avatar["num_inference_steps"] == 2
     assert len(list((out / "image_to_avatar").glob("view_yaw*.png"))) == 2 == len(avatar["yaws"])
+    # generate's painter + train_prior -> text_to_avatar: the prompt painted by the world's painter at the dataset's
+    # size, its attribute mapped, the avatar sampled by that prior
+    text = json.loads((out / "text_to_avatar" / "text_to_avatar.json").read_text())
+    assert text["prompt"] == "a woman with blue hair" and text["attributes"] == {"hair_color": "blue hair"}
+    assert text["painted_by"] == "procedural painter"
+    size = json.loads((out / "dataset" / "dataset_card.json").read_text())["config"]["resolution"]
+    assert Image.open(out / "text_to_avatar" / "painted_front.png").size == (size, size) == (text["resolution"],) * 2
+    assert len(list((out / "text_to_avatar").glob("view_yaw*.png"))) == 3 and text["prior"] == str(prior)
     # everything -> the report: the FID figure, a view group too small to score, the avatar
     page = (out / "report" / "index.html").read_text()
     assert f"{fid['overall']:.1f}" in page
     empty = [g for g, n in fid["protocol"]["num_fakes_per_view"].items() if n < 2]
     assert not empty or "n/a (too few images)" in page  # an empty group once crashed the report
     assert "i2a_views.png" in page and (out / "report" / "i2a_views.png").is_file()
+    assert "a woman with blue hair" in page and (out / "report" / "t2a_views.png").is_file()
 
 
 def test_both_models_are_registered_in_the_chains_store(chain):

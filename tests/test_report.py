@@ -7,6 +7,7 @@ MLflow store) and every figure is looked for in the section it belongs to.
 import base64
 import io
 import math
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -97,6 +98,9 @@ class Sections(HTMLParser):
             d["text"] += data
 
 
+TEXT_PROMPT = "a girl with red hair"
+
+
 def _section(sections, prefix):
     (name,) = [k for k in sections if k.startswith(prefix)]
     return sections[name]
@@ -133,6 +137,15 @@ def report(tmp_path_factory):
     frames = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)]
     frames[0].save(ia / "turntable.gif", save_all=True, append_images=frames[1:])
     trimesh.creation.icosphere(subdivisions=1, radius=0.3).export(ia / "mesh.ply")
+    # Text to avatar: the summary the stage writes, the painted front, the avatar's views, a mesh.
+    ta = out / "text_to_avatar"
+    for name, seed in (("painted_front.png", 5), ("views.png", 6)):
+        _image(ta / name, seed)
+    (ta / "text_to_avatar.json").write_text(json.dumps({
+        "prompt": TEXT_PROMPT, "front_prompt": f"cartoon, front view, {TEXT_PROMPT}",
+        "painter": "procedural painter (test)", "attributes": {"hair_color": "red hair"},
+        "unmapped_phrases": ["girl"]}))
+    trimesh.creation.icosphere(subdivisions=1, radius=0.3).export(ta / "mesh.ply")
     # MLflow: the GAN run's history and three registered model versions.
     uri = f"sqlite:///{out / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -146,6 +159,7 @@ def report(tmp_path_factory):
         client.create_registered_model(name)
     for name, _ in REGISTERED:
         client.create_model_version(name, (out / "mlartifacts" / name).as_uri(), run_id=run.info.run_id)
+    client.set_registered_model_alias(REGISTERED[0][0], "candidate", REGISTERED[0][1])
     page = write_report(out, uri)
     parser = Sections()
     parser.feed(page.read_text())
@@ -254,14 +268,26 @@ def test_image_to_avatar_section_shows_input_avatar_truth_and_turntable(report):
                    for img in s["images"])
 
 
-def test_registered_models_are_listed_with_versions_uris_and_runs(report):
-    reg = _section(report["sections"], "7. Registered models")
+def test_registered_models_are_listed_with_versions_uris_aliases_and_runs(report):
+    reg = _section(report["sections"], "8. Registered models")
     (table,) = reg["tables"]
     header, *rows = table
-    assert header == ["model", "version", "uri", "run"]
+    assert header == ["model", "version", "uri", "aliases", "run"]
+    first = REGISTERED[0]
     assert sorted(tuple(r) for r in rows) == sorted(
-        (name, version, f"models:/{name}/{version}", report["run_id"]) for name, version in REGISTERED)
+        (name, version, f"models:/{name}/{version}", "@candidate" if (name, version) == first else "-",
+         report["run_id"]) for name, version in REGISTERED)
     assert report["uri"] in reg["text"]
+
+
+def test_text_to_avatar_section_shows_the_prompt_its_mapping_the_painting_and_the_avatar(report):
+    ta = _section(report["sections"], "7. Text to avatar")
+    assert TEXT_PROMPT in ta["text"] and "procedural painter (test)" in ta["text"]
+    assert "hair_color='red hair'" in ta["text"] and "(kept in the prompt): girl" in ta["text"]
+    assert ta["images"] == ["t2a_painted.png", "t2a_views.png"]
+    for shown, src in (("t2a_painted.png", "painted_front.png"), ("t2a_views.png", "views.png")):
+        assert (report["rep"] / shown).read_bytes() == (report["out"] / "text_to_avatar" / src).read_bytes()
+    assert len(ta["viewers"]) == 1  # its mesh in the 3D viewer
 
 
 def test_gan_and_training_curve_sections_come_from_the_final_snapshot_and_its_run(report):
