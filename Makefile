@@ -28,7 +28,7 @@ export MPLBACKEND ?= Agg
 # Set for the demo's training processes only (the test run keeps glibc's defaults).
 TRAIN_GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=8589934592
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install browser demo test test-slow bench clean
 
 install: $(STAMP) $(VIEWER_STAMP)
 
@@ -62,7 +62,14 @@ demo: install
 test: install
 	$(PY) -m pytest -q --durations=15 -m "not slow"
 
-test-slow: install
+# Headless Chromium for the slow 3D-viewer test: Debian / Ubuntu's package, installed where it is missing
+# (apt-get as root); elsewhere one line says so and that test is skipped with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make browser: could not install Chromium (needs apt-get as root); the browser test will be skipped"
+
+test-slow: install browser
 	$(PY) -m pytest -q -m slow
 
 clean:
