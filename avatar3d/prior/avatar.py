@@ -20,7 +20,7 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-from avatar3d.atomic import atomic_write
+from avatar3d.atomic import atomic_path, atomic_write
 from avatar3d.config import ConfigError, writable_dir
 from avatar3d.evaluation.mesh import EG3D_ISO_SIGMA, export_mesh as write_mesh, generator_mesh
 from avatar3d.prior.config import ImageToAvatarConfig
@@ -90,19 +90,15 @@ def write_avatar(result, out: Path, generator, mesh_resolution: int = 128, sourc
     paths = []
     views = result.views[0]
     for yaw, image in zip(result.yaws, views):
-        path = out / f"view_yaw{yaw:+07.1f}.png"
-        Image.fromarray(image).save(path)
-        paths.append(path)
-    strip = out / "views.png"
-    Image.fromarray(np.concatenate(list(views), axis=1)).save(strip)
-    paths.append(strip)
+        paths.append(save_png(image, out / f"view_yaw{yaw:+07.1f}.png"))
+    paths.append(save_png(np.concatenate(list(views), axis=1), out / "views.png"))
     if result.turntable is not None:
-        gif = out / "turntable.gif"
-        iio.imwrite(gif, result.turntable[0], extension=".gif", duration=80, loop=0)
-        paths.append(gif)
-    w_path = out / "w.npy"
-    np.save(w_path, result.w[0].numpy())
-    paths.append(w_path)
+        with atomic_path(out / "turntable.gif") as tmp:
+            iio.imwrite(tmp, result.turntable[0], extension=".gif", duration=80, loop=0)
+        paths.append(out / "turntable.gif")
+    with atomic_path(out / "w.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, result.w[0].numpy())
+    paths.append(out / "w.npy")
     mesh = export_mesh(generator, result.w[:1], out, mesh_resolution, mesh_iso) if mesh_resolution else None
     if mesh is not None:
         paths.append(mesh)
@@ -111,6 +107,13 @@ def write_avatar(result, out: Path, generator, mesh_resolution: int = 128, sourc
                                      "mesh": str(mesh) if mesh else None}, indent=2))
     paths.append(record)
     return paths
+
+
+def save_png(image, path: Path) -> Path:
+    """An HxWx3 uint8 array as a PNG, written whole or not at all."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
 
 
 def export_mesh(generator, w, out: Path, resolution: int, iso: float | None = None) -> Path | None:

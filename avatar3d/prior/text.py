@@ -30,7 +30,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from avatar3d.atomic import atomic_write
 from avatar3d.config import ConfigError, to_dict, writable_dir
@@ -292,7 +291,7 @@ def run_text_to_avatar(cfg: TextToAvatarConfig, avatar_pipeline=None, diffusion_
     ``avatar_pipeline`` / ``diffusion_pipe``: already-loaded pipelines to reuse over many prompts
     (the measurement does); by default they are loaded from ``cfg``.
     """
-    from avatar3d.prior.avatar import load_pipeline, view_yaws, write_avatar
+    from avatar3d.prior.avatar import load_pipeline, save_png, view_yaws, write_avatar
 
     cfg.validate()
     refuse_existing(cfg.output_dir, cfg.overwrite)
@@ -312,12 +311,8 @@ def run_text_to_avatar(cfg: TextToAvatarConfig, avatar_pipeline=None, diffusion_
     pipe = avatar_pipeline or load_pipeline(cfg.prior, cfg.generator or None, cfg.tracking_uri or None)
     seconds["load"] = time.perf_counter() - t0
     out = writable_dir(cfg.output_dir, "output_dir")
-    painted_path = out / PAINTED_PNG
-    Image.fromarray(painted.image).save(painted_path)
-    guidance_paths = []
-    for kind, image in painted.guidance.items():
-        guidance_paths.append(out / f"guidance_{kind}.png")
-        Image.fromarray(image).save(guidance_paths[-1])
+    painted_path = save_png(painted.image, out / PAINTED_PNG)
+    guidance_paths = [save_png(image, out / f"guidance_{kind}.png") for kind, image in painted.guidance.items()]
 
     # 5. Image -> w -> views, turntable, mesh.
     t0 = time.perf_counter()
