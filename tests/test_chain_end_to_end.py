@@ -84,7 +84,8 @@ def test_each_stage_reads_what_the_one_before_wrote(chain):
     # generate's painter + train_prior -> text_to_avatar: the prompt painted by the world's painter at the dataset's
     # size, its attribute mapped, the avatar sampled by that prior
     text = json.loads((out / "text_to_avatar" / "text_to_avatar.json").read_text())
-    assert text["prompt"] == "a woman with blue hair" and text["attributes"] == {"hair_color": "blue hair"}
+    assert text["prompt"] == "a woman with blue hair"
+    assert text["attributes"] == {"hair_color": "blue dyed hair"}  # the vocabulary's value for "blue hair"
     assert text["painted_by"] == "procedural painter"
     size = json.loads((out / "dataset" / "dataset_card.json").read_text())["config"]["resolution"]
     assert Image.open(out / "text_to_avatar" / "painted_front.png").size == (size, size) == (text["resolution"],) * 2

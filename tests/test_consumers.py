@@ -267,7 +267,8 @@ def _post(port, body) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.parametrize("kind,rows,params", [("gan", GAN_ROWS, None), ("prior", PRIOR_ROWS, {"output": "w"})])
+@pytest.mark.parametrize("kind,rows,params", [("gan", GAN_ROWS, None), ("prior", PRIOR_ROWS, {"output": "w"}),
+                                              ("lora", LORA_ROWS, LORA_PARAMS)])
 def test_mlflow_models_serve_answers_the_documented_rest_request(store, tmp_path, kind, rows, params):
     """docs/registry.md's request format: dataframe_split, binary columns as base64, params beside."""
     proc, port = _serve(store, kind, tmp_path)
