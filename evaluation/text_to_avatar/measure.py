@@ -25,7 +25,7 @@ clay_figurine in turn (the demo world's non-statue styles; statues are one colou
 index. Each prompt runs through :func:`avatar3d.prior.text.run_text_to_avatar` (the command's own
 code, procedural painter, 64 px like the demo's dataset), writing its folder under ``--out``.
 
-    .venv/bin/python evaluation/text_to_avatar/measure.py --demo /tmp/w/demo3 --out outputs/t2a_measure
+    .venv/bin/python evaluation/text_to_avatar/measure.py --demo outputs/demo --out outputs/t2a_measure
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def binom_two_sided(k: int, n: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--demo", default="/tmp/w/demo3", help="a finished demo folder (its prior/<run>/prior is used)")
+    ap.add_argument("--demo", default="outputs/demo", help="a finished demo folder (its prior/<run>/prior is used)")
     ap.add_argument("--prior", default=None, help="prior folder (default: the one under --demo)")
     ap.add_argument("--out", default="outputs/text_to_avatar_measure", help="one folder per prompt + results.json")
     ap.add_argument("--per-colour", type=int, default=3, help="phrasings per hair colour (8 colours)")
