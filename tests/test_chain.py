@@ -97,3 +97,21 @@ def test_report_shows_dataset_and_gan_samples(tmp_path, head_dataset):
     for name in ("dataset_front.png", "dataset_side.png", "dataset_back.png", "gan_front.png", "gan_back.png"):
         assert name in page and (tmp_path / "report" / name).is_file()
     assert "0.500 kimg" in page
+
+
+def test_the_demo_paints_512_images_of_64_px_and_continues_the_shipped_state_for_1_2_kimg(tmp_path):
+    """README: "the 512 images (64 px) are painted by the procedural painter"; "continuing the shipped
+    16.4-kimg state jobs/assets/gan_world/ for 1.2 kimg"."""
+    from avatar3d.gan.snapshot import read_snapshot_metadata
+    from avatar3d.safeio import load_tree
+
+    stages = stage_configs(load_config(ChainConfig, DEMO), tmp_path / "out", "sqlite:///" + str(tmp_path / "m.db"))
+    assert (stages.generate.num_samples, stages.generate.resolution) == (512, 64)
+    assert stages.generate.pipeline.preset == "procedural"
+    state = Path(stages.train.resume)
+    assert state == REPO / "jobs" / "assets" / "gan_world"
+    # the counter training resumes from (loop_state) and the inference snapshot's record agree: 16.384 kimg
+    resumed_kimg = int(load_tree(state / "loop_state")["cur_nimg"]) / 1e3
+    assert read_snapshot_metadata(state / "snapshot.safetensors")["info"]["kimg"] == resumed_kimg
+    assert round(resumed_kimg, 1) == 16.4
+    assert round(stages.train.total_kimg - resumed_kimg, 1) == 1.2
