@@ -52,3 +52,17 @@ def test_unknown_fields_and_presets_are_rejected():
         GANConfig.from_dict({"zdim": 3})
     with pytest.raises(ValueError, match="huge"):
         GANConfig.preset("huge")
+
+
+def test_default_fine_label_rates_are_0_9_within_45_degrees_and_0_2_elsewhere():
+    """README: "The discriminator keeps the fine label with p = 0.9 for |yaw| <= 45 and p = 0.2 elsewhere":
+    the config's defaults, and what the selector built from a default config uses."""
+    from avatar3d.gan import CoarseToFineSelector
+
+    cfg = GANConfig()
+    assert (cfg.p_fine_reliable, cfg.p_fine_other, cfg.fine_yaw_max, cfg.d_mode) == (0.9, 0.2, 45.0, "coarse_to_fine")
+    for preset in (GANConfig.tiny(), GANConfig.paper()):
+        assert (preset.p_fine_reliable, preset.p_fine_other, preset.fine_yaw_max) == (0.9, 0.2, 45.0)
+    selector = CoarseToFineSelector.from_config(cfg)
+    yaw = torch.tensor([0.0, 45.0, -45.0, 45.5, 90.0, 180.0, -135.0])
+    assert selector.p_fine(yaw).tolist() == pytest.approx([0.9, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2])

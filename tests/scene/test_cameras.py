@@ -160,3 +160,21 @@ def test_rays_through_pixel_centres():
 def test_bad_label_size_is_a_clear_error():
     with pytest.raises(ValueError, match="25 values"):
         C.label_to_yaw_pitch(np.zeros(24))
+
+
+def test_full_head_defaults_are_eg3ds_focal_an_origin_pivot_and_radius_2_7():
+    """README: the stored focal is 4.2647 (EG3D's face data); the full-head default is pivot (0, 0, 0),
+    radius 2.7; and these are what the dataset's specs carry (the datagen job's camera sampler)."""
+    from avatar3d.datagen.specs import sample_specs
+
+    assert C.EG3D_FOCAL == 4.2647
+    assert C.HEAD_PIVOT == (0.0, 0.0, 0.0) and C.EG3D_RADIUS == 2.7
+    assert (C.CameraSampler().focal, C.CameraSampler().pivot, C.CameraSampler().radius) == (4.2647, (0, 0, 0), 2.7)
+    specs = sample_specs(40, seed=3, guidance="hybrid")
+    labels = np.array([s.camera for s in specs])
+    c2w, k = labels[:, :16].reshape(-1, 4, 4), labels[:, 16:].reshape(-1, 3, 3)
+    np.testing.assert_allclose(k[:, [0, 1], [0, 1]], 4.2647)  # fx, fy: the stored focal, as labels carry it
+    centres, forward = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: the camera looks down its +z axis
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 2.7, atol=1e-12)
+    np.testing.assert_allclose(centres + 2.7 * forward, 0.0, atol=1e-12)  # every view looks at the origin
+    assert np.ptp([s.yaw for s in specs]) > 90  # not one view repeated
