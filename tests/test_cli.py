@@ -142,3 +142,81 @@ def test_sizes_and_seeds_that_cannot_work_are_refused_at_once(argv, message, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+class _Built(Exception):
+    """Stops a command once its flags have become a config (nothing is loaded or written)."""
+
+
+# Every command whose flags map onto a config class's fields, with the least it needs to get that far.
+FLAG_COMMANDS = {
+    "fid": ["--model", "m.safetensors", "--data", "ds"],
+    "truth-metrics": ["--model", "m.safetensors", "--data", "ds"],
+    "walk": ["--model", "m.safetensors", "--out", "walk"],
+    "turntable": ["--model", "m.safetensors", "--out", "turntable"],
+    "export-mesh": ["--model", "m.safetensors", "--out", "avatar.glb"],
+    "image-to-avatar": ["face.png", "--prior", "prior", "--out", "avatar"],
+}
+GIVEN = {"image", "prior", "output_dir"}  # image-to-avatar's fields set by the arguments above
+
+
+def test_flag_defaults_are_the_config_classes_defaults(monkeypatch, tmp_path):
+    """README: "a flag's default is read from its config class, so every default lives in one place". Each
+    command is run with its flags left at their defaults and stopped where they become the stage's option
+    object: every field a flag sets equals that field's default in the config class (also where the flag is
+    converted on the way, e.g. --formats gif,mp4 -> ["gif", "mp4"], --no-per-view -> per_view)."""
+    import dataclasses
+
+    import avatar3d.cli.common as common
+    import avatar3d.cli.evaluation as evaluation
+    import avatar3d.cli.prior as prior
+    from avatar3d.prior.text_config import TextToAvatarConfig
+
+    built = []
+
+    def capture(cls, data, flags=None):
+        built.append((cls, data, common.from_flags(cls, data, flags)))
+        raise _Built
+
+    monkeypatch.setattr(evaluation, "from_flags", capture)
+    monkeypatch.setattr(prior, "from_flags", capture)
+    monkeypatch.chdir(tmp_path)
+    compared = {}
+    for command, argv in FLAG_COMMANDS.items():
+        with pytest.raises(_Built):
+            main([command, *argv])
+        cls, data, cfg = built.pop()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(data) <= fields, f"{command}: flags set {sorted(set(data) - fields)}, not options of {cls.__name__}"
+        for name in sorted(set(data) - GIVEN):
+            assert getattr(cfg, name) == common.default(cls, name), (
+                f"avatar3d {command}: the flag for {cls.__name__}.{name} defaults to {getattr(cfg, name)!r}, "
+                f"the config class to {common.default(cls, name)!r}")
+        compared[command] = sorted(set(data) - GIVEN)
+    assert sum(map(len, compared.values())) >= 35, compared  # every flag-driven option, not a handful
+    assert {"num_fakes", "extractor", "frechet", "per_view"} <= set(compared["fid"])
+    assert {"seeds", "formats"} <= set(compared["walk"]) and "turntable_frames" in compared["image-to-avatar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # stopped before anything was written
+    # text-to-avatar's only option flag (the rest are key=value overrides of its config): --overwrite off
+    assert common.default(TextToAvatarConfig, "overwrite") is False
+
+
+def test_avatar3d_debug_shows_the_traceback_of_a_mistake(tmp_path):
+    """README: a mistake prints one line and exits 2 "(AVATAR3D_DEBUG=1 shows the traceback)". With it the
+    error is re-raised: the traceback ends in the same message, and the command still fails. (It then exits
+    with Python's status 1 for an uncaught exception, not 2: see docs/claims.md, claim 19.)"""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "AVATAR3D_DEBUG"}
+    argv = [sys.executable, "-m", "avatar3d", "prompts", "--n", "0"]
+    plain = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    message = "--n: 0 is out of range; pass 1..10,000,000"
+    assert plain.returncode == 2 and plain.stderr.startswith(f"avatar3d prompts: error: {message}")
+    assert "Traceback" not in plain.stderr
+    debug = subprocess.run(argv, cwd=tmp_path, env={**env, "AVATAR3D_DEBUG": "1"}, capture_output=True, text=True,
+                           timeout=120)
+    assert debug.returncode != 0 and debug.stdout == ""
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert 'avatar3d/cli/__init__.py", line' in debug.stderr and "in _run_prompts" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == f"avatar3d.config.ConfigError: {message} (20x the paper's dataset)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
