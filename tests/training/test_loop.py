@@ -1,5 +1,6 @@
 """The training loop in one process (plain engines): snapshots, resume, failure modes."""
 import itertools
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -184,3 +185,29 @@ def test_a_failing_report_or_snapshot_log_leaves_no_checkpoint_folder(rows, priv
         with pytest.raises(RuntimeError, match="storage unreachable"):
             training_loop(trainer, _batches(rows), opts, hooks)
         assert list(private_tempdir.iterdir()) == []
+
+
+PROGRESS = re.compile(r"^tick (?P<tick>\d+) +kimg (?P<kimg>[\d.]+) +sec/kimg (?P<spk>[\d.]+) +.*"
+                      r" mem (?P<mem>[\d.]+)GB elapsed \d+h\d\dm\d\ds eta (?P<h>\d+)h(?P<m>\d\d)m(?P<s>\d\d)s$")
+
+
+def test_each_tick_prints_kimg_sec_per_kimg_peak_memory_and_eta(rows):
+    """README: "Progress is printed per tick in kimg with sec/kimg, ETA and peak memory" (the print hook is
+    the rank-0 worker's log.info)."""
+    import resource
+
+    trainer = build_trainer(CFG, None, seed=0, rank=0, world_size=1, device="cpu")
+    lines = []
+    opts = LoopOptions(total_kimg=0.012, kimg_per_tick=0.004, snapshot_ticks=100, image_ticks=100)
+    training_loop(trainer, _batches(rows), opts, LoopHooks(print=lines.append))
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ticks = [PROGRESS.match(line) for line in lines]
+    assert all(ticks) and len(ticks) == 3, lines
+    assert [int(t["tick"]) for t in ticks] == [1, 2, 3]
+    assert [float(t["kimg"]) for t in ticks] == [0.004, 0.008, 0.012]
+    for t in ticks:
+        spk, remaining = float(t["spk"]), 0.012 - float(t["kimg"])
+        eta = int(t["h"]) * 3600 + int(t["m"]) * 60 + int(t["s"])
+        assert spk > 0 and abs(eta - remaining * spk) <= 1.01  # whole seconds, sec/kimg to 0.1
+        assert 0 < float(t["mem"]) <= peak_gb + 0.01  # this process's peak resident memory, in GB
+    assert ticks[-1]["h"] + ticks[-1]["m"] + ticks[-1]["s"] == "00000"  # nothing left after the last tick
