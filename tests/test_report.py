@@ -296,3 +296,45 @@ def test_gan_and_training_curve_sections_come_from_the_final_snapshot_and_its_ru
     assert set(gan["images"]) == {"gan_front.png", "gan_side.png", "gan_back.png"}
     curves = report["sections"]["Training curves (run)"]
     assert curves["images"] == ["curves.png"] and (report["rep"] / "curves.png").stat().st_size > 0
+
+
+def _painted_dataset(out: Path, base_model: str) -> Path:
+    """A dataset folder as the generate stage leaves it, reduced to what the report reads: one Parquet file
+    of rows (image, view, style) and the dataset card naming the painter."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = out / "dataset"
+    ds.mkdir(parents=True)
+    pngs = []
+    for seed in range(3):
+        buf = io.BytesIO()
+        Image.open(_image(out / f"tile{seed}.png", seed)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    pq.write_table(pa.table({"image_png": pngs, "view": ["front", "side", "back"], "style": ["a", "b", "a"]}),
+                   ds / "part-00000.parquet")
+    (ds / "dataset_card.json").write_text(json.dumps({
+        "num_rows": 3, "image_sizes": [[24, 24]], "model_ids": {"base_model": base_model},
+        "counts": {"style": {"a": 2, "b": 1}, "view": {"front": 1, "side": 1, "back": 1}}}))
+    return out
+
+
+def test_a_procedural_datasets_report_says_the_procedural_painter_painted_it(tmp_path):
+    """README: the demo's images "are painted by the procedural painter ..., not by Stable Diffusion, and the
+    report says so": the headline above the sections and the dataset section name it; a dataset painted by
+    Stable Diffusion gets neither."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pages = {}
+    for name, painter in (("procedural", PAINTER_ID), ("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5")):
+        page = write_report(_painted_dataset(tmp_path / name, painter), uri).read_text()
+        headline = re.sub(r"<[^>]+>", "", page.partition("</h1>")[2].partition("<h2>")[0])
+        parser = Sections()
+        parser.feed(page)
+        pages[name] = headline, _section(parser.sections, "3. Generated multi-view dataset")["text"]
+    headline, dataset = pages["procedural"]
+    assert "painted by the procedural painter" in headline and PAINTER_ID in headline
+    assert "not Stable Diffusion" in headline
+    assert "3 images" in dataset and PAINTER_ID in dataset
+    headline, dataset = pages["sd"]
+    assert "procedural painter" not in headline + dataset and PAINTER_ID not in headline + dataset
+    assert "painted by Stable Diffusion + ControlNet (stable-diffusion-v1-5/stable-diffusion-v1-5)" in headline
