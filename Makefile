@@ -57,7 +57,7 @@ $(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
 	fi
 
 demo: install
-	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-$(TRAIN_GLIBC_TUNABLES)} $(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml $(ARGS)
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES-$(TRAIN_GLIBC_TUNABLES)} $(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml $(ARGS)
 
 test: install
 	$(PY) -m pytest -q --durations=15 -m "not slow"

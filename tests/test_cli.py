@@ -202,9 +202,8 @@ def test_flag_defaults_are_the_config_classes_defaults(monkeypatch, tmp_path):
 
 
 def test_avatar3d_debug_shows_the_traceback_of_a_mistake(tmp_path):
-    """README: a mistake prints one line and exits 2 "(AVATAR3D_DEBUG=1 shows the traceback)". With it the
-    error is re-raised: the traceback ends in the same message, and the command still fails. (It then exits
-    with Python's status 1 for an uncaught exception, not 2: see docs/claims.md, claim 19.)"""
+    """README: a mistake prints one line and exits 2 "(AVATAR3D_DEBUG=1 shows the traceback)": with it the
+    traceback comes first, then the same one line and the same status (it used to re-raise and exit 1)."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "AVATAR3D_DEBUG"}
@@ -215,8 +214,10 @@ def test_avatar3d_debug_shows_the_traceback_of_a_mistake(tmp_path):
     assert "Traceback" not in plain.stderr
     debug = subprocess.run(argv, cwd=tmp_path, env={**env, "AVATAR3D_DEBUG": "1"}, capture_output=True, text=True,
                            timeout=120)
-    assert debug.returncode != 0 and debug.stdout == ""
+    assert debug.returncode == 2 and debug.stdout == ""
     assert debug.stderr.startswith("Traceback (most recent call last):")
     assert 'avatar3d/cli/__init__.py", line' in debug.stderr and "in _run_prompts" in debug.stderr
-    assert debug.stderr.strip().splitlines()[-1] == f"avatar3d.config.ConfigError: {message} (20x the paper's dataset)"
+    *trace, last = debug.stderr.strip().splitlines()
+    assert trace[-1] == f"avatar3d.config.ConfigError: {message} (20x the paper's dataset)"
+    assert last.startswith(f"avatar3d prompts: error: {message}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -73,6 +73,8 @@ def test_make_demo_runs_the_pipeline_job_on_the_demo_config_with_the_args(tmp_pa
     assert seen["GLIBC_TUNABLES"] == TUNABLES == "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=8589934592"
     assert _run_demo_line(tmp_path, "", GLIBC_TUNABLES="glibc.malloc.arena_max=2")["GLIBC_TUNABLES"] == \
         "glibc.malloc.arena_max=2"
+    # README's off switch: an exported empty value means glibc's defaults (it used to be replaced by the tunables).
+    assert _run_demo_line(tmp_path, "", GLIBC_TUNABLES="")["GLIBC_TUNABLES"] == ""
 
 
 def test_make_test_keeps_glibcs_defaults_while_make_demo_sets_the_tunables():

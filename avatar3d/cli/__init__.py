@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 
 from avatar3d.config import SEED_MAX, ConfigError, writable_dir
 from avatar3d.hub import ModelUnavailableError
@@ -219,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (ConfigError, ValueError, ModelUnavailableError, OSError) as exc:  # OSError: a full disk, a bad path
-        if os.environ.get("AVATAR3D_DEBUG") == "1":
-            raise
+        if os.environ.get("AVATAR3D_DEBUG") == "1":  # the traceback first, then the same line and status
+            traceback.print_exc()
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"avatar3d {args.command}: error: {msg}", file=sys.stderr)
         return 2
