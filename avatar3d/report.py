@@ -289,6 +289,11 @@ def _copy(src: Path, rep: Path, name: str) -> bool:
     return True
 
 
+def _figures(rep: Path, figures: list[tuple[Path, str, str]]) -> list[str]:
+    """(source, name in the report, caption) -> an <img> for each source that exists, copied beside the page."""
+    return [_img(name, caption) for src, name, caption in figures if _copy(src, rep, name)]
+
+
 def _evaluation(out: Path, rep: Path) -> str:
     ev = out / "evaluate"
     if not ev.is_dir():
@@ -304,11 +309,9 @@ def _evaluation(out: Path, rep: Path) -> str:
         parts.append(f'<p class="note">protocol: {html.escape(json.dumps(protocol))}</p>')
     parts.append(_truth(ev, rep))
     parts.append(_truth_vs_generated(out, rep))
-    for src, name, caption in [(ev / "walk" / "walk_grid.png", "walk_grid.png", "latent walk: w interpolated while the camera swings"),
-                               (ev / "walk" / "walk.gif", "walk.gif", "latent walk (animated)"),
-                               (ev / "turntable" / "turntable.gif", "turntable.gif", "turntable of identity 0")]:
-        if _copy(src, rep, name):
-            parts.append(_img(name, caption))
+    parts += _figures(rep, [(ev / "walk" / "walk_grid.png", "walk_grid.png", "latent walk: w interpolated while the camera swings"),
+                            (ev / "walk" / "walk.gif", "walk.gif", "latent walk (animated)"),
+                            (ev / "turntable" / "turntable.gif", "turntable.gif", "turntable of identity 0")])
     meshes = [ev / "mesh" / f"avatar.{fmt}" for fmt in MESH_FORMATS if (ev / "mesh" / f"avatar.{fmt}").is_file()]
     preview = "mesh_preview.png" if _copy(ev / "mesh" / "avatar_preview.png", rep, "mesh_preview.png") else None
     if meshes:
@@ -405,12 +408,10 @@ def _image_to_avatar(out: Path, rep: Path) -> str:
     parts = ["<h2>6. Image to avatar (W-space diffusion prior)</h2>"]
     held_out = (ia / "truth_views.png").is_file()
     source = "a held-out identity's truth front view (no dataset row shows it)" if held_out else "from the dataset"
-    for src, name, caption in [(ia / "input.png", "i2a_input.png", f"input image ({source})"),
-                               (ia / "views.png", "i2a_views.png", "the avatar the prior sampled, from several yaws"),
-                               (ia / "truth_views.png", "i2a_truth.png", "that identity's truth at the same yaws"),
-                               (ia / "turntable.gif", "i2a_turntable.gif", "its turntable")]:
-        if _copy(src, rep, name):
-            parts.append(_img(name, caption))
+    parts += _figures(rep, [(ia / "input.png", "i2a_input.png", f"input image ({source})"),
+                            (ia / "views.png", "i2a_views.png", "the avatar the prior sampled, from several yaws"),
+                            (ia / "truth_views.png", "i2a_truth.png", "that identity's truth at the same yaws"),
+                            (ia / "turntable.gif", "i2a_turntable.gif", "its turntable")])
     if (ia / "mesh.ply").is_file():
         parts.append(_mesh(ia / "mesh.ply", rep, None, "its marching-cubes mesh (mesh.ply)", _painter(out)))
     return "\n".join(parts)
@@ -431,11 +432,9 @@ def _text_to_avatar(out: Path, rep: Path) -> str:
              "</p>",
              "<p class=\"note\">The painting follows the mapped attributes by construction; whether the avatar "
              "keeps them is measured in evaluation/text_to_avatar/README.md.</p>"]
-    for src, name, caption in [(ta / "painted_front.png", "t2a_painted.png", "the painted front view"),
-                               (ta / "views.png", "t2a_views.png", "the avatar the prior sampled from it, from several yaws"),
-                               (ta / "turntable.gif", "t2a_turntable.gif", "its turntable")]:
-        if _copy(src, rep, name):
-            parts.append(_img(name, caption))
+    parts += _figures(rep, [(ta / "painted_front.png", "t2a_painted.png", "the painted front view"),
+                            (ta / "views.png", "t2a_views.png", "the avatar the prior sampled from it, from several yaws"),
+                            (ta / "turntable.gif", "t2a_turntable.gif", "its turntable")])
     if (ta / "mesh.ply").is_file():
         parts.append(_mesh(ta / "mesh.ply", rep, None, "its marching-cubes mesh (mesh.ply)", _painter(out)))
     return "\n".join(parts)

@@ -92,20 +92,18 @@ class TrainPriorConfig:
 
 
 @dataclass
-class ImageToAvatarConfig:
-    """Options of ``avatar3d image-to-avatar`` (and the chain's ``image_to_avatar`` stage)."""
+class AvatarOptions:
+    """The avatar half of image-to-avatar and text-to-avatar: the prior (and generator), how w is sampled,
+    what is rendered and exported. Each command's config adds its input and output options."""
 
-    image: str = field(default="", metadata={"help": "input image (PNG/JPEG, at least 16x16)", "path": INPUT})
     prior: str = field(default="", metadata={"help": "prior folder (<run>/prior) or models:/<name>/<version|@alias>", "path": INPUT})
-    output_dir: str = field(default="", metadata={"help": "views, turntable GIF, w.npy, mesh, avatar.json"})
     generator: str = field(default="", metadata={"help": "generator snapshot to use instead of the prior's own", "path": INPUT})
     tracking_uri: str = field(default="", metadata={"help": "MLflow store for a models:/ prior"})
-    seed: int = seed_field(help="sampling seed; same seed, same avatar")
     guidance_scale: Optional[float] = field(default=None, metadata={"min": 0.0,
                                                                     "help": "CFG scale (default: the prior's)"})
     steps: Optional[int] = field(default=None, metadata={"min": 1, "help": "sampling steps (default: the prior's)"})
     sampler: Optional[str] = field(default=None, metadata={"help": f"{' or '.join(SAMPLERS)} (default: the prior's)"})
-    views: int = field(default=8, metadata={"min": 1, "help": "evenly spaced yaws over 360 degrees"})
+    views: int = field(default=8, metadata={"min": 1, "max": 360, "help": "evenly spaced yaws over 360 degrees"})
     pitch: float = field(default=0.0, metadata={"help": "camera elevation of the views, degrees"})
     turntable_frames: int = field(default=36, metadata={"min": 0, "help": "GIF frames over 360 deg (0 = no GIF)"})
     truncation_psi: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
@@ -113,16 +111,28 @@ class ImageToAvatarConfig:
     mesh_resolution: int = field(default=128, metadata={"min": 0, "max": 1024,
                                                         "help": "marching-cubes grid size (0 = no mesh)"})
     mesh_iso: Optional[float] = field(default=None, metadata={"help": "surface density level (default EG3D's 10)"})
+
+    def validate_avatar(self) -> None:
+        if not self.prior:
+            raise ConfigError("prior: pass a prior folder written by train-prior or models:/<name>/<version>")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if self.mesh_resolution and self.mesh_resolution < 8:
+            raise ConfigError(f"mesh_resolution: {self.mesh_resolution} is out of range; pass 8..1024 (0 = no mesh)")
+
+
+@dataclass
+class ImageToAvatarConfig(AvatarOptions):
+    """Options of ``avatar3d image-to-avatar`` (and the chain's ``image_to_avatar`` stage)."""
+
+    image: str = field(default="", metadata={"help": "input image (PNG/JPEG, at least 16x16)", "path": INPUT})
+    output_dir: str = field(default="", metadata={"help": "views, turntable GIF, w.npy, mesh, avatar.json"})
+    seed: int = seed_field(help="sampling seed; same seed, same avatar")
     overwrite: bool = field(default=False, metadata={"help": "replace the avatar an earlier run wrote in output_dir"})
 
     def validate(self) -> None:
         if not self.image:
             raise ConfigError("image: no input image given; pass the path of a PNG or JPEG")
-        if not self.prior:
-            raise ConfigError("prior: pass a prior folder written by train-prior or models:/<name>/<version>")
         if not self.output_dir:
             raise ConfigError("output_dir: pass the folder the avatar is written to")
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
-        if self.mesh_resolution and self.mesh_resolution < 8:
-            raise ConfigError(f"mesh_resolution: {self.mesh_resolution} is out of range; pass 8..1024 (0 = no mesh)")
+        self.validate_avatar()

@@ -2,24 +2,23 @@
 
 The painting half is datagen's painter config (:class:`~avatar3d.datagen.config.PipelineConfig`:
 ``pipeline.preset`` = ``sd15`` real SD 1.5 + ControlNet, ``tiny`` random tiny weights for tests,
-``procedural`` the parametric painter with known truth); the avatar half mirrors
-:class:`~avatar3d.prior.config.ImageToAvatarConfig`.
+``procedural`` the parametric painter with known truth); the avatar half is
+:class:`~avatar3d.prior.config.AvatarOptions`, shared with ``image-to-avatar``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
-from avatar3d.config import INPUT, ConfigError, seed_field
+from avatar3d.config import ConfigError, seed_field
 from avatar3d.datagen.config import PipelineConfig
-from avatar3d.prior.config import SAMPLERS
+from avatar3d.prior.config import AvatarOptions
 from avatar3d.prompts import load_styles
 
 MAX_PROMPT_CHARS = 1000
 
 
 @dataclass
-class TextToAvatarConfig:
+class TextToAvatarConfig(AvatarOptions):
     """Options of ``avatar3d text-to-avatar``: a text prompt -> a painted front view -> the prior's w -> a 3D avatar."""
 
     prompt: str = field(default="", metadata={"help": "what the avatar looks like, e.g. 'a woman with red hair and "
@@ -32,24 +31,7 @@ class TextToAvatarConfig:
                                                    "help": "size of the painted front view (multiple of 8)"})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={
         "help": "the painter: preset sd15 (SD 1.5 + ControlNet), tiny (random weights) or procedural"})
-    prior: str = field(default="", metadata={"help": "prior folder (<run>/prior) or models:/<name>/<version|@alias>",
-                                             "path": INPUT})
-    generator: str = field(default="", metadata={"help": "generator snapshot to use instead of the prior's own",
-                                                 "path": INPUT})
-    tracking_uri: str = field(default="", metadata={"help": "MLflow store for a models:/ prior"})
     seed: int = seed_field(help="painting seed (the procedural painter's unnamed parameters) and sampling seed")
-    guidance_scale: Optional[float] = field(default=None, metadata={"min": 0.0,
-                                                                    "help": "prior's CFG scale (default: the prior's)"})
-    steps: Optional[int] = field(default=None, metadata={"min": 1, "help": "prior sampling steps (default: the prior's)"})
-    sampler: Optional[str] = field(default=None, metadata={"help": f"{' or '.join(SAMPLERS)} (default: the prior's)"})
-    views: int = field(default=8, metadata={"min": 1, "max": 360, "help": "evenly spaced yaws over 360 degrees"})
-    pitch: float = field(default=0.0, metadata={"help": "camera elevation of the views, degrees"})
-    turntable_frames: int = field(default=36, metadata={"min": 0, "help": "GIF frames over 360 deg (0 = no GIF)"})
-    truncation_psi: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0,
-                                                         "help": "pull w toward the average w (1 = off)"})
-    mesh_resolution: int = field(default=128, metadata={"min": 0, "max": 1024,
-                                                        "help": "marching-cubes grid size (0 = no mesh)"})
-    mesh_iso: Optional[float] = field(default=None, metadata={"help": "surface density level (default EG3D's 10)"})
     overwrite: bool = field(default=False, metadata={"help": "write into an output_dir that already holds files"})
 
     def validate(self) -> "TextToAvatarConfig":
@@ -60,15 +42,10 @@ class TextToAvatarConfig:
             raise ConfigError(f"prompt: {len(self.prompt)} characters; pass at most {MAX_PROMPT_CHARS}")
         if not self.output_dir:
             raise ConfigError("output_dir: pass the folder the avatar is written to")
-        if not self.prior:
-            raise ConfigError("prior: pass a prior folder written by train-prior or models:/<name>/<version>")
         if self.resolution % 8:
             raise ConfigError(f"resolution: {self.resolution} is not a multiple of 8 (the VAE's scale); pass e.g. "
                               f"{max(16, self.resolution // 8 * 8)}")
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler: {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
-        if self.mesh_resolution and self.mesh_resolution < 8:
-            raise ConfigError(f"mesh_resolution: {self.mesh_resolution} is out of range; pass 8..1024 (0 = no mesh)")
+        self.validate_avatar()
         self.style_entry()
         try:
             self.pipeline.validate()
