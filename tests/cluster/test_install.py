@@ -329,3 +329,15 @@ def test_with_npm_the_viewer_is_the_lockfiles(tmp_path):
     assert box.calls() == [f"npm {NPM_CI} (in viewer)"]
     assert (box.repo / "viewer" / "node_modules" / ".avatar3d-installed").is_file()
     assert box.run(["--only", "viewer", "--viewer", "off"]).returncode == 0 and box.calls() == []
+
+
+def test_the_launchers_already_installed_check_passes_where_the_script_has_run():
+    """setup_commands skip the install where the image has it: their check must pass in an installed environment (this venv)."""
+    import sys
+
+    checks = [cmd.split("||")[0].strip() for cmd in _launcher_commands()["setup_commands"] if "cluster/install.sh" in cmd]
+    assert checks and all(c.startswith("python -c ") for c in checks), checks
+    for check in checks:
+        argv = shlex.split(check.replace("2>/dev/null", ""))
+        proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, f"{check}: {proc.stderr[-500:]}"
