@@ -35,7 +35,7 @@ from avatar3d.datagen.config import TINY_MODEL_ID
 from avatar3d.datagen.procedural import PAINTER_ID
 from avatar3d.datagen.shards import CARD_FILE
 from avatar3d.evaluation import viewer
-from avatar3d.evaluation.mesh import MESH_FORMATS
+from avatar3d.evaluation.mesh import MESH_FORMATS, glb_bytes
 from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.samples import image_grid, sample_grids
@@ -342,7 +342,7 @@ def _mesh(path: Path, rep: Path, preview: str | None, caption: str, painter: str
 
 def _as_glb(path: Path) -> bytes:
     """A PLY / OBJ mesh as GLB bytes (the viewer reads glTF), vertex colours kept."""
-    return trimesh.load(path, force="mesh", process=False).export(file_type="glb")
+    return glb_bytes(trimesh.load(path, force="mesh", process=False))
 
 
 def _truth(ev: Path, rep: Path) -> str:

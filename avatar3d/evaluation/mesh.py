@@ -156,17 +156,41 @@ def export_mesh(mesh: ExtractedMesh, path: str | Path) -> Path:
     if fmt not in MESH_FORMATS:
         raise ValueError(f"--out: {path.name} has format {fmt!r}; pass a .glb, .ply or .obj file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tm = mesh.to_trimesh()
-    # OBJ carries per-vertex colours only through trimesh's "v x y z r g b" extension; include them explicitly.
-    data = tm.export(file_type=fmt, include_color=True) if fmt == "obj" else tm.export(file_type=fmt)
-    return atomic_write(path, data)
+    return atomic_write(path, _encode(mesh.to_trimesh(), fmt))
 
 
 def mesh_bytes(mesh: ExtractedMesh, fmt: str = "glb") -> bytes:
     if fmt not in MESH_FORMATS:
         raise ValueError(f"mesh format {fmt!r}: pass one of {', '.join(MESH_FORMATS)}")
-    data = mesh.to_trimesh().export(file_type=fmt)
+    return _encode(mesh.to_trimesh(), fmt)
+
+
+def glb_bytes(tm: trimesh.Trimesh) -> bytes:
+    """A trimesh (e.g. a PLY read back) as GLB, its vertex colours converted as :func:`_encode` does."""
+    return _encode(tm, "glb")
+
+
+def _encode(tm: trimesh.Trimesh, fmt: str) -> bytes:
+    if fmt == "obj":  # OBJ carries per-vertex colours only through trimesh's "v x y z r g b" extension
+        data = tm.export(file_type=fmt, include_color=True)
+    elif fmt == "glb" and tm.visual.kind == "vertex":
+        # glTF reads COLOR_0 as linear light and viewers encode it to sRGB for display; our colours are sRGB
+        # (as the renders show them): convert, or every glTF viewer shows them brighter and yellower.
+        tm = tm.copy()
+        colors = np.asarray(tm.visual.vertex_colors).copy()
+        colors[:, :3] = srgb_to_linear_u8(colors[:, :3])
+        tm.visual.vertex_colors = colors
+        data = tm.export(file_type=fmt)
+    else:
+        data = tm.export(file_type=fmt)
     return data if isinstance(data, bytes) else data.encode()
+
+
+def srgb_to_linear_u8(rgb: np.ndarray) -> np.ndarray:
+    """8-bit sRGB -> 8-bit linear light (the sRGB transfer function, IEC 61966-2-1)."""
+    x = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    return (linear * 255.0).round().astype(np.uint8)
 
 
 def preview_image(mesh: ExtractedMesh, label=None, size: int = 256) -> np.ndarray:

@@ -6,7 +6,7 @@ import torch
 import trimesh
 
 from avatar3d.evaluation.mesh import (colors_to_rgba, export_mesh, extract_mesh, generator_mesh, marching_cubes,
-                                      mesh_bytes, postprocess, preview_image, seed_latent)
+                                      mesh_bytes, postprocess, preview_image, seed_latent, srgb_to_linear_u8)
 from tests.evaluation.helpers import micro_generator, surface_iso
 
 torch.set_num_threads(1)
@@ -77,10 +77,17 @@ def test_exports_reload_with_vertex_colours(tmp_path, fmt):
     order = np.lexsort(mesh.vertices.T)
     order_loaded = np.lexsort(np.asarray(loaded.vertices).T)
     np.testing.assert_allclose(np.asarray(loaded.vertices)[order_loaded], mesh.vertices[order], atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(loaded.visual.vertex_colors)[order_loaded, :3],
-                                  mesh.colors[order, :3])
+    # glTF stores vertex colours as linear light (viewers encode them to sRGB for display); PLY / OBJ as given.
+    expected = srgb_to_linear_u8(mesh.colors[:, :3]) if fmt == "glb" else mesh.colors[:, :3]
+    np.testing.assert_array_equal(np.asarray(loaded.visual.vertex_colors)[order_loaded, :3], expected[order])
     assert loaded.volume == pytest.approx(mesh.to_trimesh().volume, rel=1e-4)
     assert mesh_bytes(mesh, fmt)[:4] == path.read_bytes()[:4]
+
+
+def test_srgb_to_linear_follows_the_srgb_transfer_function():
+    values = srgb_to_linear_u8(np.array([[0, 10, 128], [188, 255, 54]], np.uint8))
+    # 10/255 is on the linear toe (/12.92); 128 -> 0.2158, 188 -> 0.5029, 54 -> 0.0368 of full scale
+    np.testing.assert_array_equal(values, [[0, 1, 55], [128, 255, 9]])
 
 
 def test_generator_mesh_is_closed_and_coloured_by_the_decoder():
