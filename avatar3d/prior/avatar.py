@@ -102,6 +102,11 @@ def write_avatar(result, out: Path, generator, mesh_resolution: int = 128, sourc
     mesh = export_mesh(generator, result.w[:1], out, mesh_resolution, mesh_iso) if mesh_resolution else None
     if mesh is not None:
         paths.append(mesh)
+    # What an earlier avatar in this folder wrote and this one does not (fewer views, no GIF, no mesh) goes.
+    stale = [*out.glob("view_yaw*.png"), out / "turntable.gif", out / "mesh.ply"]
+    for path in stale:
+        if path not in paths:
+            path.unlink(missing_ok=True)
     record = out / AVATAR_JSON
     atomic_write(record, json.dumps({"input": source, **result.meta, "yaws": result.yaws, "pitches": result.pitches,
                                      "mesh": str(mesh) if mesh else None}, indent=2))

@@ -139,6 +139,18 @@ def test_a_used_output_folder_is_refused_unless_overwrite(avatar, tmp_path):
     assert (other / "notes.txt").read_text() == "mine" and result.attributes == {"hair_color": "blue dyed hair"}
 
 
+def test_overwrite_leaves_no_file_of_the_earlier_avatar_behind(tmp_path):
+    """Fewer views, no turntable, no mesh: the earlier avatar's extra views, GIF and mesh go (the folder would
+    otherwise show a mix of two avatars); files that are not the avatar's stay."""
+    first = run_text_to_avatar(config(tmp_path))
+    assert len(first.views) == 4 and first.turntable is not None
+    (tmp_path / "notes.txt").write_text("mine")
+    second = run_text_to_avatar(config(tmp_path, views=2, turntable_frames=0, mesh_resolution=0, overwrite=True))
+    assert sorted(p.name for p in tmp_path.glob("view_yaw*.png")) == sorted(p.name for p in second.views)
+    assert len(second.views) == 2 and not (tmp_path / "turntable.gif").exists()
+    assert not (tmp_path / "mesh.ply").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
 # --------------------------------------------------------------------------- the command
 
 
