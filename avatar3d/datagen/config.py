@@ -197,8 +197,26 @@ class GenerateConfig:
             raise ConfigError(f"pitch_range={list(self.pitch_range)}: elevations must stay inside (-90, 90)")
         self.resolved_styles()
         self._check_attributes()
-        writable_dir(self.output_dir, "output_dir", create=False)
+        self._check_output_dir()
         return self
+
+    def _check_output_dir(self) -> None:
+        """A local folder this process can write, or an object-store URI pyarrow can open (s3://, gs://)."""
+        from avatar3d.datagen.dataset import is_remote, resolve_filesystem  # pyarrow: only when validating
+
+        if not is_remote(self.output_dir):
+            writable_dir(self.output_dir, "output_dir", create=False)
+            return
+        try:
+            resolve_filesystem(self.output_dir)
+        except ValueError as err:
+            raise ConfigError(f"output_dir: {err}") from None
+        from avatar3d.tracking import tracker
+
+        if self.tracking.enabled and not self.tracking.tracking_uri and not tracker._USER_TRACKING_URI:
+            raise ConfigError(f"output_dir={self.output_dir} is on an object store, where no MLflow sqlite file can "
+                              "live: pass tracking.tracking_uri=<MLflow server or sqlite:///local.db> (its artifacts "
+                              "go where that store puts them) or tracking.enabled=false")
 
     def resolved_styles(self):
         """The Style list this job uses; unknown or empty selections raise ConfigError."""

@@ -4,7 +4,9 @@ A dataset is named by a local folder or a filesystem URI (``s3://bucket/ds``,
 ``gs://...``, ``file:///...``); :mod:`pyarrow.fs` resolves the URI, as Ray Data
 does, so remote storage needs no second reader. It accepts:
 
-- a folder written by ``avatar3d generate`` (its ``shards/part-*.parquet``),
+- a folder written by ``avatar3d generate`` (its ``shards/part-*.parquet``; on an
+  object store the shards its ``manifest.json`` names, so a shard a killed
+  writer uploaded but never counted is not read),
 - a folder of ``*.parquet`` files, or a single Parquet file.
 
 :func:`open_dataset` checks what a consumer needs before any work starts
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,6 +40,8 @@ from avatar3d.datagen.schema import CAMERA_DIM, KNOWN_VERSIONS, ROW_SCHEMA, form
 
 SHARDS_DIR = "shards"
 SHARD_GLOB = "part-*.parquet"
+# On an object store the writer names the shards that count here (rewritten after each one; see shards.py).
+MANIFEST_FILE = "manifest.json"
 # What the GAN trainer (and FID) read from each row.
 TRAIN_COLUMNS = ("id", "image_png", "camera")
 
@@ -79,6 +84,11 @@ def dataset_files(uri: str | Path) -> tuple[pafs.FileSystem, list[str]]:
     if kind != pafs.FileType.Directory:
         return fs, []
     shards = f"{path.rstrip('/')}/{SHARDS_DIR}"
+    manifest = f"{path.rstrip('/')}/{MANIFEST_FILE}"
+    if _exists(fs, manifest) == pafs.FileType.File:
+        with fs.open_input_stream(manifest) as fh:
+            entries = json.loads(fh.read()).get("shards", [])
+        return fs, sorted(f"{shards}/{entry['name']}" for entry in entries)
     if _exists(fs, shards) == pafs.FileType.Directory:
         return fs, _parquet_files(fs, shards, SHARD_GLOB)
     return fs, _parquet_files(fs, path, "*.parquet")

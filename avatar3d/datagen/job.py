@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ import torch
 
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.config import GenerateConfig, PipelineConfig
-from avatar3d.datagen.dataset import encode_png
+from avatar3d.datagen.dataset import encode_png, is_remote
 from avatar3d.datagen.pipeline import build_pipeline, check_models_available, generate_from_config
 from avatar3d.datagen.procedural import ProceduralPainter
 from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
@@ -51,10 +52,12 @@ from avatar3d.datagen.shards import (
     CARD_FILE,
     JOB_FILE,
     SPECS_FILE,
+    RemoteFolder,
     ShardWriter,
     build_card,
     drop_duplicate_rows,
     scan_for_resume,
+    scan_remote_for_resume,
     write_atomic_json,
     write_atomic_table,
 )
@@ -230,12 +233,13 @@ def plan_specs(cfg: GenerateConfig, parallel_chunk: int = 20_000):
     return pa.concat_tables(ray.get([task.remote(c) for c in chunks]))
 
 
-def _load_or_plan_specs(cfg: GenerateConfig, out: Path, fingerprint: dict):
+def _load_or_plan_specs(cfg: GenerateConfig, out, fingerprint: dict):
 
-    path = out / SPECS_FILE
-    if path.exists():
+    remote = isinstance(out, RemoteFolder)
+    path = None if remote else out / SPECS_FILE
+    if (out.exists(SPECS_FILE) if remote else path.exists()):
         try:
-            table = pq.read_table(path)
+            table = out.read_table(SPECS_FILE) if remote else pq.read_table(path)
             meta = json.loads((table.schema.metadata or {}).get(b"avatar3d_fingerprint", b"null"))
             if meta == fingerprint and table.num_rows == cfg.num_samples:
                 return table
@@ -243,14 +247,20 @@ def _load_or_plan_specs(cfg: GenerateConfig, out: Path, fingerprint: dict):
             pass
     table = plan_specs(cfg)
     table = table.replace_schema_metadata({b"avatar3d_fingerprint": json.dumps(fingerprint).encode()})
-    write_atomic_table(table, path)
+    if remote:
+        out.write_table(table, SPECS_FILE)
+    else:
+        write_atomic_table(table, path)
     return table
 
 
-def _check_resume_compatible(out: Path, fingerprint: dict, num_samples: int, done_ids: set[str]) -> None:
-    job = out / JOB_FILE
-    if job.exists():
-        previous = json.loads(job.read_text()).get("fingerprint")
+def _check_resume_compatible(out, fingerprint: dict, num_samples: int, done_ids: set[str]) -> None:
+    if isinstance(out, RemoteFolder):
+        job_data, out = out.read_json(JOB_FILE), out.uri
+    else:
+        job_data = json.loads((out / JOB_FILE).read_text()) if (out / JOB_FILE).exists() else None
+    if job_data is not None:
+        previous = job_data.get("fingerprint")
         if previous is not None and previous != fingerprint:
             key = next(k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k))
             raise ConfigError(
@@ -357,8 +367,15 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
         check_models_available(cfg.pipeline)
     except Exception as err:  # one line, before any work
         raise ConfigError(str(err)) from None
-    out = Path(cfg.output_dir).expanduser()
     fingerprint = cfg.content_fingerprint()
+    if is_remote(cfg.output_dir):  # an object store: one PUT per file, a manifest, no lock (docs/cluster.md)
+        folder = RemoteFolder(cfg.output_dir)
+        resume = scan_remote_for_resume(folder, clean=False)
+        _check_resume_compatible(folder, fingerprint, cfg.num_samples, resume.done_ids)
+        log.info(f"output_dir={folder.uri} is on an object store, where no lock keeps a second job out: "
+                 "give each job its own prefix")
+        return _generate_locked(cfg, folder, fingerprint, t0, on_shard, on_batch)
+    out = Path(cfg.output_dir).expanduser()
     resume = scan_for_resume(out, clean=False)
     _check_resume_compatible(out, fingerprint, cfg.num_samples, resume.done_ids)
 
@@ -367,21 +384,31 @@ def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | 
         return _generate_locked(cfg, out, fingerprint, t0, on_shard, on_batch)
 
 
-def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: float,
+def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint: dict, t0: float,
                      on_shard: Callable[[Path, int], None] | None,
                      on_batch: Callable[[dict], None] | None) -> GenerationResult:
-    out.mkdir(parents=True, exist_ok=True)
-    resume = scan_for_resume(out, clean=True)
-    for path in resume.removed_tmp:
-        log.info(f"removed the unfinished temporary {path.name}")
-    for path, reason in resume.quarantined:
-        log.warning(f"moved {path.name}, which resume cannot read ({reason}), to {path.parent}; its rows are "
-                    "painted again")
-    if resume.duplicate_ids:
-        dropped = drop_duplicate_rows(out)
-        log.warning(f"removed {dropped} duplicate rows (ids written twice, as two jobs writing one folder at once "
-                    "did before the folder lock); each id now appears once")
-    write_atomic_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, out / JOB_FILE)
+    remote = isinstance(out, RemoteFolder)
+    if remote:
+        resume = scan_remote_for_resume(out, clean=True)
+        for where, reason in resume.quarantined:
+            log.warning(f"moved a shard resume cannot use ({reason}) to {where}; its rows are painted again")
+        if resume.duplicate_ids:
+            log.warning(f"{resume.duplicate_ids} ids appear twice in {out.uri} (two jobs wrote one prefix?); "
+                        "the card counts them")
+        out.write_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, JOB_FILE)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        resume = scan_for_resume(out, clean=True)
+        for path in resume.removed_tmp:
+            log.info(f"removed the unfinished temporary {path.name}")
+        for path, reason in resume.quarantined:
+            log.warning(f"moved {path.name}, which resume cannot read ({reason}), to {path.parent}; its rows are "
+                        "painted again")
+        if resume.duplicate_ids:
+            dropped = drop_duplicate_rows(out)
+            log.warning(f"removed {dropped} duplicate rows (ids written twice, as two jobs writing one folder at "
+                        "once did before the folder lock); each id now appears once")
+        write_atomic_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, out / JOB_FILE)
     _init_ray(cfg)
     t_specs = time.perf_counter()
     specs = _load_or_plan_specs(cfg, out, fingerprint)
@@ -391,7 +418,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
     todo = specs.filter(todo_mask)
     model_ids = cfg.pipeline.model_ids()
     log.info(f"{cfg.num_samples} samples over {len(cfg.resolved_styles())} styles, guidance={cfg.guidance}, "
-             f"{cfg.resolution}px; {len(done)} already in {out}, {todo.num_rows} to generate")
+             f"{cfg.resolution}px; {len(done)} already in {out.uri if remote else out}, {todo.num_rows} to generate")
     if cfg.gpus_per_actor > 0:
 
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -431,13 +458,17 @@ def _generate_locked(cfg: GenerateConfig, out: Path, fingerprint: dict, t0: floa
     card = build_card(out, to_dict(cfg), model_ids, timings, cfg.num_samples)
     timings["total_wall_s"] = round(time.perf_counter() - t0, 3)
     card["timings"] = timings
-    card["history"] = _card_history(out / CARD_FILE)
-    card_path = write_atomic_json(card, out / CARD_FILE)
+    if remote:  # the card is written last: one PUT
+        card["history"] = _card_history_of(out.read_json(CARD_FILE) if out.exists(CARD_FILE) else None)
+        card_path = out.write_json(card, CARD_FILE)
+    else:
+        card["history"] = _card_history(out / CARD_FILE)
+        card_path = write_atomic_json(card, out / CARD_FILE)
     if card["num_rows"] != card["num_unique_ids"]:
-        log.warning(f"{card['num_rows'] - card['num_unique_ids']} duplicate ids in {out}")
+        log.warning(f"{card['num_rows'] - card['num_unique_ids']} duplicate ids in {out.uri if remote else out}")
     run_id = log_to_mlflow(cfg, card, card_path, generated)
     result = GenerationResult(
-        output_dir=str(out), num_samples=cfg.num_samples, num_rows=card["num_rows"], generated=generated,
+        output_dir=out.uri if remote else str(out), num_samples=cfg.num_samples, num_rows=card["num_rows"], generated=generated,
         skipped=len(done), shards_written=len(writer.written), wall_s=timings["total_wall_s"],
         images_per_s=timings["images_per_s"], card_path=str(card_path), mlflow_run_id=run_id, timings=timings,
     )
@@ -451,6 +482,12 @@ def _card_history(path: Path) -> list[dict]:
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
+        return []
+    return _card_history_of(old)
+
+
+def _card_history_of(old: dict | None) -> list[dict]:
+    if not isinstance(old, dict):
         return []
     earlier = {k: old.get(k) for k in ("created_at", "num_rows", "timings")}
     return [*old.get("history", []), earlier]
@@ -468,5 +505,11 @@ def log_to_mlflow(cfg: GenerateConfig, card: dict, card_path: Path, generated: i
     with Tracker(cfg.tracking, cfg.output_dir, f"generate-{Path(cfg.output_dir).name}", stage="datagen") as tracker:
         tracker.log_config(to_dict(cfg))
         tracker.log_metrics(metrics)
-        tracker.log_file(card_path)
+        if is_remote(card_path):  # MLflow logs local files: a local copy of the card, stored where MLflow says
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / CARD_FILE
+                local.write_text(json.dumps(card, indent=2, ensure_ascii=False))
+                tracker.log_file(local)
+        else:
+            tracker.log_file(card_path)
         return tracker.run_id

@@ -16,6 +16,14 @@ never sees a half-written shard under its final name. Resume reads the ``id``
 column of every shard, removes leftover temporaries of our own, moves shards
 it cannot read (a full disk, an I/O error, someone else's file) to
 ``quarantine/`` and generates their rows again.
+
+On an object store (``output_dir=s3://bucket/ds``, ``gs://...``; see
+:class:`RemoteFolder`) there is no rename, so every file is one complete PUT
+of bytes built in memory (the store shows an object only once its upload
+completed), and ``manifest.json``, rewritten after each shard, names the
+shards that count. Readers (:func:`avatar3d.datagen.dataset.dataset_files`)
+and resume read the manifest; a shard a killed job uploaded but did not yet
+name there is moved to ``quarantine/`` and its rows are painted again.
 """
 from __future__ import annotations
 
@@ -27,9 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from avatar3d.datagen.dataset import SHARD_GLOB, SHARDS_DIR, read_table
+from avatar3d.datagen.dataset import (MANIFEST_FILE, SHARD_GLOB, SHARDS_DIR, dataset_files, read_table,
+                                      resolve_filesystem)
 from avatar3d.datagen.schema import FORMAT_VERSION, ROW_SCHEMA
 from avatar3d.atomic import TMP_MARK, atomic_folder, atomic_path, atomic_write
 
@@ -58,8 +68,10 @@ class ShardWriter:
     """Buffers rows and writes ``part-<run_tag>-<seq>.parquet`` files of at most ``rows_per_file`` rows."""
 
     def __init__(self, dataset_dir, rows_per_file: int, run_tag: str, schema: pa.Schema = ROW_SCHEMA):
-        self.dir = shards_dir(dataset_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.remote = dataset_dir if isinstance(dataset_dir, RemoteFolder) else None
+        if self.remote is None:
+            self.dir = shards_dir(dataset_dir)
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.rows_per_file = rows_per_file
         self.run_tag = run_tag
         self.schema = schema
@@ -94,9 +106,13 @@ class ShardWriter:
         head, rest = buffered.slice(0, n), buffered.slice(n)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        path = self.dir / f"part-{self.run_tag}-{self.seq:05d}.parquet"
+        name = f"part-{self.run_tag}-{self.seq:05d}.parquet"
         self.seq += 1
-        write_atomic_table(head.combine_chunks().replace_schema_metadata(self.schema.metadata), path)
+        table = head.combine_chunks().replace_schema_metadata(self.schema.metadata)
+        if self.remote is not None:  # one PUT, then the manifest names it
+            path = self.remote.write_shard(table, name)
+        else:
+            path = write_atomic_table(table, self.dir / name)
         self.written.append(path)
         self.rows_written += head.num_rows
         return path
@@ -184,11 +200,148 @@ def read_dataset(dataset_dir, columns: list[str] | None = None) -> pa.Table:
     return read_table(dataset_dir, columns)
 
 
+# --------------------------------------------------------------------------- object stores
+
+
+def put_object(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Upload ``data`` as one object. Object stores have no rename and show an object only once its
+    upload completed, so a kill leaves the old object or none, never a torn one."""
+    stream = fs.open_output_stream(path)
+    stream.write(data)
+    stream.close()
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """A Parquet file in memory (built whole before any byte is uploaded)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+class RemoteFolder:
+    """A dataset folder on an object store (``s3://bucket/ds``, ``gs://...``), written by one job.
+
+    Every file is one complete PUT (:func:`put_object`); ``manifest.json`` is
+    rewritten after each shard and names the shards that count, so a reader
+    never counts a shard the writer had not finished with, and resume reads it.
+    There is no lock on an object store: give each job its own prefix.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = str(uri).rstrip("/")
+        self.fs, path = resolve_filesystem(self.uri)
+        self.root = path.rstrip("/")
+        self.entries: list[dict] = []  # the manifest: {"name", "rows"} per counted shard
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri_of(self, *parts: str) -> str:
+        return "/".join([self.uri, *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type == pafs.FileType.File
+
+    def put(self, data: bytes, *parts: str) -> str:
+        put_object(self.fs, self.path(*parts), data)
+        return self.uri_of(*parts)
+
+    def get(self, *parts: str) -> bytes | None:
+        if not self.exists(*parts):
+            return None
+        with self.fs.open_input_stream(self.path(*parts)) as fh:
+            return fh.read()
+
+    def read_json(self, name: str):
+        data = self.get(name)
+        return None if data is None else json.loads(data)
+
+    def write_json(self, data, name: str) -> str:
+        return self.put(json.dumps(data, indent=2, ensure_ascii=False).encode(), name)
+
+    def read_table(self, name: str) -> pa.Table:
+        return pq.read_table(self.path(name), filesystem=self.fs)
+
+    def write_table(self, table: pa.Table, name: str) -> str:
+        return self.put(table_bytes(table), name)
+
+    def read_manifest(self) -> list[dict]:
+        data = self.read_json(MANIFEST_FILE)
+        return list(data.get("shards", [])) if data else []
+
+    def write_manifest(self) -> str:
+        return self.write_json({"format": "avatar3d shard manifest v1",
+                                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "num_rows": sum(e["rows"] for e in self.entries), "shards": self.entries},
+                               MANIFEST_FILE)
+
+    def write_shard(self, table: pa.Table, name: str) -> str:
+        """The shard (one PUT), then the manifest that counts it (one PUT) -> the shard's URI."""
+        uri = self.put(table_bytes(table), SHARDS_DIR, name)
+        self.entries.append({"name": name, "rows": table.num_rows})
+        self.write_manifest()
+        return uri
+
+    def shard_names(self) -> list[str]:
+        """Every shard object under ``shards/``, counted or not."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(SHARDS_DIR), allow_not_found=True))
+        prefix, suffix = SHARD_GLOB.split("*")
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File
+                      and i.base_name.startswith(prefix) and i.base_name.endswith(suffix))
+
+    def quarantine(self, name: str) -> str:
+        """Copy a shard to ``quarantine/`` and delete it from ``shards/`` (no rename here) -> its new URI."""
+        target = name
+        if self.exists(QUARANTINE_DIR, target):
+            target = f"{name.removesuffix('.parquet')}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.parquet"
+        self.fs.copy_file(self.path(SHARDS_DIR, name), self.path(QUARANTINE_DIR, target))
+        self.fs.delete_file(self.path(SHARDS_DIR, name))
+        return self.uri_of(QUARANTINE_DIR, target)
+
+
+def scan_remote_for_resume(folder: RemoteFolder, clean: bool = True) -> ResumeState:
+    """Ids already written to an object-store dataset: the shards its manifest names. When ``clean``: a
+    shard object the manifest does not name (uploaded by a job killed before it wrote the manifest) and
+    a named one that cannot be read are moved to ``quarantine/``, and the manifest is rewritten."""
+    state = ResumeState()
+    entries = folder.read_manifest()
+    present = set(folder.shard_names())
+    named = {e["name"] for e in entries}
+    for name in sorted(present - named):
+        reason = f"not named in {MANIFEST_FILE} (its job was killed before counting it)"
+        state.quarantined.append((folder.quarantine(name) if clean else folder.uri_of(SHARDS_DIR, name), reason))
+    keep = []
+    for entry in entries:
+        name = entry["name"]
+        if name not in present:
+            state.quarantined.append((folder.uri_of(SHARDS_DIR, name), f"named in {MANIFEST_FILE} but missing"))
+            continue
+        try:
+            ids = pq.read_table(folder.path(SHARDS_DIR, name), columns=["id"],
+                                filesystem=folder.fs).column("id").to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            state.quarantined.append((folder.quarantine(name) if clean else folder.uri_of(SHARDS_DIR, name),
+                                      reason))
+            continue
+        before = len(state.done_ids)
+        state.done_ids.update(ids)
+        state.duplicate_ids += len(ids) - (len(state.done_ids) - before)
+        state.shards.append(folder.uri_of(SHARDS_DIR, name))
+        keep.append(entry)
+    folder.entries = keep
+    if clean and keep != entries:
+        folder.write_manifest()
+    return state
+
+
 # --------------------------------------------------------------------------- dataset card
 
 
 def build_card(dataset_dir, config: dict, model_ids: dict, timings: dict, num_planned: int) -> dict:
     """Counts per style / view / pose bin from the shards (images are not read)."""
+    if isinstance(dataset_dir, RemoteFolder):
+        dataset_dir = dataset_dir.uri
     table = read_dataset(dataset_dir, columns=["id", "style", "view", "fine_bin", "coarse_bin", "width", "height"])
     ids = table.column("id").to_pylist()
 
@@ -202,7 +355,7 @@ def build_card(dataset_dir, config: dict, model_ids: dict, timings: dict, num_pl
         "num_unique_ids": len(set(ids)),
         "num_planned": num_planned,
         "complete": len(set(ids)) == num_planned and table.num_rows == num_planned,
-        "num_shards": len(list_shards(dataset_dir)),
+        "num_shards": len(dataset_files(dataset_dir)[1]),
         "image_sizes": sorted({f"{w}x{h}" for w, h in zip(table.column("width").to_pylist(),
                                                             table.column("height").to_pylist())}),
         "counts": {
