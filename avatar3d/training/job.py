@@ -64,6 +64,10 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     (tests inject faults there; it is not a user option)."""
     apply_local_defaults()
     # Validate everything the workers will need, here.
+    if "://" in str(cfg.output_dir):  # Path() would turn s3://b/x into a local folder s3:/b/x
+        raise ConfigError(f"output_dir={cfg.output_dir}: train-gan keeps its run folder (lock, config, Ray Train "
+                          "checkpoints, final snapshot) on a filesystem; pass a local or shared folder (data.path "
+                          "may be s3:// / gs://)")
     dataset = open_dataset(cfg.data.path, columns=TRAIN_COLUMNS, field="data.path")
     gan_cfg = cfg.model.build()
     if cfg.truth_ticks and not has_truth(cfg.data.path):
