@@ -10,12 +10,16 @@
 
 Running the same ``run_name`` again resumes it: Ray Train hands the workers
 the latest checkpoint of ``<output_dir>/ray/<run_name>`` and MLflow logging
-continues in the same run.
+continues in the same run. ``output_dir`` and ``data.path`` may be object-store
+URIs (``s3://bucket/gan``): Ray uploads the checkpoints there, and the run's
+``config.yaml`` and final snapshot are one PUT each (no lock, no rename).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,11 +27,13 @@ from typing import Callable
 
 from avatar3d.atomic import atomic_path
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
-from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset
+from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset, resolve_filesystem
+from avatar3d.datagen.shards import put_object
 from avatar3d.evaluation.truth import has_truth
 from avatar3d.gan.snapshot import read_snapshot_metadata
 from avatar3d.lock import folder_lock
 from avatar3d.runtime import apply_local_defaults
+from avatar3d.tracking import tracker as tracker_module
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
@@ -64,10 +70,7 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     (tests inject faults there; it is not a user option)."""
     apply_local_defaults()
     # Validate everything the workers will need, here.
-    if "://" in str(cfg.output_dir):  # Path() would turn s3://b/x into a local folder s3:/b/x
-        raise ConfigError(f"output_dir={cfg.output_dir}: train-gan keeps its run folder (lock, config, Ray Train "
-                          "checkpoints, final snapshot) on a filesystem; pass a local or shared folder (data.path "
-                          "may be s3:// / gs://)")
+    remote = _check_output_dir(cfg)
     dataset = open_dataset(cfg.data.path, columns=TRAIN_COLUMNS, field="data.path")
     gan_cfg = cfg.model.build()
     if cfg.truth_ticks and not has_truth(cfg.data.path):
@@ -87,12 +90,13 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
             log.warning(f"model.overrides.{name}=0: that network will not change (a control run)")
     if cfg.scaling.use_gpu is False and cfg.scaling.precision == "bf16":
         log.warning("precision=bf16 on CPU workers runs bf16 autocast on the CPU (slow); GPUs are its target")
-    output_dir = Path(cfg.output_dir).resolve()
-    run_dir = output_dir / cfg.run_name
+    output_dir = cfg.output_dir.rstrip("/") if remote else Path(cfg.output_dir).resolve()
+    run_dir = f"{output_dir}/{cfg.run_name}" if remote else output_dir / cfg.run_name
     check_checkpoint_to_load(output_dir, cfg.run_name, cfg.resume, cfg.scaling, ("G", "D"),
                              restart=f"start a new run with transfer={Path(cfg.resume) / SNAPSHOT_FILE}")
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="gan", resume=True).check()
-    writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
+    if not remote:
+        writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
     if not is_remote(cfg.data.path):  # workers may start elsewhere: hand them absolute paths
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     for name in ("transfer", "resume"):
@@ -100,9 +104,14 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
             cfg = replace(cfg, **{name: str(Path(getattr(cfg, name)).resolve())})
     log.info(f"dataset: {dataset.summary()}")
 
-    # One writer per run folder; one MLflow run per run name (a resumed job logs on in the same run).
-    with folder_lock(run_dir, "run_name"), tracker:
-        dump_config(cfg, run_dir / "config.yaml")
+    # One writer per run folder (an object store has no lock: one job per prefix); one MLflow run per run
+    # name (a resumed job logs on in the same run).
+    with (contextlib.nullcontext() if remote else folder_lock(run_dir, "run_name")), tracker, \
+            tempfile.TemporaryDirectory(prefix="avatar3d-train-") as local_tmp:
+        if remote:
+            _upload(dump_config(cfg, Path(local_tmp) / "config.yaml"), f"{run_dir}/config.yaml")
+        else:
+            dump_config(cfg, run_dir / "config.yaml")
         tracker.log_config({"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
         context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
@@ -110,7 +119,8 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         result = fit_with_ray(train_func, worker_config(cfg, context, after_tick=after_tick), cfg.scaling,
                               cfg.run_name, output_dir, cfg.max_failures, dataset.files,
                               columns=["image_png", "camera"], filesystem=dataset.filesystem)
-        snapshot = _keep_final_snapshot(result, run_dir)
+        # On an object store the snapshot is kept in a local temporary (for MLflow) and uploaded beside the run.
+        snapshot = _keep_final_snapshot(result, Path(local_tmp) if remote else run_dir)
         tracker.log_metrics({"train_wall_s": time.time() - t0})
 
         # The inference snapshot: kept beside the run, logged, registered.
@@ -118,9 +128,37 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         if snapshot is not None:
             tracker.log_file(snapshot, artifact_path="snapshot")
             version = tracker.register(register_generator, snapshot, default="avatar3d-gan")
+            if remote:
+                snapshot = _upload(snapshot, f"{run_dir}/{FINAL_SNAPSHOT}")
         metrics = dict(result.metrics or {})
         return TrainResult(run_dir=run_dir, snapshot=snapshot, kimg=float(metrics.get("kimg", 0.0)),
                            metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
+
+
+def _check_output_dir(cfg: TrainGANConfig) -> bool:
+    """-> whether ``output_dir`` is on an object store (s3://, gs://): Ray Train's storage, the run's
+    config.yaml and final snapshot go there; MLflow then needs a store of its own (one line if not)."""
+    if not is_remote(cfg.output_dir):
+        if "://" in str(cfg.output_dir):  # file://: Path() would make a local folder named file:
+            raise ConfigError(f"output_dir={cfg.output_dir}: pass a local folder as a plain path, or an s3:// / "
+                              "gs:// URI")
+        return False
+    try:
+        resolve_filesystem(cfg.output_dir)
+    except ValueError as err:
+        raise ConfigError(f"output_dir: {err}") from None
+    if cfg.tracking.enabled and not cfg.tracking.tracking_uri and not tracker_module._USER_TRACKING_URI:
+        raise ConfigError(f"output_dir={cfg.output_dir} is on an object store, where no MLflow sqlite file can "
+                          "live: pass tracking.tracking_uri=<MLflow server or sqlite:///local.db> (its artifacts "
+                          "go where that store puts them) or tracking.enabled=false")
+    return True
+
+
+def _upload(local: Path, uri: str) -> str:
+    """One local file -> one complete object at ``uri`` (object stores have no rename) -> ``uri``."""
+    fs, path = resolve_filesystem(uri)
+    put_object(fs, path, Path(local).read_bytes())
+    return uri
 
 
 def _keep_final_snapshot(result, run_dir: Path) -> Path | None:

@@ -10,6 +10,7 @@ loop's reports into ``ray.train.report`` calls with checkpoints, and log rank
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,11 +18,13 @@ from typing import Any, Callable, Sequence
 import ray
 import ray.train
 import ray.train.torch
+import pyarrow.fs as pafs
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from avatar3d.config import from_dict, to_dict
+from avatar3d.config import ConfigError, from_dict, to_dict
+from avatar3d.datagen.dataset import is_remote, resolve_filesystem
 from avatar3d.runtime import init_local_ray
 from avatar3d.tracking.tracker import RunLogger
 from avatar3d.training.engines import check_resume_engines
@@ -70,7 +73,7 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        run_config=RunConfig(name=run_name, storage_path=str(Path(output_dir) / "ray"),
+        run_config=RunConfig(name=run_name, storage_path=storage_path(output_dir),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
@@ -78,10 +81,50 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
     return trainer.fit()
 
 
+def storage_path(output_dir: str | Path) -> str:
+    """Ray Train's storage of a stage: ``<output_dir>/ray``, a local folder or an object-store URI (Ray
+    uploads each checkpoint there through pyarrow.fs and restores the latest one when a run name runs again)."""
+    if is_remote(output_dir):
+        return f"{str(output_dir).rstrip('/')}/ray"
+    return str(Path(output_dir) / "ray")
+
+
+def _check_remote_checkpoint(output_dir: str, run_name: str, tags: tuple[str, ...], scaling) -> bool:
+    """:func:`check_resume_engines` on the latest checkpoint of ``run_name`` on an object store, read as a
+    local skeleton of its file names (empty files, no weights downloaded) -> whether there is one."""
+    fs, root = resolve_filesystem(f"{storage_path(output_dir)}/{run_name}")
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory
+                     and i.base_name.startswith("checkpoint_"))
+    if not folders:
+        return False
+    uri = f"{storage_path(output_dir)}/{run_name}/{Path(folders[-1]).name}"
+    with tempfile.TemporaryDirectory(prefix="avatar3d-ckpt-names-") as tmp:
+        skeleton = Path(tmp) / Path(folders[-1]).name
+        skeleton.mkdir()
+        for info in fs.get_file_info(pafs.FileSelector(folders[-1], recursive=True)):
+            if info.type == pafs.FileType.File:
+                target = skeleton / info.path[len(folders[-1]):].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+        try:
+            check_resume_engines(skeleton, tags, scaling.strategy, scaling.num_workers,
+                                 field=f"run_name={run_name} (its last checkpoint)",
+                                 restart="pass another run_name to start afresh")
+        except ConfigError as err:
+            raise ConfigError(str(err).replace(str(skeleton), uri)) from None
+    return True
+
+
 def check_checkpoint_to_load(output_dir: Path, run_name: str, resume: str, scaling, tags: tuple[str, ...],
                              restart: str) -> None:
     """Refuse, on the driver, a checkpoint the workers could not load: Ray's latest one of ``run_name``
     (restored when a run name runs again; its folders are named by time), else the ``resume`` folder."""
+    if is_remote(output_dir):
+        if not _check_remote_checkpoint(str(output_dir), run_name, tags, scaling) and resume:
+            check_resume_engines(resume, tags, scaling.strategy, scaling.num_workers, field="resume",
+                                 restart=restart)
+        return
     folders = sorted(p for p in (Path(output_dir) / "ray" / run_name).glob("checkpoint_*") if p.is_dir())
     if folders:
         check_resume_engines(folders[-1], tags, scaling.strategy, scaling.num_workers,
