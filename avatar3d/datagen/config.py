@@ -205,6 +205,9 @@ class GenerateConfig:
         from avatar3d.datagen.dataset import is_remote, resolve_filesystem  # pyarrow: only when validating
 
         if not is_remote(self.output_dir):
+            if "://" in str(self.output_dir):  # file://: Path() would make a local folder named file:
+                raise ConfigError(f"output_dir={self.output_dir}: pass a local folder as a plain path, or an "
+                                  "s3:// / gs:// URI")
             writable_dir(self.output_dir, "output_dir", create=False)
             return
         try:

@@ -401,9 +401,10 @@ def export_eg3d(dataset_dir, out_dir, overwrite: bool = False) -> EG3DExport:
         raise FileExistsError(f"out_dir: {out} is not empty (an earlier export?); pass overwrite=True to replace "
                               "it, or another folder")
     labels = []
+    fs, files = dataset_files(dataset_dir)  # a local folder or an object-store URI (its manifest's shards)
     with atomic_folder(out) as tmp:
-        for path in list_shards(dataset_dir):
-            table = pq.read_table(path, columns=["id", "index", "camera", "image_png"])
+        for path in files:
+            table = pq.read_table(path, columns=["id", "index", "camera", "image_png"], filesystem=fs)
             for row_id, camera, png in zip(table.column("id").to_pylist(), table.column("camera").to_pylist(),
                                            table.column("image_png").to_pylist()):
                 name = eg3d_image_name(row_id)

@@ -9,6 +9,7 @@ from avatar3d.config import ConfigError, load_config
 from avatar3d.datagen.config import GenerateConfig
 from avatar3d.datagen.dataset import dataset_files, open_dataset, read_table
 from avatar3d.datagen.job import run_generation
+from avatar3d.datagen.shards import export_eg3d
 from tests.s3_server import fresh_prefix, s3_bucket, s3_server  # noqa: F401 - fixtures
 
 
@@ -86,6 +87,8 @@ def test_generate_into_a_bucket_resumes_to_exactly_n_rows(ray_local, s3_bucket, 
                                                                    "tracking.enabled=false"]))
     assert read_table(local.output_dir, ["id", "image_png"]).equals(read_table(uri, ["id", "image_png"]))
     assert run_generation(cfg).generated == 0
+    export = export_eg3d(uri, tmp_path / "eg3d")  # EG3D's layout, read from the bucket
+    assert export.num_images == n and len(list((tmp_path / "eg3d").glob("img*.png"))) == n
 
 
 def test_object_store_output_dir_needs_a_tracking_store(s3_bucket, monkeypatch):
@@ -94,4 +97,14 @@ def test_object_store_output_dir_needs_a_tracking_store(s3_bucket, monkeypatch):
     monkeypatch.setattr(tracker, "_USER_TRACKING_URI", None)
     with pytest.raises(ConfigError, match="output_dir=s3://.* on an object store.*tracking.tracking_uri") as err:
         load_config(GenerateConfig, TINY_YAML, [f"output_dir={s3_bucket.uri('x')}", *PROCEDURAL])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("output_dir, pattern", [
+    ("file:///tmp/x", "output_dir=file:///tmp/x: pass a local folder as a plain path"),
+    ("nosuchscheme://b/x", "output_dir: nosuchscheme://b/x: not a filesystem URI"),
+])
+def test_bad_output_dir_uris_are_one_line(output_dir, pattern):
+    with pytest.raises(ConfigError, match=pattern) as err:
+        load_config(GenerateConfig, TINY_YAML, [f"output_dir={output_dir}", *PROCEDURAL])
     assert "\n" not in str(err.value)
