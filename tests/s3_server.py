@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -58,11 +59,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_until_up(endpoint: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def _wait_until_up(endpoint: str, proc: subprocess.Popen, log, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"moto server exited with {proc.returncode}: {log.read().decode()[-2000:]}")
         try:
             urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).read()
             return
@@ -77,10 +79,12 @@ def s3_server():
     pytest.importorskip("moto.server", reason="moto[server] (the dev extra) is not installed")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
+    # The server logs every request: to a file, not a pipe nobody reads (a full pipe stalls the server).
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_until_up(endpoint, proc)
+        _wait_until_up(endpoint, proc, log)
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint,
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
@@ -93,6 +97,7 @@ def s3_server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 @pytest.fixture
