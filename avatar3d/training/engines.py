@@ -20,6 +20,7 @@ plain state classes: loading never runs code from a checkpoint file.
 """
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import torch
@@ -84,20 +85,20 @@ def make_engine(module: torch.nn.Module, spec: OptimizerSpec, strategy: str, zer
     raise ValueError(f"strategy: {strategy!r} is not known; pass 'deepspeed' or 'plain'")
 
 
-def check_resume_engines(folder: str | Path, tags: tuple[str, ...], strategy: str, num_workers: int,
+def check_resume_engines(files: set[str], where: str, tags: tuple[str, ...], strategy: str, num_workers: int,
                          field: str, restart: str) -> None:
     """Refuse, before any worker starts, a checkpoint the workers could not load: one written by the other
     strategy, or ZeRO optimiser shards of another number of workers (DeepSpeed cannot re-partition them).
-    ``field`` names the option that chose the checkpoint; ``restart`` says how to start over instead."""
+    ``files``: the checkpoint's file names, relative to it (listed locally or on an object store), ``where``
+    names it; ``field`` names the option that chose it; ``restart`` says how to start over instead."""
     for tag in tags:
-        engine_dir = Path(folder) / tag
-        written_by = "deepspeed" if (engine_dir / "mp_rank_00_model_states.pt").is_file() else "plain"
+        written_by = "deepspeed" if f"{tag}/mp_rank_00_model_states.pt" in files else "plain"
         if written_by != strategy:
-            raise ConfigError(f"{field}: {folder} was written with scaling.strategy={written_by}; resume with "
+            raise ConfigError(f"{field}: {where} was written with scaling.strategy={written_by}; resume with "
                               f"scaling.strategy={written_by}, or {restart}")
-        shards = len(list(engine_dir.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        shards = len(fnmatch.filter(files, f"{tag}/zero_pp_rank_*_mp_rank_00_optim_states.pt"))
         if shards and shards != num_workers:
-            raise ConfigError(f"{field}: {folder} holds ZeRO optimiser shards of {shards} workers, which DeepSpeed "
+            raise ConfigError(f"{field}: {where} holds ZeRO optimiser shards of {shards} workers, which DeepSpeed "
                               f"cannot re-partition for scaling.num_workers={num_workers}; resume with "
                               f"scaling.num_workers={shards}, or {restart}")
 

@@ -10,7 +10,6 @@ loop's reports into ``ray.train.report`` calls with checkpoints, and log rank
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +22,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from avatar3d.config import ConfigError, from_dict, to_dict
+from avatar3d.config import from_dict, to_dict
 from avatar3d.datagen.dataset import is_remote, resolve_filesystem
 from avatar3d.runtime import init_local_ray
 from avatar3d.tracking.tracker import RunLogger
@@ -89,49 +88,29 @@ def storage_path(output_dir: str | Path) -> str:
     return str(Path(output_dir) / "ray")
 
 
-def _check_remote_checkpoint(output_dir: str, run_name: str, tags: tuple[str, ...], scaling) -> bool:
-    """:func:`check_resume_engines` on the latest checkpoint of ``run_name`` on an object store, read as a
-    local skeleton of its file names (empty files, no weights downloaded) -> whether there is one."""
-    fs, root = resolve_filesystem(f"{storage_path(output_dir)}/{run_name}")
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory
-                     and i.base_name.startswith("checkpoint_"))
-    if not folders:
-        return False
-    uri = f"{storage_path(output_dir)}/{run_name}/{Path(folders[-1]).name}"
-    with tempfile.TemporaryDirectory(prefix="avatar3d-ckpt-names-") as tmp:
-        skeleton = Path(tmp) / Path(folders[-1]).name
-        skeleton.mkdir()
-        for info in fs.get_file_info(pafs.FileSelector(folders[-1], recursive=True)):
-            if info.type == pafs.FileType.File:
-                target = skeleton / info.path[len(folders[-1]):].lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.touch()
-        try:
-            check_resume_engines(skeleton, tags, scaling.strategy, scaling.num_workers,
-                                 field=f"run_name={run_name} (its last checkpoint)",
-                                 restart="pass another run_name to start afresh")
-        except ConfigError as err:
-            raise ConfigError(str(err).replace(str(skeleton), uri)) from None
-    return True
-
-
-def check_checkpoint_to_load(output_dir: Path, run_name: str, resume: str, scaling, tags: tuple[str, ...],
+def check_checkpoint_to_load(output_dir: str | Path, run_name: str, resume: str, scaling, tags: tuple[str, ...],
                              restart: str) -> None:
     """Refuse, on the driver, a checkpoint the workers could not load: Ray's latest one of ``run_name``
-    (restored when a run name runs again; its folders are named by time), else the ``resume`` folder."""
-    if is_remote(output_dir):
-        if not _check_remote_checkpoint(str(output_dir), run_name, tags, scaling) and resume:
-            check_resume_engines(resume, tags, scaling.strategy, scaling.num_workers, field="resume",
-                                 restart=restart)
-        return
-    folders = sorted(p for p in (Path(output_dir) / "ray" / run_name).glob("checkpoint_*") if p.is_dir())
+    (restored when a run name runs again; its folders are named by time), else the ``resume`` folder. Local
+    or on an object store alike: only file names are listed, no weights are read."""
+    run_storage = f"{storage_path(output_dir)}/{run_name}"
+    fs, root = resolve_filesystem(run_storage)
+    folders = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                     if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
     if folders:
-        check_resume_engines(folders[-1], tags, scaling.strategy, scaling.num_workers,
-                             field=f"run_name={run_name} (its last checkpoint)",
+        check_resume_engines(_file_names(fs, f"{root}/{folders[-1]}"), f"{run_storage}/{folders[-1]}", tags,
+                             scaling.strategy, scaling.num_workers, field=f"run_name={run_name} (its last checkpoint)",
                              restart="pass another run_name to start afresh")
     elif resume:
-        check_resume_engines(resume, tags, scaling.strategy, scaling.num_workers, field="resume", restart=restart)
+        check_resume_engines(_file_names(*resolve_filesystem(resume)), resume, tags, scaling.strategy,
+                             scaling.num_workers, field="resume", restart=restart)
+
+
+def _file_names(fs: pafs.FileSystem, folder: str) -> set[str]:
+    """The files under ``folder``, as paths relative to it."""
+    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+    return {info.path[len(folder):].lstrip("/") for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File}
 
 
 def worker_device():
