@@ -202,24 +202,10 @@ class GenerateConfig:
 
     def _check_output_dir(self) -> None:
         """A local folder this process can write, or an object-store URI pyarrow can open (s3://, gs://)."""
-        from avatar3d.datagen.dataset import is_remote, resolve_filesystem  # pyarrow: only when validating
+        from avatar3d.datagen.dataset import check_output_location  # pyarrow: only when validating
 
-        if not is_remote(self.output_dir):
-            if "://" in str(self.output_dir):  # file://: Path() would make a local folder named file:
-                raise ConfigError(f"output_dir={self.output_dir}: pass a local folder as a plain path, or an "
-                                  "s3:// / gs:// URI")
+        if not check_output_location(self.output_dir, self.tracking):
             writable_dir(self.output_dir, "output_dir", create=False)
-            return
-        try:
-            resolve_filesystem(self.output_dir)
-        except ValueError as err:
-            raise ConfigError(f"output_dir: {err}") from None
-        from avatar3d.tracking import tracker
-
-        if self.tracking.enabled and not self.tracking.tracking_uri and not tracker._USER_TRACKING_URI:
-            raise ConfigError(f"output_dir={self.output_dir} is on an object store, where no MLflow sqlite file can "
-                              "live: pass tracking.tracking_uri=<MLflow server or sqlite:///local.db> (its artifacts "
-                              "go where that store puts them) or tracking.enabled=false")
 
     def resolved_styles(self):
         """The Style list this job uses; unknown or empty selections raise ConfigError."""

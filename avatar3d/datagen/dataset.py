@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -36,6 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from avatar3d.config import ConfigError
 from avatar3d.datagen.schema import CAMERA_DIM, KNOWN_VERSIONS, ROW_SCHEMA, format_version
 
 SHARDS_DIR = "shards"
@@ -60,6 +62,27 @@ def resolve_filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
 
 def is_remote(uri: str | Path) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def check_output_location(output_dir: str, tracking) -> bool:
+    """A stage's ``output_dir``: -> whether it is on an object store (s3://, gs://) pyarrow can open. A
+    ``file://`` or unknown scheme is one line (``Path()`` would make a local folder named ``file:``), and so
+    is an object store with no MLflow store of its own (``tracking``: the stage's TrackingOptions), since the
+    default sqlite file cannot live in a bucket."""
+    if not is_remote(output_dir):
+        if "://" in str(output_dir):
+            raise ConfigError(f"output_dir={output_dir}: pass a local folder as a plain path, or an s3:// / "
+                              "gs:// URI")
+        return False
+    try:
+        resolve_filesystem(output_dir)
+    except ValueError as err:
+        raise ConfigError(f"output_dir: {err}") from None
+    if tracking.enabled and not tracking.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(f"output_dir={output_dir} is on an object store, where no MLflow sqlite file can "
+                          "live: pass tracking.tracking_uri=<MLflow server or sqlite:///local.db> (its artifacts "
+                          "go where that store puts them) or tracking.enabled=false")
+    return True
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> pafs.FileType:

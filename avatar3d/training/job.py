@@ -27,13 +27,13 @@ from typing import Callable
 
 from avatar3d.atomic import atomic_path
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
-from avatar3d.datagen.dataset import TRAIN_COLUMNS, is_remote, open_dataset, resolve_filesystem
+from avatar3d.datagen.dataset import (TRAIN_COLUMNS, check_output_location, is_remote, open_dataset,
+                                      resolve_filesystem)
 from avatar3d.datagen.shards import put_object
 from avatar3d.evaluation.truth import has_truth
 from avatar3d.gan.snapshot import read_snapshot_metadata
 from avatar3d.lock import folder_lock
 from avatar3d.runtime import apply_local_defaults
-from avatar3d.tracking import tracker as tracker_module
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
@@ -70,7 +70,7 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
     (tests inject faults there; it is not a user option)."""
     apply_local_defaults()
     # Validate everything the workers will need, here.
-    remote = _check_output_dir(cfg)
+    remote = check_output_location(cfg.output_dir, cfg.tracking)  # Ray storage, config, snapshot go there
     dataset = open_dataset(cfg.data.path, columns=TRAIN_COLUMNS, field="data.path")
     gan_cfg = cfg.model.build()
     if cfg.truth_ticks and not has_truth(cfg.data.path):
@@ -133,25 +133,6 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         metrics = dict(result.metrics or {})
         return TrainResult(run_dir=run_dir, snapshot=snapshot, kimg=float(metrics.get("kimg", 0.0)),
                            metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
-
-
-def _check_output_dir(cfg: TrainGANConfig) -> bool:
-    """-> whether ``output_dir`` is on an object store (s3://, gs://): Ray Train's storage, the run's
-    config.yaml and final snapshot go there; MLflow then needs a store of its own (one line if not)."""
-    if not is_remote(cfg.output_dir):
-        if "://" in str(cfg.output_dir):  # file://: Path() would make a local folder named file:
-            raise ConfigError(f"output_dir={cfg.output_dir}: pass a local folder as a plain path, or an s3:// / "
-                              "gs:// URI")
-        return False
-    try:
-        resolve_filesystem(cfg.output_dir)
-    except ValueError as err:
-        raise ConfigError(f"output_dir: {err}") from None
-    if cfg.tracking.enabled and not cfg.tracking.tracking_uri and not tracker_module._USER_TRACKING_URI:
-        raise ConfigError(f"output_dir={cfg.output_dir} is on an object store, where no MLflow sqlite file can "
-                          "live: pass tracking.tracking_uri=<MLflow server or sqlite:///local.db> (its artifacts "
-                          "go where that store puts them) or tracking.enabled=false")
-    return True
 
 
 def _upload(local: Path, uri: str) -> str:
