@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cluster import yaml_strings
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 LAUNCHER = CLUSTER / "cluster.yaml"
@@ -336,16 +338,6 @@ def _logical_lines(text: str, comment_prefix: str | None) -> list[str]:
     return lines
 
 
-def _yaml_strings(node) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in _yaml_strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _yaml_strings(v)]
-    return []
-
-
 def _markdown_commands(text: str) -> list[str]:
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
     lines = [ln for b in blocks for ln in _logical_lines(b, "#")]
@@ -369,7 +361,7 @@ def _commands_in(path: Path) -> list[list[str]]:
     elif path.suffix in (".yaml", ".yml"):
         comments = _logical_lines("\n".join(ln for ln in text.splitlines() if ln.strip().startswith("#")), "#")
         for doc in load_all(path):
-            for s in _yaml_strings(doc):
+            for s in yaml_strings(doc):
                 code += _logical_lines(s, None) if "\n" in s else [s]
     else:
         comments = _logical_lines(text, "#")

@@ -20,8 +20,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.cluster import yaml_strings
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "cluster" / "install.sh"
@@ -164,16 +165,6 @@ def _launcher_commands(keys=("setup_commands", "head_setup_commands", "worker_se
     return {k: config.get(k) or [] for k in keys}
 
 
-def _yaml_strings(node) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in _yaml_strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _yaml_strings(v)]
-    return []
-
-
 def _callers(venv: Path) -> dict[str, list[list[str]]]:
     """Every call of the script by each caller, Makefile variables filled in (the venv under a temporary folder)."""
     rules = _makefile_rules()
@@ -200,10 +191,10 @@ def test_no_caller_installs_anything_itself():
                   if word == "RUN" and OWN_INSTALL.search(rest)]
     config = yaml.safe_load(LAUNCHER.read_text())
     offenders += [f"cluster.yaml {k}: {s}" for k, v in config.items() if k.endswith("_commands")
-                  for s in _yaml_strings(v) if OWN_INSTALL.search(s)]
+                  for s in yaml_strings(v) if OWN_INSTALL.search(s)]
     for path in KUBERAY:
         for doc in yaml.safe_load_all(path.read_text()):
-            offenders += [f"{path.name}: {s}" for s in _yaml_strings(doc) if OWN_INSTALL.search(s)]
+            offenders += [f"{path.name}: {s}" for s in yaml_strings(doc) if OWN_INSTALL.search(s)]
             runtime_env = yaml.safe_load((doc or {}).get("spec", {}).get("runtimeEnvYAML") or "{}")
             offenders += [f"{path.name} runtimeEnvYAML: {k}" for k in ("pip", "conda", "uv") if k in runtime_env]
     runtime_env = yaml.safe_load(RUNTIME_ENV.read_text())
