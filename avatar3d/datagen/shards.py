@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -128,6 +129,21 @@ class ResumeState:
     quarantined: list[tuple[Path, str]] = field(default_factory=list)  # (where it went, why)
     duplicate_ids: int = 0
 
+    def add_shard(self, shard, path: str | Path, quarantine: Callable[[], object],
+                  filesystem: pafs.FileSystem | None = None) -> bool:
+        """Count the ids of the shard at ``path``; one that cannot be read goes through ``quarantine()`` (-> where
+        it went), with the read error as the reason. -> whether it counted."""
+        try:
+            ids = pq.read_table(path, columns=["id"], filesystem=filesystem).column("id").to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            self.quarantined.append((quarantine(), str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            return False
+        before = len(self.done_ids)
+        self.done_ids.update(ids)
+        self.duplicate_ids += len(ids) - (len(self.done_ids) - before)
+        self.shards.append(shard)
+        return True
+
 
 QUARANTINE_DIR = "quarantine"
 
@@ -156,16 +172,7 @@ def scan_for_resume(dataset_dir, clean: bool = True) -> ResumeState:
         if clean:
             tmp.unlink(missing_ok=True)
     for path in sorted(folder.glob(SHARD_GLOB)):
-        try:
-            ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            state.quarantined.append((quarantine(path, dataset_dir) if clean else path, reason))
-            continue
-        before = len(state.done_ids)
-        state.done_ids.update(ids)
-        state.duplicate_ids += len(ids) - (len(state.done_ids) - before)
-        state.shards.append(path)
+        state.add_shard(path, path, lambda: quarantine(path, dataset_dir) if clean else path)
     return state
 
 
@@ -316,19 +323,10 @@ def scan_remote_for_resume(folder: RemoteFolder, clean: bool = True) -> ResumeSt
         if name not in present:
             state.quarantined.append((folder.uri_of(SHARDS_DIR, name), f"named in {MANIFEST_FILE} but missing"))
             continue
-        try:
-            ids = pq.read_table(folder.path(SHARDS_DIR, name), columns=["id"],
-                                filesystem=folder.fs).column("id").to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            state.quarantined.append((folder.quarantine(name) if clean else folder.uri_of(SHARDS_DIR, name),
-                                      reason))
-            continue
-        before = len(state.done_ids)
-        state.done_ids.update(ids)
-        state.duplicate_ids += len(ids) - (len(state.done_ids) - before)
-        state.shards.append(folder.uri_of(SHARDS_DIR, name))
-        keep.append(entry)
+        uri = folder.uri_of(SHARDS_DIR, name)
+        if state.add_shard(uri, folder.path(SHARDS_DIR, name), lambda: folder.quarantine(name) if clean else uri,
+                           filesystem=folder.fs):
+            keep.append(entry)
     folder.entries = keep
     if clean and keep != entries:
         folder.write_manifest()
