@@ -11,6 +11,8 @@ already exported, so a cluster's runtime_env wins over these.
 - DeepSpeed's / torch's C++ extension cache in an ignored folder (``.cache/``)
   so the one-off JIT build is reused across runs.
 - ``DS_ACCELERATOR=cpu`` where there is no CUDA device.
+- A driver joining a cluster (``$RAY_ADDRESS``) hands its ``AWS_*`` variables to
+  the job's workers on every node (:func:`forwarded_env`).
 
 The C allocator is not chosen here: glibc reads its tunables and the loader
 ``LD_PRELOAD`` only when a process starts, so the Makefile and
@@ -23,6 +25,7 @@ import os
 from pathlib import Path
 
 CACHE_DIR_ENV = "AVATAR3D_CACHE_DIR"
+FORWARDED_ENV_PREFIX = "AWS_"  # what a driver joining a cluster hands its workers (forwarded_env)
 
 
 def cache_dir() -> Path:
@@ -84,6 +87,11 @@ def init_local_ray(num_cpus: int | None = None, **kwargs):
     if ray.is_initialized():
         return ray
     if os.environ.get("RAY_ADDRESS"):
+        env_vars = forwarded_env()
+        if env_vars:
+            runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+            runtime_env["env_vars"] = {**env_vars, **(runtime_env.get("env_vars") or {})}
+            kwargs["runtime_env"] = runtime_env
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
         # The dashboard serves the state API, which Ray Train's placement-group cleaner polls every second
@@ -91,6 +99,29 @@ def init_local_ray(num_cpus: int | None = None, **kwargs):
         kwargs.setdefault("include_dashboard", True)
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     return ray
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's ``AWS_*`` variables (object-store credentials, endpoint, region) for the job's workers.
+
+    A driver joining a cluster (``$RAY_ADDRESS``) runs its tasks and actors in worker processes that the
+    nodes' raylets start with the *raylet's* environment, not the driver's: without these, a Ray Train
+    worker on another node uploads its checkpoints to ``s3://`` with no credentials or endpoint. Ray's
+    job-level ``runtime_env={"env_vars": ...}`` hands them to every worker of the job on every node.
+    Names the job's own runtime environment already sets (``ray job submit --runtime-env``, which Ray
+    hands the driver in ``RAY_JOB_CONFIG_JSON_ENV_VAR``) are left out: that value already reaches the
+    workers, and Ray refuses a ``ray.init`` env var that repeats a job-level one.
+
+    The values travel in the job's config, which the cluster's dashboard shows to whoever can reach it.
+    """
+    names = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if names and job_config:
+        import json
+
+        job_env = ((json.loads(job_config).get("runtime_env") or {}).get("env_vars") or {})
+        names = {k: v for k, v in names.items() if k not in job_env}
+    return names
 
 
 def _cuda_visible() -> bool:

@@ -87,6 +87,47 @@ def test_a_set_ray_address_is_joined_instead_of_a_local_head(tmp_path):
     assert call["address"] == "10.1.2.3:6379" and "_node_ip_address" not in call
 
 
+S3_ENV = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_ENDPOINT_URL": "http://10.0.0.9:9000"}
+
+
+def _without_aws(**env) -> dict[str, str]:
+    """The child's environment with only the AWS_* variables given here (none of the developer's own)."""
+    base = _child_env(**env)
+    return {k: v for k, v in base.items() if not k.startswith("AWS_") or k in env}
+
+
+def _ray_init_in_child(tmp_path, **env) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD], cwd=tmp_path, env=_without_aws(**env), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (call,) = json.loads(done.stdout.splitlines()[-1])["ray_init"]
+    return call
+
+
+def test_a_driver_joining_a_cluster_hands_its_aws_variables_to_the_workers(tmp_path):
+    """Workers on other nodes start with their raylet's environment, not the driver's: the AWS_* variables
+    (object-store credentials and endpoint) go into the job's runtime_env, which reaches every worker.
+    tests/cluster/test_multinode_training.py shows it on a cluster started without them."""
+    call = _ray_init_in_child(tmp_path, RAY_ADDRESS="10.1.2.3:6379", CUDA_VISIBLE_DEVICES="", **S3_ENV)
+    assert call["address"] == "10.1.2.3:6379"
+    assert call["runtime_env"] == {"env_vars": S3_ENV}
+
+
+def test_the_local_ray_and_a_driver_without_aws_variables_get_no_runtime_env(tmp_path):
+    # an embedded local Ray's workers are the driver's children: they inherit its environment as before
+    assert "runtime_env" not in _ray_init_in_child(tmp_path, CUDA_VISIBLE_DEVICES="", **S3_ENV)
+    assert "runtime_env" not in _ray_init_in_child(tmp_path, RAY_ADDRESS="10.1.2.3:6379", CUDA_VISIBLE_DEVICES="")
+
+
+def test_variables_of_a_submitted_jobs_runtime_env_are_not_repeated(tmp_path):
+    """Under `ray job submit` the job's runtime_env reaches the workers already, and Ray refuses a ray.init
+    env var that repeats one of its keys ("Failed to merge the Job's runtime env"): only the others go."""
+    job = json.dumps({"runtime_env": {"env_vars": {"AWS_ACCESS_KEY_ID": "from-the-job"}}})
+    call = _ray_init_in_child(tmp_path, RAY_ADDRESS="10.1.2.3:6379", CUDA_VISIBLE_DEVICES="",
+                              RAY_JOB_CONFIG_JSON_ENV_VAR=job, **S3_ENV)
+    assert call["runtime_env"] == {"env_vars": {k: v for k, v in S3_ENV.items() if k != "AWS_ACCESS_KEY_ID"}}
+
+
 def test_the_command_applies_the_defaults_before_it_imports_a_stage_module(tmp_path):
     """huggingface_hub reads HF_HUB_OFFLINE once, at import: the stage module a command imports must find it
     set. With HF_HUB_OFFLINE unset, `avatar3d image-to-avatar` (a bad image, so it stops early, after its
