@@ -27,7 +27,9 @@ This module imports no Ray (a registered LoRA is fetched through
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +51,8 @@ from avatar3d.datagen.config import GUIDANCE_TYPES, LORA_WEIGHTS, SCHEDULERS, TI
 from avatar3d.datagen.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_clip_tokenizer
 from avatar3d.hub import ModelUnavailableError, check_model_available  # noqa: F401  (re-exported)
 from avatar3d.tracking.models import is_mlflow_uri, resolve_model_uri
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- availability
 
@@ -100,12 +104,48 @@ def _check_lora_available(cfg: PipelineConfig) -> None:
 # --------------------------------------------------------------------------- construction
 
 
+def assigned_gpu_ids() -> list[str]:
+    """The GPUs Ray gave this process (an actor or task with ``num_gpus``); [] outside Ray.
+
+    Ray is asked only when the process already runs it (this module imports no Ray).
+    """
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return []
+    try:
+        if not ray.is_initialized():
+            return []
+        return [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # noqa: BLE001 - a driver, or a Ray without the call: no GPUs of its own
+        return []
+
+
+# Once per process (one Ray actor = one process): the painter says it once, not per batch.
+_said_cpu_despite_gpu = False
+
+
 def resolve_device(device: str) -> str:
+    gpus = assigned_gpu_ids()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("pipeline.device='cuda' but no CUDA device is visible: pass device=cpu or device=auto")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        held = f" (Ray gave this process GPU {','.join(gpus)}, but torch sees no CUDA device)" if gpus else ""
+        raise ValueError(f"pipeline.device='cuda' but no CUDA device is visible{held}: "
+                         "pass device=cpu or device=auto")
+    if gpus and device == "cpu":
+        _say_cpu_despite_gpu(gpus)
     return device
+
+
+def _say_cpu_despite_gpu(gpus: list[str]) -> None:
+    """One line per process: a GPU was reserved for it (e.g. a label on a CPU-only node) but it computes on the CPU."""
+    global _said_cpu_despite_gpu
+    if _said_cpu_despite_gpu:
+        return
+    _said_cpu_despite_gpu = True
+    why = ("torch sees no CUDA device (a GPU label on a node without CUDA?)" if not torch.cuda.is_available()
+           else "pipeline.device=cpu")
+    log.warning(f"pid {os.getpid()} holds Ray GPU {','.join(gpus)} but runs the diffusion pipeline on the CPU: {why}")
 
 
 def torch_dtype(name: str):

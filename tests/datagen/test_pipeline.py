@@ -165,3 +165,35 @@ def test_other_schedulers_are_deterministic(scheduler):
     batch = _run(cfg, pipe, prompts, negatives, controls, seeds)
     single = _run(cfg, pipe, prompts[1:], negatives[1:], [c[1:] for c in controls], seeds[1:])
     assert np.array_equal(batch[1], single[0])
+
+
+def test_gpu_label_without_cuda_runs_on_cpu_and_says_so_once(monkeypatch, caplog):
+    # A Ray actor given num_gpus=1 on a node whose GPU is only a label (the fake multi-node
+    # cluster) or whose CUDA is missing: it paints on the CPU and logs one line per process,
+    # not one per batch or per build. (The real actor path: tests/cluster/test_autoscaling.py.)
+    import avatar3d.datagen.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "assigned_gpu_ids", lambda: ["0"])
+    monkeypatch.setattr(pipeline, "_said_cpu_despite_gpu", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = PipelineConfig(preset="tiny", guidance="openpose", steps=2, device="auto")
+    with caplog.at_level("WARNING", logger="avatar3d.datagen.pipeline"):
+        pipes = [build_pipeline(cfg), build_pipeline(PipelineConfig(preset="tiny", guidance="openpose", device="cpu"))]
+        assert pipeline.resolve_device("auto") == "cpu"
+    assert all(p.device.type == "cpu" for p in pipes)
+    said = [r.getMessage() for r in caplog.records if "holds Ray GPU" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "GPU 0" in said[0] and "on the CPU" in said[0] and "no CUDA device" in said[0]
+    # An explicit device=cuda still fails at once, and names the GPU Ray gave.
+    with pytest.raises(ValueError, match="Ray gave this process GPU 0"):
+        pipeline.resolve_device("cuda")
+
+
+def test_no_gpu_label_no_message(monkeypatch, caplog):
+    import avatar3d.datagen.pipeline as pipeline
+
+    assert pipeline.assigned_gpu_ids() == []  # outside Ray
+    monkeypatch.setattr(pipeline, "_said_cpu_despite_gpu", False)
+    with caplog.at_level("WARNING", logger="avatar3d.datagen.pipeline"):
+        assert pipeline.resolve_device("cpu") == "cpu"
+    assert not [r for r in caplog.records if "holds Ray GPU" in r.getMessage()]
