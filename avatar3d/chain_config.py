@@ -42,6 +42,10 @@ class ChainConfig:
                                     "set to the config file's folder (empty: the current folder)"})
 
     def validate(self) -> None:
+        if "://" in self.output_dir:  # Path() would make a local folder named "s3:"
+            raise ConfigError(f"output_dir={self.output_dir}: the chain writes its report, meshes and MLflow "
+                              "store in one local (or shared) folder; pass a local path, or run the stages' own "
+                              "commands (generate, train-gan, build-prior-pairs, train-prior) with s3:// paths")
         writable_dir(self.output_dir, "output_dir", create=False)  # empty, a file, read-only: refused now
         if self.from_stage and self.from_stage not in STAGES:
             raise ConfigError(f"from_stage: {self.from_stage!r} is not a stage; choose one of {', '.join(STAGES)}")

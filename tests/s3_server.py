@@ -116,5 +116,23 @@ def s3_bucket(s3_server, monkeypatch):
     return S3Bucket(endpoint=endpoint, bucket=BUCKET, filesystem=fs, env=env)
 
 
+@pytest.fixture(scope="module")
+def ray_with_s3(s3_server):
+    """A local Ray started with the server's environment, which its worker processes inherit."""
+    import ray
+
+    _, env = s3_server
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def fresh_prefix(name: str = "t") -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"

@@ -211,6 +211,11 @@ ROWS = [
 
     # ---- train-prior
     # lr=0 is accepted with a warning (a frozen-network control run, as evaluation/gan/bench_world.py does).
+    row("train-prior/output-dir-file-uri", TRAIN_PRIOR.replace("output_dir=${out}", "output_dir=file://${out}"),
+        ["output_dir", "file://"]),
+    row("train-prior/output-dir-s3-without-tracking-store", TRAIN_PRIOR.replace("output_dir=${out}",
+                                                                              "output_dir=s3://bucket/p"),
+        ["output_dir", "tracking.tracking_uri"]),
     row("train-prior/lr-negative", TRAIN_PRIOR + " lr=-0.001", ["lr"]),
     row("train-prior/run-name-dotdot", TRAIN_PRIOR + " run_name=..", ["run_name"]),
     row("train-prior/output-dir-empty", TRAIN_PRIOR + " output_dir=", ["output_dir"]),
@@ -225,6 +230,8 @@ ROWS = [
         stdout_has='"lr": 0.0001'),
 
     # ---- build-prior-pairs
+    row("build-prior-pairs/output-dir-unknown-scheme", PAIRS.replace("output_dir=${out}", "output_dir=ftp://h/p")
+        + " snapshot=${snap}", ["output_dir", "ftp://h/p"]),
     row("build-prior-pairs/snapshot-garbage", PAIRS + " snapshot=${garbage}", ["snapshot", "${garbage}"]),
     row("build-prior-pairs/snapshot-text", PAIRS + " snapshot=${text}", ["snapshot", "${text}"]),
     row("build-prior-pairs/snapshot-pickle", PAIRS + " snapshot=${pickle}", ["snapshot", "${pickle}"]),
@@ -271,6 +278,8 @@ ROWS = [
 
     # ---- run-pipeline
     row("run-pipeline/output-dir-is-a-file", PIPELINE + " output_dir=${notes}", ["output_dir", "${notes}"]),
+    row("run-pipeline/output-dir-on-an-object-store", PIPELINE + " output_dir=s3://bucket/demo",
+        ["output_dir", "s3://bucket/demo"]),
     row("run-pipeline/from-stage-unknown", PIPELINE + " output_dir=${out} from_stage=nope", ["from_stage"]),
     row("run-pipeline/stage-config-missing", PIPELINE + " output_dir=${out} generate_config=${ws}/nope.yaml",
         ["generate_config", "${ws}/nope.yaml"]),

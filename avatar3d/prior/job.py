@@ -10,10 +10,16 @@
    :class:`avatar3d.prior.pipeline.ImageToAvatarPipeline`), log it and register it.
 
 Running the same ``run_name`` again resumes it from its latest checkpoint.
+``output_dir`` may be an object store (``s3://...``): Ray Train's checkpoints,
+``config.yaml`` and the prior folder are then objects under it (one PUT per
+file, no lock: one job per run name), and MLflow keeps its artifacts where its
+tracking store says.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,8 @@ from pathlib import Path
 from diffusers import PriorTransformer
 
 from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
+from avatar3d.datagen.dataset import check_output_location, is_remote, resolve_filesystem
+from avatar3d.datagen.shards import put_object
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.lock import folder_lock
 from avatar3d.prior.config import TrainPriorConfig
@@ -44,8 +52,8 @@ PRIOR_DIR = "prior"
 
 @dataclass
 class PriorTrainResult:
-    run_dir: Path
-    prior_dir: Path | None
+    run_dir: Path | str  # a URI when output_dir is on an object store
+    prior_dir: Path | str | None
     steps: int
     metrics: dict
     mlflow_run_id: str | None
@@ -63,6 +71,7 @@ class PriorTrainResult:
 def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     apply_local_defaults()
     # Validate everything the workers and the final assembly will need, here.
+    remote = check_output_location(cfg.output_dir, cfg.tracking)  # Ray storage, config, prior folder go there
     info = check_pairs(cfg.pairs)
     snapshot = info.card.get("snapshot", "")
     read_snapshot_metadata(snapshot)
@@ -79,17 +88,23 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
                           f"pairs, fewer than its batch of {per_worker}; lower batch_size or build more pairs")
     if cfg.lr == 0:
         log.warning("lr=0: the prior will not change (a control run)")
-    output_dir = Path(cfg.output_dir).resolve()
-    run_dir = output_dir / cfg.run_name
+    output_dir = cfg.output_dir.rstrip("/") if remote else Path(cfg.output_dir).resolve()
+    run_dir = f"{output_dir}/{cfg.run_name}" if remote else output_dir / cfg.run_name
     check_checkpoint_to_load(output_dir, cfg.run_name, cfg.resume, cfg.scaling, (ENGINE_TAG,),
                              restart="start a new run without resume")
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True).check()
-    writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
+    if not remote:
+        writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
     log.info(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)
 
-    with folder_lock(run_dir, "run_name"), tracker:  # one writer per run folder
-        dump_config(cfg, run_dir / "config.yaml")
+    # One writer per run folder (an object store has no lock: one job per run name).
+    with (contextlib.nullcontext() if remote else folder_lock(run_dir, "run_name")), tracker, \
+            tempfile.TemporaryDirectory(prefix="avatar3d-prior-") as local_tmp:
+        if remote:
+            upload(dump_config(cfg, Path(local_tmp) / "config.yaml"), f"{run_dir}/config.yaml")
+        else:
+            dump_config(cfg, run_dir / "config.yaml")
         tracker.log_config({"train": to_dict(cfg),
                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()
@@ -99,16 +114,32 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
         train_config = worker_config(cfg, context, pairs={"w_dim": info.w_dim, "embed_dim": info.embed_dim,
                                                           "w_mean": w_mean.tolist(), "w_std": w_std.tolist()})
         result = fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
-                              info.files, columns=["w", "embedding"])
+                              info.files, columns=["w", "embedding"], filesystem=info.filesystem)
         tracker.log_metrics({"train_wall_s": time.time() - t0})
-        prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card, run_dir / PRIOR_DIR)
+        # On an object store the prior folder is assembled in a local temporary (for MLflow) and uploaded.
+        prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card,
+                                    Path(local_tmp) / PRIOR_DIR if remote else run_dir / PRIOR_DIR)
         version = None
         if prior_dir is not None:
             tracker.log_folder(prior_dir, artifact_path="prior_folder")
             version = tracker.register(register_prior, prior_dir, default="avatar3d-prior")
+            if remote:
+                prior_dir = upload(prior_dir, f"{run_dir}/{PRIOR_DIR}")
         metrics = dict(result.metrics or {})
         return PriorTrainResult(run_dir=run_dir, prior_dir=prior_dir, steps=int(metrics.get("step", 0)),
                                 metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
+
+
+def upload(local: Path, uri: str) -> str:
+    """A local file, or every file of a local folder, -> one complete object each under ``uri`` -> ``uri``.
+    Object stores have no rename: the folder's objects appear one by one, and the run's result names it last."""
+    fs, root = resolve_filesystem(uri)
+    local = Path(local)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for path in files:
+        target = root if path == local else f"{root}/{path.relative_to(local).as_posix()}"
+        put_object(fs, target, path.read_bytes())
+    return uri
 
 
 def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card: dict, folder: Path) -> Path | None:
@@ -125,6 +156,6 @@ def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card:
     with atomic_folder(folder) as tmp:
         pipe.save_pretrained(tmp, snapshot, extra={
             "trained": {"run_name": cfg.run_name, "steps": int((result.metrics or {}).get("step", 0)),
-                        "pairs": str(Path(cfg.pairs).resolve()), "num_pairs": card.get("num_pairs"),
+                        "pairs": cfg.pairs if is_remote(cfg.pairs) else str(Path(cfg.pairs).resolve()), "num_pairs": card.get("num_pairs"),
                         "generator_snapshot": snapshot, "model": to_dict(cfg.model)}})
     return folder

@@ -14,7 +14,10 @@ Layout of a pairs folder::
       pairs.json         the card: snapshot, encoder, dims, counts, config
 
 The shards are written into a temporary folder and renamed into place, so a
-crashed job leaves no half-written pairs folder that looks complete.
+crashed job leaves no half-written pairs folder that looks complete. On an
+object store (``output_dir=s3://...``), which has no rename, a run first
+deletes the prefix's card and shards, each shard is one complete PUT, and the
+card is written last: a folder without its card reads as unfinished.
 """
 from __future__ import annotations
 
@@ -26,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
 from avatar3d.atomic import atomic_folder, atomic_write
 from avatar3d.config import ConfigError, to_dict, writable_dir
-from avatar3d.datagen.dataset import encode_png
+from avatar3d.datagen.dataset import check_output_location, encode_png, is_remote, resolve_filesystem
+from avatar3d.datagen.shards import put_object
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.lock import folder_lock
 from avatar3d.prior.config import BuildPairsConfig
@@ -39,6 +44,7 @@ from avatar3d.prior.encoder import load_image_encoder
 from avatar3d.prior.views import map_front, render_w, seeded_z
 from avatar3d.runtime import apply_local_defaults, default_device, init_local_ray
 from avatar3d.safeio import check_format
+from avatar3d.tracking.options import TrackingOptions
 
 SHARDS = "shards"
 CARD = "pairs.json"
@@ -105,10 +111,10 @@ class PairsResult:
 def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     """Build the pairs folder (Ray Data actor pool; ``use_ray=False``: the same builder in this process)."""
     apply_local_defaults()
+    if check_output_location(cfg.output_dir, TrackingOptions(enabled=False)):  # the pairs job logs no MLflow run
+        return _build_remote(cfg, use_ray)
     writable_dir(cfg.output_dir, "output_dir", create=False)  # an empty one is refused, not taken as "."
-    meta = read_snapshot_metadata(cfg.snapshot)  # fail here, not in an actor
-    if cfg.image_encoder != "tiny":
-        load_image_encoder(cfg.image_encoder)  # one clear line when the model is not there
+    meta = _check_inputs(cfg)
     out = Path(cfg.output_dir).resolve()
     if (out / CARD).exists() and not cfg.overwrite:
         raise ConfigError(f"output_dir: {out} already holds pairs; pass overwrite=true or a new output_dir")
@@ -116,28 +122,70 @@ def run_build_pairs(cfg: BuildPairsConfig, use_ray: bool = True) -> PairsResult:
     with folder_lock(out, "output_dir"):  # one writer per pairs folder
         t0 = time.time()
         with atomic_folder(out / SHARDS) as tmp:  # a failed run leaves the previous pairs as they were
-            if use_ray:
-                _write_with_ray(cfg, tmp)
-            else:
-                builder = PairBuilder(cfg.snapshot, cfg.image_encoder, cfg.encoder_seed, cfg.truncation_psi, cfg.seed)
-                tables = [builder({"id": np.arange(i, min(i + cfg.batch_size, cfg.num_pairs))})
-                          for i in range(0, cfg.num_pairs, cfg.batch_size)]
-                pq.write_table(pa.concat_tables(tables), tmp / "part-00000.parquet")
+            _write_shards(cfg, str(tmp), None, use_ray)
             (out / CARD).unlink(missing_ok=True)  # from here until the new card, the folder reads as unfinished
         info = check_pairs(out, need_card=False)
-        if info.num_rows != cfg.num_pairs:
-            raise RuntimeError(f"pairs job wrote {info.num_rows} rows, expected {cfg.num_pairs}")
-        card = {"format": PAIRS_FORMAT, "snapshot": str(Path(cfg.snapshot).resolve()),
-                "gan_config": meta["gan_config"], "image_encoder": cfg.image_encoder,
-                "encoder_seed": cfg.encoder_seed, "num_pairs": info.num_rows, "w_dim": info.w_dim,
-                "embed_dim": info.embed_dim, "truncation_psi": cfg.truncation_psi, "seed": cfg.seed,
-                "config": to_dict(cfg), "seconds": round(time.time() - t0, 3)}
+        card = _card(cfg, meta, info, t0)
         atomic_write(out / CARD, json.dumps(card, indent=2))
         return PairsResult(folder=out, num_pairs=info.num_rows, w_dim=info.w_dim, embed_dim=info.embed_dim,
                            seconds=time.time() - t0)
 
 
-def _write_with_ray(cfg: BuildPairsConfig, folder: Path) -> None:
+def _check_inputs(cfg: BuildPairsConfig) -> dict:
+    meta = read_snapshot_metadata(cfg.snapshot)  # fail here, not in an actor
+    if cfg.image_encoder != "tiny":
+        load_image_encoder(cfg.image_encoder)  # one clear line when the model is not there
+    return meta
+
+
+def _build_remote(cfg: BuildPairsConfig, use_ray: bool) -> PairsResult:
+    """Pairs on an object store: no rename and no lock, so the card is the mark of a finished folder. The old
+    card and shards go first (a crash then leaves a folder without a card, which readers refuse), each shard
+    is one PUT, and the new card is written last. Give each job its own prefix."""
+    uri = cfg.output_dir.rstrip("/")
+    meta = _check_inputs(cfg)
+    fs, root = resolve_filesystem(uri)
+    if fs.get_file_info(f"{root}/{CARD}").type == pafs.FileType.File and not cfg.overwrite:
+        raise ConfigError(f"output_dir: {uri} already holds pairs; pass overwrite=true or a new output_dir")
+    t0 = time.time()
+    if fs.get_file_info(f"{root}/{CARD}").type == pafs.FileType.File:
+        fs.delete_file(f"{root}/{CARD}")
+    if fs.get_file_info(f"{root}/{SHARDS}").type == pafs.FileType.Directory:
+        fs.delete_dir_contents(f"{root}/{SHARDS}", missing_dir_ok=True)
+    _write_shards(cfg, f"{uri}/{SHARDS}", fs, use_ray)
+    info = check_pairs(uri, need_card=False)
+    put_object(fs, f"{root}/{CARD}", json.dumps(_card(cfg, meta, info, t0), indent=2).encode())
+    return PairsResult(folder=uri, num_pairs=info.num_rows, w_dim=info.w_dim, embed_dim=info.embed_dim,
+                       seconds=time.time() - t0)
+
+
+def _write_shards(cfg: BuildPairsConfig, folder: str, fs: pafs.FileSystem | None, use_ray: bool) -> None:
+    """The pairs as Parquet files in ``folder`` (a local folder, or a URI on ``fs``: one PUT per file)."""
+    if use_ray:
+        _write_with_ray(cfg, folder, fs)
+        return
+    builder = PairBuilder(cfg.snapshot, cfg.image_encoder, cfg.encoder_seed, cfg.truncation_psi, cfg.seed)
+    table = pa.concat_tables([builder({"id": np.arange(i, min(i + cfg.batch_size, cfg.num_pairs))})
+                              for i in range(0, cfg.num_pairs, cfg.batch_size)])
+    if fs is None:
+        pq.write_table(table, Path(folder) / "part-00000.parquet")
+    else:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        put_object(fs, f"{resolve_filesystem(folder)[1]}/part-00000.parquet", sink.getvalue().to_pybytes())
+
+
+def _card(cfg: BuildPairsConfig, meta: dict, info: "PairsInfo", t0: float) -> dict:
+    if info.num_rows != cfg.num_pairs:
+        raise RuntimeError(f"pairs job wrote {info.num_rows} rows, expected {cfg.num_pairs}")
+    return {"format": PAIRS_FORMAT, "snapshot": str(Path(cfg.snapshot).resolve()),
+            "gan_config": meta["gan_config"], "image_encoder": cfg.image_encoder,
+            "encoder_seed": cfg.encoder_seed, "num_pairs": info.num_rows, "w_dim": info.w_dim,
+            "embed_dim": info.embed_dim, "truncation_psi": cfg.truncation_psi, "seed": cfg.seed,
+            "config": to_dict(cfg), "seconds": round(time.time() - t0, 3)}
+
+
+def _write_with_ray(cfg: BuildPairsConfig, folder: str, fs: pafs.FileSystem | None) -> None:
     import ray  # Ray only for the Ray Data driver (the prior package's rule): use_ray=False runs without it
 
     init_local_ray()
@@ -154,19 +202,20 @@ def _write_with_ray(cfg: BuildPairsConfig, folder: Path) -> None:
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
     )
-    ds.write_parquet(str(folder), min_rows_per_file=min(cfg.rows_per_file, cfg.num_pairs))
+    ds.write_parquet(str(folder), filesystem=fs, min_rows_per_file=min(cfg.rows_per_file, cfg.num_pairs))
 
 
 # -- reading -------------------------------------------------------------------------------
 
 @dataclass
 class PairsInfo:
-    folder: Path
-    files: list[Path]
+    folder: str | Path
+    files: list[str]
     num_rows: int
     w_dim: int
     embed_dim: int
     card: dict
+    filesystem: pafs.FileSystem | None = None  # set for an object store (files are paths inside it)
 
     def summary(self) -> str:
         return f"{self.num_rows} pairs (w {self.w_dim}-d, embedding {self.embed_dim}-d) in {len(self.files)} file(s)"
@@ -184,23 +233,27 @@ class Pairs:
 
 
 def check_pairs(folder: str | Path, need_card: bool = True) -> PairsInfo:
-    """Validate a pairs folder (files, schema, dims) without reading the images."""
-    folder = Path(folder)
-    files = sorted((folder / SHARDS).glob("*.parquet")) if (folder / SHARDS).is_dir() else []
+    """Validate a pairs folder, local or on an object store (files, schema, dims) without reading the images."""
+    remote = is_remote(folder)
+    fs, root = resolve_filesystem(folder)
+    where = str(folder).rstrip("/") if remote else root
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{SHARDS}", allow_not_found=True))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
     if not files:
-        raise FileNotFoundError(f"pairs: no Parquet files under {folder / SHARDS}; pass a folder written by "
+        raise FileNotFoundError(f"pairs: no Parquet files under {where}/{SHARDS}; pass a folder written by "
                                 "avatar3d build-prior-pairs")
     card = {}
     if need_card:
-        if not (folder / CARD).is_file():
-            raise FileNotFoundError(f"pairs: {folder / CARD} is missing (an unfinished build-prior-pairs job?); "
+        if fs.get_file_info(f"{root}/{CARD}").type != pafs.FileType.File:
+            raise FileNotFoundError(f"pairs: {where}/{CARD} is missing (an unfinished build-prior-pairs job?); "
                                     "run build-prior-pairs again")
-        card = json.loads((folder / CARD).read_text())
-        check_format(folder / CARD, card.get("format"), PAIRS_FORMAT, "run build-prior-pairs again with this avatar3d",
-                     field="pairs")
+        with fs.open_input_stream(f"{root}/{CARD}") as fh:
+            card = json.loads(fh.read())
+        check_format(f"{where}/{CARD}", card.get("format"), PAIRS_FORMAT,
+                     "run build-prior-pairs again with this avatar3d", field="pairs")
     rows, dims = 0, None
     for f in files:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(fs.open_input_file(f))
         missing = {"w", "embedding"} - set(pf.schema_arrow.names)
         if missing:
             raise ValueError(f"pairs: {f} lacks column(s) {sorted(missing)}; it is not a prior pairs shard")
@@ -209,14 +262,15 @@ def check_pairs(folder: str | Path, need_card: bool = True) -> PairsInfo:
             first = pf.read_row_group(0, columns=["w", "embedding"]).slice(0, 1).to_pylist()[0]
             dims = (len(first["w"]), len(first["embedding"]))
     if not rows or dims is None:
-        raise ValueError(f"pairs: {folder} holds no rows; run build-prior-pairs with num_pairs >= 1")
-    return PairsInfo(folder=folder, files=files, num_rows=rows, w_dim=dims[0], embed_dim=dims[1], card=card)
+        raise ValueError(f"pairs: {where} holds no rows; run build-prior-pairs with num_pairs >= 1")
+    return PairsInfo(folder=where if remote else Path(root), files=files, num_rows=rows, w_dim=dims[0],
+                     embed_dim=dims[1], card=card, filesystem=fs if remote else None)
 
 
 def read_pairs(folder: str | Path, with_images: bool = False) -> Pairs:
     info = check_pairs(folder, need_card=False)
     columns = ["index", "seed", "w", "embedding"] + (["image_png"] if with_images else [])
-    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in info.files])
+    table = pa.concat_tables([pq.read_table(f, columns=columns, filesystem=info.filesystem) for f in info.files])
     table = table.sort_by("index")
 
     def matrix(name: str, dim: int) -> np.ndarray:

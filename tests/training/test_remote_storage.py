@@ -5,29 +5,12 @@ import os
 
 import mlflow
 import pytest
-import ray
 
 from avatar3d.config import ConfigError, load_config
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.job import run_train_gan
-from tests.s3_server import fresh_prefix, s3_bucket, s3_server  # noqa: F401 - fixtures
+from tests.s3_server import fresh_prefix, ray_with_s3, s3_bucket, s3_server  # noqa: F401 - fixtures
 from tests.training.fixtures import MICRO_GAN
-
-
-@pytest.fixture(scope="module")
-def ray_with_s3(s3_server):
-    """A local Ray started with the server's environment, which its worker processes inherit."""
-    _, env = s3_server
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _cfg(tmp, data, **over):
