@@ -281,3 +281,38 @@ class FakeCluster:
         node_id = node_id or sorted(pids)[0]
         os.kill(pids[node_id], signal.SIGKILL)
         return node_id
+
+    def actors(self, class_contains: str | None = None, timeout: float = 30) -> list[dict]:
+        """``[{"actor_id", "class_name", "state", "node_id", "pid"}]`` of the cluster's actors, any state
+        (``PENDING_CREATION``, ``ALIVE``, ``RESTARTING``, ``DEAD``), read over the dashboard like :meth:`alive_nodes`.
+
+        ``class_contains`` keeps the actors whose class name holds it (Ray Data's pool
+        actors are named ``MapWorker(MapBatches(<callable class>))``).
+        """
+        import urllib.request
+
+        url = f"{self.dashboard}/api/v0/actors?limit=10000&detail=true"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = json.loads(r.read())
+        out = []
+        for info in body["data"]["result"]["result"]:
+            name = info.get("class_name") or ""
+            if class_contains and class_contains not in name:
+                continue
+            out.append({"actor_id": info.get("actor_id"), "class_name": name, "state": info.get("state"),
+                        "node_id": info.get("node_id"), "pid": info.get("pid")})
+        return out
+
+    def worker_logs(self, pid: int) -> str:
+        """What worker process ``pid`` wrote to its stdout and stderr files (``worker-*-<pid>.out/.err``).
+
+        Read from the files, not the driver's console: every node of this cluster
+        shares one session folder, so each node's log monitor forwards every
+        worker's lines and a driver sees each line once per node.
+        """
+        text = []
+        # session_latest links to the session folder: resolve, or every file is read twice.
+        for path in sorted({p.resolve() for p in (self.temp_root / "ray").glob(f"session_*/logs/worker-*-{pid}.*")}):
+            if path.suffix in (".out", ".err"):
+                text.append(f"==> {path.name} <==\n" + path.read_text(errors="replace"))
+        return "".join(text)
