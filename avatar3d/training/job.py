@@ -2,7 +2,8 @@
 
 1. validate the options and the dataset (before any worker starts),
 2. open (or re-open) the MLflow run of this run name and log the config,
-3. read the Parquet shards with Ray Data and start a ``TorchTrainer``
+3. read the Parquet shards with Ray Data, decode and resize their PNGs in
+   Ray Data's CPU tasks (uint8 to the workers), and start a ``TorchTrainer``
    (gloo on CPU, NCCL on GPUs; DeepSpeed or plain engines inside); the
    workers get the typed config itself (as data, rebuilt by the same
    ``from_dict``), not a hand-made dict,
@@ -17,6 +18,7 @@ URIs (``s3://bucket/gan``): Ray uploads the checkpoints there, and the run's
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
@@ -36,8 +38,9 @@ from avatar3d.lock import folder_lock
 from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
+from avatar3d.training.data import decode_images
 from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
-from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray,
+from avatar3d.training.ray_fit import (RowTransform, WorkerContext, check_checkpoint_to_load, fit_with_ray,
                                        torch_threads_from_env, worker_config)
 from avatar3d.training.ray_worker import train_func
 from avatar3d.training.registry import register_generator
@@ -116,9 +119,11 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         t0 = time.time()
         context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
                                 run_id=tracker.run_id or "", torch_threads=torch_threads_from_env())
+        # PNG decode + resize run in Ray Data's CPU tasks; the workers get uint8 pixels and draw the flips.
+        decode = RowTransform(functools.partial(decode_images, resolution=gan_cfg.output_resolution))
         result = fit_with_ray(train_func, worker_config(cfg, context, after_tick=after_tick), cfg.scaling,
                               cfg.run_name, output_dir, cfg.max_failures, dataset.files,
-                              columns=["image_png", "camera"], filesystem=dataset.filesystem)
+                              columns=["image_png", "camera"], filesystem=dataset.filesystem, transform=decode)
         # On an object store the snapshot is kept in a local temporary (for MLflow) and uploaded beside the run.
         snapshot = _keep_final_snapshot(result, Path(local_tmp) if remote else run_dir)
         tracker.log_metrics({"train_wall_s": time.time() - t0})

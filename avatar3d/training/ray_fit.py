@@ -1,9 +1,10 @@
 """Ray Train plumbing shared by every trainer (the GAN and the W-space prior).
 
 The driver half: start (or join) Ray, read Parquet columns with Ray Data in a
-deterministic order, and run a ``TorchTrainer`` whose storage, failure and
-checkpoint settings follow one convention (``<output_dir>/ray/<run_name>``;
-running the same run name again resumes). The worker half: turn a training
+deterministic order (optionally through a deterministic per-row transform in Ray
+Data's CPU tasks: the GAN's PNG decode and resize), and run a ``TorchTrainer``
+whose storage, failure and checkpoint settings follow one convention
+(``<output_dir>/ray/<run_name>``; running the same run name again resumes). The worker half: turn a training
 loop's reports into ``ray.train.report`` calls with checkpoints, and log rank
 0's metrics, images and snapshots into the driver's MLflow run.
 """
@@ -50,22 +51,37 @@ def unpack_worker_config(config: dict[str, Any], cls):
     return from_dict(cls, config["config"]), WorkerContext(**config["context"])
 
 
+@dataclass(frozen=True)
+class RowTransform:
+    """A deterministic per-row function ``fn(batch) -> batch`` (dicts of NumPy columns) that Ray Data runs
+    in CPU tasks (``map_batches``) upstream of the workers' shards, so their own CPUs never run it.
+
+    It must not draw random numbers: with the dataset's order preserved, each shard then sees the same rows
+    in the same order on every run, and a resume skips exactly the batches already seen. ``batch_size`` rows
+    per call bounds a task's output block (32 decoded 512 px images: 25 MB); ``num_cpus`` per task.
+    """
+
+    fn: Callable[[dict[str, Any]], dict[str, Any]]
+    batch_size: int = 32
+    num_cpus: float = 1.0
+
+
 def torch_threads_from_env() -> int | None:
     return int(os.environ.get("OMP_NUM_THREADS", "0")) or None
 
 
 def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any], scaling, run_name: str,
                  output_dir: Path, max_failures: int, files: Sequence[str | Path], columns: list[str],
-                 filesystem=None):
+                 filesystem=None, transform: RowTransform | None = None):
     """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files`` (on ``filesystem``,
-    a pyarrow filesystem, for remote storage); -> Ray's Result."""
-    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read tasks.
+    a pyarrow filesystem, for remote storage), their ``columns`` passed through ``transform`` when given
+    (the workers' shards then hold its output columns); -> Ray's Result."""
+    # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read (and transform) tasks.
     needed = int(scaling.num_workers * scaling.cpus_per_worker + 0.999) + 2
+    if transform is not None:
+        needed += int(transform.num_cpus + 0.999)
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
-    data_ctx.enable_progress_bars = False  # the loops print their own progress
-    dataset = ray.data.read_parquet([str(f) for f in files], columns=columns, filesystem=filesystem)
+    dataset = training_dataset(files, columns, filesystem, transform)
     trainer = TorchTrainer(
         train_func,
         train_loop_config=train_config,
@@ -78,6 +94,20 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
         datasets={"train": dataset},
     )
     return trainer.fit()
+
+
+def training_dataset(files: Sequence[str | Path], columns: list[str], filesystem=None,
+                     transform: RowTransform | None = None):
+    """The Ray dataset the workers' shards come from: the Parquet ``columns`` in file and row order, passed
+    through ``transform`` (a ``map_batches`` of CPU tasks) when given. Ray must be started."""
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
+    data_ctx.enable_progress_bars = False  # the loops print their own progress
+    dataset = ray.data.read_parquet([str(f) for f in files], columns=columns, filesystem=filesystem)
+    if transform is not None:
+        dataset = dataset.map_batches(transform.fn, batch_size=transform.batch_size, batch_format="numpy",
+                                      num_cpus=transform.num_cpus)
+    return dataset
 
 
 def storage_path(output_dir: str | Path) -> str:

@@ -1,9 +1,13 @@
 """Decoding training batches: scale, resize, mirror with the label."""
+import warnings
+
 import numpy as np
+import pytest
+import torch
 
 from avatar3d.datagen.dataset import read_table
 from avatar3d.scene.cameras import flip_label, label_to_yaw_pitch
-from avatar3d.training.data import decode_batch
+from avatar3d.training.data import decode_batch, decode_images
 
 
 def _rows(path):
@@ -50,3 +54,30 @@ def test_shuffled_labels_move_every_camera_to_another_image_and_keep_the_set(hea
     again = decode_batch(sub, 16, False, np.random.default_rng(5), shuffle_labels=True)
     same = decode_batch(sub, 16, False, np.random.default_rng(5), shuffle_labels=True)
     assert np.array_equal(again.cameras.numpy(), same.cameras.numpy())  # resumable: the batch's seed decides
+
+
+def test_predecoded_rows_give_the_same_batch_as_png_rows(head_dataset):
+    """Under Ray the PNGs are decoded upstream (decode_images in Ray Data); the worker's batch, flips and
+    shuffled labels included, must equal the one decoded from PNG bytes with the same rng."""
+    rows = _rows(head_dataset)
+    sub = {k: rows[k][:8] for k in ("image_png", "camera")}
+    decoded = decode_images(sub, 16)
+    assert decoded["image"].dtype == np.uint8 and decoded["image"].shape == (8, 16, 16, 3)
+    assert decoded["camera"].shape == (8, 25)
+    for k in decoded.values():  # Ray's zero-copy batches are read-only
+        k.flags.writeable = False
+    for mirror, shuffle in ((False, False), (True, False), (True, True)):
+        a = decode_batch(sub, 16, mirror, np.random.default_rng(7), shuffle_labels=shuffle)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. torch's "The given NumPy array is not writable"
+            b = decode_batch(decoded, 16, mirror, np.random.default_rng(7), shuffle_labels=shuffle)
+        assert torch.equal(a.images, b.images) and torch.equal(a.cameras, b.cameras)
+        assert b.images.stride() == a.images.stride()  # same memory layout (channels-last) as before
+    assert np.array_equal(decoded["image"], decode_images(sub, 16)["image"])  # inputs left untouched
+
+
+def test_predecoded_rows_at_another_resolution_are_refused(head_dataset):
+    rows = _rows(head_dataset)
+    decoded = decode_images({k: rows[k][:2] for k in ("image_png", "camera")}, 16)
+    with pytest.raises(ValueError, match=r"decoded images are uint8 \(16, 16, 3\), expected uint8 \(32, 32, 3\)"):
+        decode_batch(decoded, 32, False, np.random.default_rng(0))
