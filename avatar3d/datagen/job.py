@@ -319,6 +319,13 @@ def build_dataset(cfg: GenerateConfig, specs):
     return ds
 
 
+def _binary_column(values) -> pa.Array | pa.ChunkedArray:
+    """PNG bytes as an Arrow binary column: an Arrow column as it is (no copy), else from the Python bytes."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == pa.binary() else values.cast(pa.binary())
+    return pa.array(list(values), type=pa.binary())
+
+
 def _rows_for(specs, generated, model_ids: dict, resolution: int):
     """Join painted ``id`` + PNG with the planned spec rows (spec row i has index i)."""
 
@@ -327,7 +334,7 @@ def _rows_for(specs, generated, model_ids: dict, resolution: int):
     rows = specs.take(pa.array([int(i) for i in ids], type=pa.int64()))
     n = len(ids)
     extra = {
-        "image_png": pa.array(list(generated["image_png"]), type=pa.binary()),
+        "image_png": _binary_column(generated["image_png"]),
         "width": pa.array([resolution] * n, type=pa.int32()),
         "height": pa.array([resolution] * n, type=pa.int32()),
         "base_model": pa.array([model_ids["base_model"]] * n, type=pa.string()),
@@ -346,6 +353,30 @@ def _rows_for(specs, generated, model_ids: dict, resolution: int):
     for name, column in extra.items():
         table = table.append_column(name, column)
     return table.select([f.name for f in ROW_SCHEMA]).cast(ROW_SCHEMA)
+
+
+def _driver_batch(block: pa.Table) -> dict:
+    """A painted block at the driver: ``image_png`` as its Arrow column (no copy), the rest as numpy."""
+    from ray.data.block import BlockAccessor
+
+    batch = BlockAccessor.for_block(block.drop_columns(["image_png"])).to_batch_format("numpy")
+    batch["image_png"] = block.column("image_png")
+    return batch
+
+
+def _batch_nbytes(batch: dict) -> int:
+    """Bytes of a block as it reached the driver (bytes/str objects by length, arrays by size)."""
+    total = 0
+    for values in batch.values():
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            total += values.nbytes
+            continue
+        values = np.asarray(values)
+        if values.dtype == object:
+            total += sum(len(v) if isinstance(v, (bytes, str)) else np.asarray(v).nbytes for v in values)
+        else:
+            total += values.nbytes
+    return total
 
 
 def run_generation(cfg: GenerateConfig, on_shard: Callable[[Path, int], None] | None = None,
@@ -430,11 +461,18 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
     writer = ShardWriter(out, cfg.rows_per_file, run_tag=time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6])
     progress = Progress(cfg.num_samples, len(done), cfg.progress_interval_s)
     t_gen = time.perf_counter()
+    cpu_gen = time.process_time()  # the driver's CPU (all its threads: Ray Data's executor too) for the rows
+    driver_bytes = 0
     if todo.num_rows:
         ds = build_dataset(cfg, todo)
         # prefetch_batches=0: with prefetching, Ray Data hands a block to the
         # driver only once the next one is ready (measured: one block late).
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        # Blocks come as Arrow: the PNG column stays the object store's buffer
+        # until the shard is written (as numpy every PNG became a Python bytes
+        # copy, about half the driver's CPU per row: evaluation/datagen/README.md).
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            batch = _driver_batch(block)
+            driver_bytes += _batch_nbytes(batch)
             spent = {key: float(np.sum(batch[key])) for key in stage}
             for key, seconds in spent.items():
                 stage[key] += seconds
@@ -446,6 +484,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
         writer.flush(on_written=on_shard)
         progress.update(0, force=True)
     t_gen = time.perf_counter() - t_gen
+    cpu_gen = time.process_time() - cpu_gen
 
     generated = writer.rows_written
     timings = {
@@ -453,6 +492,11 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
         "generation_wall_s": round(t_gen, 3),
         "images_per_s": round(generated / t_gen, 4) if generated and t_gen > 0 else 0.0,
         "per_image_s": {k.removesuffix("_s"): round(v / generated, 5) for k, v in stage.items()} if generated else {},
+        # The driver's share: its CPU seconds and the bytes it received per generated row (1 / driver_cpu_s_per_row
+        # is the most rows/s one driver can take, however many GPUs paint).
+        "driver_cpu_s": round(cpu_gen, 3),
+        "driver_cpu_s_per_row": round(cpu_gen / generated, 7) if generated else None,
+        "driver_bytes_per_row": round(driver_bytes / generated, 1) if generated else None,
         "total_wall_s": None,
     }
     card = build_card(out, to_dict(cfg), model_ids, timings, cfg.num_samples)

@@ -95,13 +95,17 @@ def test_stored_specs_equal_planned_specs(reference):
 
 
 def test_dataset_card_and_mlflow_run(reference):
-    cfg, result, _ = reference
+    cfg, result, table = reference
     card = json.loads(open(result.card_path).read())
     assert card["num_rows"] == card["num_unique_ids"] == N and card["complete"]
     assert card["counts"]["style"] == {"anime": N // 2, "pixar": N // 2}
     assert sum(card["counts"]["coarse_bin"].values()) == N == sum(card["counts"]["view"].values())
     assert card["config"]["pipeline"]["preset"] == "tiny" and card["model_ids"]["base_model"] == "avatar3d/tiny-random-sd"
     assert card["timings"]["images_per_s"] > 0 and card["timings"]["per_image_s"]["diffusion"] > 0
+    # The driver's share per row (evaluation/datagen/bench_driver.py): CPU seconds and the bytes it received.
+    assert card["timings"]["driver_cpu_s_per_row"] > 0
+    png_bytes = sum(len(b) for b in table.column("image_png").to_pylist()) / N
+    assert card["timings"]["driver_bytes_per_row"] >= png_bytes
 
     from mlflow.tracking import MlflowClient
 
@@ -262,3 +266,27 @@ def test_duplicate_ids_from_two_writers_are_dropped_keeping_the_first_copy(tmp_p
     assert [p.name for p in (tmp_path / "quarantine").iterdir()] == ["part-c-00000.parquet"]  # nothing new in c
     assert pq.read_schema(list_shards(tmp_path)[1]).metadata[b"avatar3d.dataset"] == b"2"  # still a dataset shard
     assert scan_for_resume(tmp_path, clean=False).duplicate_ids == 0
+
+
+def test_driver_joins_an_arrow_block_without_copying_its_pngs(tmp_path):
+    """Blocks reach the driver as Arrow: the rows it writes equal those of the numpy path, and the PNG column
+    is the block's own buffer (no Python bytes copy per image)."""
+    import pyarrow as pa
+
+    from avatar3d.datagen.job import _driver_batch, _rows_for, plan_specs
+
+    cfg = tiny_config(tmp_path, "num_samples=6", "tracking.enabled=false")
+    specs = plan_specs(cfg)
+    pngs = [bytes([i]) * (1000 + i) for i in range(3)]
+    ids = ["00000004", "00000001", "00000005"]
+    block = pa.table({"id": ids, "image_png": pa.array(pngs, type=pa.binary()),
+                      "guidance_s": [0.1, 0.2, 0.3], "call_start": [1.0, 1.0, 1.0]})
+    batch = _driver_batch(block)
+    assert list(batch["id"]) == ids and batch["guidance_s"].dtype == np.float64
+    model_ids = cfg.pipeline.model_ids()
+    rows = _rows_for(specs, batch, model_ids, 64)
+    assert rows.equals(_rows_for(specs, {"id": np.array(ids, dtype=object),
+                                         "image_png": np.array(pngs, dtype=object)}, model_ids, 64))
+    assert rows.column("index").to_pylist() == [4, 1, 5]
+    column = rows.column("image_png")
+    assert column.chunk(0).buffers()[2].address == block.column("image_png").chunk(0).buffers()[2].address
