@@ -29,7 +29,8 @@ from tests.cluster.fake_cluster import FakeCluster, ray_env
 from tests.s3_server import fresh_prefix, s3_bucket, s3_server  # noqa: F401 - fixtures
 from tests.training.fixtures import MICRO_GAN
 
-pytestmark = pytest.mark.slow  # a cluster of 3 raylets and ~1-2 min per training run on 2 cores
+# A cluster of 3 raylets and 2 worker processes per run on 2 cores: ~2-5 min per training run.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TICK_KIMG = 0.008  # 2 steps of the global batch of 4
 
@@ -81,6 +82,7 @@ def _recorder(records: Path, park: Path | None = None):
     """The after_tick hook (shipped to the workers by value): each rank writes down its tick, Ray node, pid and
     the AWS_* names it sees. With ``park``, rank 1 stops after tick 1 (once) and waits to be killed with its
     node: the test kills that node once Ray has registered tick 1's checkpoint."""
+    records.mkdir(parents=True, exist_ok=True)
 
     def after_tick(tick, rank):
         import json
@@ -126,7 +128,8 @@ def _two_workers_on_two_nodes(records: list[dict], cluster: FakeCluster) -> None
         nodes = {r["rank"]: r["node"] for r in records if r["tick"] == tick}
         assert sorted(nodes) == [0, 1] and nodes[0] != nodes[1], (tick, nodes)
         assert not set(nodes.values()) & head, (tick, nodes)  # the head cannot hold a training worker
-    assert all(r["aws"] for r in records)  # the workers got the driver's AWS_* variables through Ray
+    for r in records:  # the workers got the driver's AWS_* variables through Ray (their raylets have none)
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= set(r["aws"]), r
 
 
 def _load_snapshot_from(bucket, uri: str, tmp: Path):
@@ -142,7 +145,7 @@ def _load_snapshot_from(bucket, uri: str, tmp: Path):
 
 @pytest.fixture(scope="module")
 def two_node_deepspeed(cluster, s3_server, head_dataset, tmp_path_factory):
-    """DeepSpeed ZeRO-1 on 2 nodes: one tick, then the same run name again to three ticks (a resume from the
+    """DeepSpeed ZeRO-1 on 2 nodes: one tick, then the same run name again to two ticks (a resume from the
     bucket). -> what the tests below check; the node-loss run must end where this one did."""
     # module-scoped: set the driver's environment by hand (s3_bucket/monkeypatch are per test)
     import pyarrow.fs as pafs
@@ -170,7 +173,7 @@ def two_node_deepspeed(cluster, s3_server, head_dataset, tmp_path_factory):
                               after_tick=_recorder(tmp / "first"))
         t1 = time.monotonic()
         after_first = _checkpoints(bucket, prefix, "ds")
-        second = run_train_gan(_cfg(out, head_dataset, tmp, "ds", total_kimg=3 * TICK_KIMG, **over),
+        second = run_train_gan(_cfg(out, head_dataset, tmp, "ds", total_kimg=2 * TICK_KIMG, **over),
                                after_tick=_recorder(tmp / "second"))
         t2 = time.monotonic()
         ray.shutdown()
@@ -200,10 +203,10 @@ def test_deepspeed_on_two_nodes_checkpoints_to_the_bucket_and_resumes_from_it(tw
                        for f in files), (net, rank, sorted(files))
     assert any(f.startswith("loop_state/") for f in files)
     # The second run resumed from it (a restart would log kimg 0.008 twice) and ended at the configured length.
-    assert first.kimg == pytest.approx(TICK_KIMG) and second.kimg == pytest.approx(3 * TICK_KIMG)
+    assert first.kimg == pytest.approx(TICK_KIMG) and second.kimg == pytest.approx(2 * TICK_KIMG)
     assert second.mlflow_run_id == first.mlflow_run_id
-    assert _kimg_history(second, tmp) == pytest.approx([0.008, 0.016, 0.024])
-    assert sorted(r["tick"] for r in _records(tmp / "second")) == [2, 2, 3, 3]
+    assert _kimg_history(second, tmp) == pytest.approx([0.008, 0.016])
+    assert sorted((r["tick"], r["rank"]) for r in _records(tmp / "second")) == [(2, 0), (2, 1)]
     keys = bucket.keys(prefix)
     assert "ds/network-snapshot-final.safetensors" in keys and len(_checkpoints(bucket, prefix, "ds")) == 2
     assert not (tmp / "ray").exists() and not os.path.exists("s3:")  # nothing of Ray's storage on the local disk
@@ -216,6 +219,7 @@ def test_plain_on_two_nodes_checkpoints_to_the_bucket_and_resumes_from_it(driver
     prefix = fresh_prefix("plain2")
     out = s3_bucket.uri(prefix)
     over = {"scaling.strategy": "plain"}
+    t0 = time.monotonic()
     first = run_train_gan(_cfg(out, head_dataset, tmp_path, "plain", total_kimg=TICK_KIMG, **over),
                           after_tick=_recorder(tmp_path))
     (folder, files), = _checkpoints(s3_bucket, prefix, "plain").items()
@@ -223,6 +227,7 @@ def test_plain_on_two_nodes_checkpoints_to_the_bucket_and_resumes_from_it(driver
         assert any(f.startswith(f"rng_rank{rank}/") for f in files), (rank, sorted(files))
     second = run_train_gan(_cfg(out, head_dataset, tmp_path, "plain", total_kimg=2 * TICK_KIMG, **over),
                            after_tick=_recorder(tmp_path))
+    print(f"wall: two plain runs {time.monotonic() - t0:.0f} s")
     _two_workers_on_two_nodes(_records(tmp_path), driver)
     assert second.kimg == pytest.approx(2 * TICK_KIMG) and second.mlflow_run_id == first.mlflow_run_id
     assert _kimg_history(second, tmp_path) == pytest.approx([0.008, 0.016])
@@ -242,7 +247,6 @@ def test_a_lost_training_node_resumes_from_the_last_checkpoint_in_the_bucket(dri
     prefix = fresh_prefix("loss")
     out = s3_bucket.uri(prefix)
     records, park = tmp_path / "records", tmp_path / "parked.json"
-    records.mkdir()
     registry = f"{s3_bucket.bucket}/{prefix}/ray/loss/checkpoint_manager_snapshot.json"
     killed: dict = {}
 
@@ -251,6 +255,7 @@ def test_a_lost_training_node_resumes_from_the_last_checkpoint_in_the_bucket(dri
         while not park.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         node = json.loads(park.read_text())["node"]
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # Ray's controller collects every rank's report (~2 s polls)
             try:
                 with s3_bucket.filesystem.open_input_stream(registry) as f:
@@ -258,6 +263,7 @@ def test_a_lost_training_node_resumes_from_the_last_checkpoint_in_the_bucket(dri
             except (OSError, ValueError, KeyError):
                 ticks = []
             if 1 in ticks:
+                killed["registered"] = True
                 break
             time.sleep(0.5)
         killed["nodes_before"] = {n["node_id"] for n in cluster.worker_nodes()}
@@ -267,19 +273,20 @@ def test_a_lost_training_node_resumes_from_the_last_checkpoint_in_the_bucket(dri
     killer = threading.Thread(target=kill_rank1_node_once_tick1_is_registered, daemon=True)
     killer.start()
     t0 = time.time()
-    result = run_train_gan(_cfg(out, head_dataset, tmp_path, "loss", total_kimg=3 * TICK_KIMG, max_failures=1,
+    result = run_train_gan(_cfg(out, head_dataset, tmp_path, "loss", total_kimg=2 * TICK_KIMG, max_failures=1,
                                 **{"scaling.strategy": "deepspeed", "scaling.zero_stage": 1}),
                            after_tick=_recorder(records, park))
     wall = time.time() - t0
     killer.join(timeout=5)
     assert killed.get("node"), "the node was never killed"
+    assert killed.get("registered"), "tick 1's checkpoint was not registered before the kill"
     seen = _records(records)
     before = [r for r in seen if r["t"] < killed["t"]]
     after = [r for r in seen if r["t"] > killed["t"]]
     # Tick 1 ran before the kill; the restarted group went on from its checkpoint (tick 2), on two nodes
     # other than the dead one.
     assert sorted((r["tick"], r["rank"]) for r in before) == [(1, 0), (1, 1)]
-    assert sorted((r["tick"], r["rank"]) for r in after) == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert sorted((r["tick"], r["rank"]) for r in after) == [(2, 0), (2, 1)]
     assert killed["node"] == [r["node"] for r in before if r["rank"] == 1][0]
     assert killed["node"] not in {r["node"] for r in after}
     _two_workers_on_two_nodes(after, cluster)
@@ -287,9 +294,9 @@ def test_a_lost_training_node_resumes_from_the_last_checkpoint_in_the_bucket(dri
     resume_s = min(r["t"] for r in after) - killed["t"]
     print(f"node loss: killed {killed['node'][-5:]}, first tick after it {resume_s:.0f} s later, "
           f"replacement node(s) {[n[-5:] for n in replacement]}, run wall {wall:.0f} s")
-    assert result.kimg == pytest.approx(3 * TICK_KIMG)
-    assert _kimg_history(result, tmp_path) == pytest.approx([0.008, 0.016, 0.024])  # continued, not restarted
-    # ... and ended where the run without a failure (tick 1, then resumed to tick 3) did
+    assert result.kimg == pytest.approx(2 * TICK_KIMG)
+    assert _kimg_history(result, tmp_path) == pytest.approx([0.008, 0.016])  # continued, not restarted
+    # ... and ended where the run without a failure (tick 1, then resumed to tick 2) did
     reference = two_node_deepspeed
     a = _load_snapshot_from(s3_bucket, result.snapshot, tmp_path).generator.state_dict()
     (tmp_path / "ref").mkdir()
