@@ -1,0 +1,67 @@
+"""Run a command and record its wall time and peak memory, Ray workers included.
+
+``/usr/bin/time -v`` sees the command's own process only where Ray's workers are not its
+reaped children; this polls the whole process tree (the driver, the Ray head it starts, the
+actors) every ``--interval`` seconds and keeps the largest single-process RSS and the largest
+sum over the tree.
+
+    python evaluation/realsize/measure.py --out /tmp/realsize/run.json -- avatar3d generate ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+
+def measure(cmd: list[str], interval: float = 1.0, log=None) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None)
+    root = psutil.Process(proc.pid)
+    peak_sum = peak_one = 0
+    peak_name = ""
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        total = 0
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except psutil.Error:
+                continue
+            total += rss
+            if rss > peak_one:
+                peak_one, peak_name = rss, " ".join(p.cmdline()[:3])[:120]
+        peak_sum = max(peak_sum, total)
+        time.sleep(interval)
+    return {"cmd": " ".join(cmd), "returncode": proc.wait(), "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_tree_gb": round(peak_sum / 2**30, 2), "peak_rss_one_process_gb": round(peak_one / 2**30, 2),
+            "peak_process": peak_name}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--log", default=None, help="the command's stdout+stderr (default: inherit)")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    with open(args.log, "w") if args.log else open("/dev/null", "w") as log:
+        result = measure(cmd, args.interval, log if args.log else None)
+    text = json.dumps(result, indent=2)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    return result["returncode"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
