@@ -10,7 +10,10 @@ columns are bit-for-bit the planned ones, and each shard is renamed into
 place atomically, which is what makes resume exact. On a cluster the output
 folder only has to be visible to the driver. The driver's share of the work
 is small: at ~1 s of GPU time per 512x512 image, 16 GPUs produce ~16 PNGs/s
-(~6 MB/s).
+(~6 MB/s). Its ceiling, measured with a painter that costs nothing
+(evaluation/datagen/bench_driver.py): 2.6-3.0 CPU ms per 416 kB row, i.e.
+~340-380 rows/s on a loaded 2-core machine, above a 64-GPU pool (~50/s) but
+short of 10x it; past that, the workers would write the shards.
 
 On a CPU-only run (the tiny preset) the guidance and painting stages ask
 for the same resources and Ray Data fuses them into the actor; with
