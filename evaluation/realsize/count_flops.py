@@ -9,6 +9,7 @@
   (Gmain, Greg, Dmain, Dreg) through :class:`avatar3d.gan.step.GANTrainer`'s own
   losses, at neural rendering resolution 64 (start) and/or 128 (after the fade),
   on the meta device (default) or timed on the CPU (``--device cpu``).
+* ``prior``: the paper prior's training step (FLOPs at batch 1024, 3 timed CPU steps at 64).
 * ``gan-activations``: on the meta device, the bytes the autograd graph saves for
   backward per image in Gmain's forward (G + D) at 64 and 128 (fp32).
 
@@ -275,9 +276,44 @@ def gan_saved_activations(res: int, tiny: bool = False) -> dict:
             "saved_gib_per_image": round(total["bytes"] / 2**30, 3)}
 
 
+def prior_steps(batch: int = 1024, steps: int = 3, cpu_batch: int = 64) -> dict:
+    """The paper prior (w 512, CLIP-L 768, 12 x 64 heads, 10 layers): FLOPs of one training step at the
+    config's global batch (counted, CPU tensors: the model is small), then ``steps`` AdamW steps timed on
+    the CPU at ``cpu_batch`` on random (w, embedding) pairs: the loss and the optimiser step the job runs."""
+    import torch
+
+    from avatar3d.prior.model import PriorSize, build_prior, diffusion_loss, train_scheduler
+
+    torch.manual_seed(0)
+    prior = build_prior(512, 768, PriorSize.preset("paper"))
+    sched = train_scheduler("sample")
+    opt = torch.optim.AdamW([p for p in prior.parameters() if p.requires_grad], lr=3e-4)
+    g = torch.Generator().manual_seed(0)
+
+    def step(n, count=False):
+        w = torch.randn(n, 512)
+        emb = torch.nn.functional.normalize(torch.randn(n, 768), dim=-1)
+        c = _counter()
+        with c if count else _nullcontext():
+            loss = diffusion_loss(prior, sched, w, emb, 0.1, generator=g)
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss), (c.get_total_flops() if count else None)
+
+    _, flops = step(batch, count=True)
+    t = time.perf_counter()
+    losses = [step(cpu_batch)[0] for _ in range(steps)]
+    wall = (time.perf_counter() - t) / steps
+    return {"params": sum(p.numel() for p in prior.parameters()), "batch_counted": batch,
+            "flops_per_step": flops, "flops_per_sample": flops / batch, "cpu_batch": cpu_batch,
+            "cpu_s_per_step": round(wall, 3), "losses": [round(x, 4) for x in losses],
+            "peak_rss_gb": round(peak_rss_gb(), 2)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["sd", "gan", "gan-activations"])
+    p.add_argument("what", choices=["sd", "gan", "gan-activations", "prior"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--res", type=int, nargs="+", default=[64])
     p.add_argument("--tiny", action="store_true", help="the tiny presets (tests)")
@@ -292,6 +328,8 @@ def main(argv=None):
         result = count_sd(tiny=args.tiny, resolution=64 if args.tiny else 512)
     elif args.what == "gan":
         result = {"steps": [count_gan_step(args.batch, r, args.tiny, args.device, args.snapshot, args.precision) for r in args.res]}
+    elif args.what == "prior":
+        result = prior_steps(batch=1024, steps=3, cpu_batch=args.batch if args.batch != 2 else 64)
     else:
         result = {"activations": [gan_saved_activations(r, args.tiny) for r in args.res]}
     result.update(what=args.what, wall_s=round(time.perf_counter() - t, 2), peak_rss_gb=round(peak_rss_gb(), 2),
