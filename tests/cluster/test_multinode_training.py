@@ -40,7 +40,9 @@ def cluster():
     """The cluster, started from an environment without AWS_*: no node can reach the bucket on its own."""
     # Short and outside the checkout: a socket path under pytest's tmp_path passes AF_UNIX's 107 characters.
     root = Path(tempfile.mkdtemp(prefix="mn", dir="/tmp"))
-    env = {k: v for k, v in ray_env().items() if not k.startswith("AWS_")}
+    # Ray's memory monitor off: on a shared box it killed the training workers when other processes filled
+    # the machine's memory (a failure the run's max_failures then counted); the kernel's OOM killer remains.
+    env = {k: v for k, v in ray_env(RAY_memory_monitor_refresh_ms="0").items() if not k.startswith("AWS_")}
     try:
         with FakeCluster(root / "c", {"CPU": 1},
                          {"cpu2": {"resources": {"CPU": 2}, "min_workers": 2, "max_workers": 3}},
