@@ -24,8 +24,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,44 +35,12 @@ from unittest import mock
 import pytest
 import yaml
 
+from tests.cluster.fake_cluster import RAY_BIN, free_ports, ray_env, stop_group
+
 REPO = Path(__file__).resolve().parents[2]
-RAY_BIN = Path(sys.executable).parent / "ray"
 NUM_SAMPLES = 8
 SUBMIT_RETRY_S = 60      # the job server needs its head-node agent registered first
 JOB_TIMEOUT_S = 240      # the smoke job itself takes ~20-40 s on 2 busy cores
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _ray_env() -> dict[str, str]:
-    """The environment of both sides: loopback, no usage stats, no token auth, the venv first on PATH."""
-    env = dict(os.environ)
-    env.update({
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        # Ray 2.60 turns token auth on for `ray start`; the job CLI would then need the token.
-        "RAY_AUTH_MODE": "disabled",
-        # Job drivers run `python` from the head's PATH: it must be this venv's.
-        "PATH": f"{RAY_BIN.parent}{os.pathsep}{env.get('PATH', '')}",
-        "VIRTUAL_ENV": str(RAY_BIN.parent.parent),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        # On SIGTERM, shut down at once instead of draining the node first.
-        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-    })
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def _ray(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -86,7 +52,7 @@ class LocalHead:
 
     def __init__(self, temp_root: Path, env: dict):
         self.env = env
-        self.gcs_port, self.dashboard_port, self.agent_port, self.client_port = _free_ports(4)
+        self.gcs_port, self.dashboard_port, self.agent_port, self.client_port = free_ports(4)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.log = temp_root / "head.log"
         cmd = [
@@ -124,37 +90,7 @@ class LocalHead:
         raise TimeoutError(f"dashboard at {self.address} not up after {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        """SIGTERM `ray start` (it shuts its node down in order), then SIGKILL whatever is left of the group."""
-        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        deadline = time.monotonic() + 20
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if _group_alive(pgid):
-            os.killpg(pgid, signal.SIGKILL)
-            time.sleep(1)
-        self.proc.wait(timeout=10)
-        assert not _group_alive(pgid), f"processes of the Ray head group {pgid} survived SIGKILL"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies still count for killpg(0); ask for live members only.
-    import psutil
-
-    for p in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
+        stop_group(self.proc)
 
 
 def _job_runtime_env(folder: Path) -> Path:
@@ -175,7 +111,7 @@ def ray_head():
     if not RAY_BIN.exists():
         pytest.skip(f"no `ray` executable next to {sys.executable}: install ray[default] into this environment")
     temp_root = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
-    env = _ray_env()
+    env = ray_env()
     head = LocalHead(temp_root, env)
     try:
         head.wait_for_dashboard()
