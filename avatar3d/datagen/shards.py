@@ -220,6 +220,17 @@ def put_object(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
     stream.close()
 
 
+def upload(local: str | Path, uri: str) -> str:
+    """A local file, or every file of a local folder, -> one complete object each under ``uri`` -> ``uri``.
+    Object stores have no rename: a folder's objects appear one by one, so a caller names the folder last."""
+    fs, root = resolve_filesystem(uri)
+    local = Path(local)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for path in files:
+        put_object(fs, root if path == local else f"{root}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    return uri
+
+
 def table_bytes(table: pa.Table) -> pa.Buffer:
     """A Parquet file in memory (built whole before any byte is uploaded), as Arrow's buffer: not copied
     again into a Python ``bytes`` (a shard of 1,000 PNGs is ~0.4 GB)."""

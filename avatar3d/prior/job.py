@@ -17,20 +17,17 @@ tracking store says.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from diffusers import PriorTransformer
 
-from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
-from avatar3d.datagen.dataset import check_output_location, is_remote, resolve_filesystem
-from avatar3d.datagen.shards import put_object
+from avatar3d.config import ConfigError, to_dict, writable_dir
+from avatar3d.datagen.dataset import check_output_location, is_remote
+from avatar3d.datagen.shards import upload
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
-from avatar3d.lock import folder_lock
 from avatar3d.prior.config import TrainPriorConfig
 from avatar3d.prior.encoder import load_image_encoder
 from avatar3d.prior.loop import ENGINE_TAG, STATE_TREE, WEIGHTS_DIR
@@ -42,7 +39,7 @@ from avatar3d.prior.registry import register_prior
 from avatar3d.runtime import apply_local_defaults
 from avatar3d.atomic import atomic_folder
 from avatar3d.tracking.tracker import Tracker
-from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray,
+from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray, run_folder,
                                        torch_threads_from_env, worker_config)
 
 log = logging.getLogger(__name__)
@@ -98,13 +95,8 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     log.info(f"pairs: {info.summary()}")
     w_mean, w_std = w_statistics(cfg.pairs)
 
-    # One writer per run folder (an object store has no lock: one job per run name).
-    with (contextlib.nullcontext() if remote else folder_lock(run_dir, "run_name")), tracker, \
-            tempfile.TemporaryDirectory(prefix="avatar3d-prior-") as local_tmp:
-        if remote:
-            upload(dump_config(cfg, Path(local_tmp) / "config.yaml"), f"{run_dir}/config.yaml")
-        else:
-            dump_config(cfg, run_dir / "config.yaml")
+    # One writer per run folder (an object store has no lock: one job per run name); one MLflow run.
+    with run_folder(run_dir, remote, cfg) as local_tmp, tracker:
         tracker.log_config({"train": to_dict(cfg),
                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
         t0 = time.time()
@@ -118,7 +110,7 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
         tracker.log_metrics({"train_wall_s": time.time() - t0})
         # On an object store the prior folder is assembled in a local temporary (for MLflow) and uploaded.
         prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card,
-                                    Path(local_tmp) / PRIOR_DIR if remote else run_dir / PRIOR_DIR)
+                                    local_tmp / PRIOR_DIR if remote else run_dir / PRIOR_DIR)
         version = None
         if prior_dir is not None:
             tracker.log_folder(prior_dir, artifact_path="prior_folder")
@@ -128,18 +120,6 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
         metrics = dict(result.metrics or {})
         return PriorTrainResult(run_dir=run_dir, prior_dir=prior_dir, steps=int(metrics.get("step", 0)),
                                 metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
-
-
-def upload(local: Path, uri: str) -> str:
-    """A local file, or every file of a local folder, -> one complete object each under ``uri`` -> ``uri``.
-    Object stores have no rename: the folder's objects appear one by one, and the run's result names it last."""
-    fs, root = resolve_filesystem(uri)
-    local = Path(local)
-    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-    for path in files:
-        target = root if path == local else f"{root}/{path.relative_to(local).as_posix()}"
-        put_object(fs, target, path.read_bytes())
-    return uri
 
 
 def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card: dict, folder: Path) -> Path | None:

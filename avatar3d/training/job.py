@@ -17,31 +17,27 @@ URIs (``s3://bucket/gan``): Ray uploads the checkpoints there, and the run's
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from avatar3d.atomic import atomic_path
-from avatar3d.config import ConfigError, dump_config, to_dict, writable_dir
-from avatar3d.datagen.dataset import (TRAIN_COLUMNS, check_output_location, is_remote, open_dataset,
-                                      resolve_filesystem)
-from avatar3d.datagen.shards import put_object
+from avatar3d.config import ConfigError, to_dict, writable_dir
+from avatar3d.datagen.dataset import TRAIN_COLUMNS, check_output_location, is_remote, open_dataset
+from avatar3d.datagen.shards import upload
 from avatar3d.evaluation.truth import has_truth
 from avatar3d.gan.snapshot import read_snapshot_metadata
-from avatar3d.lock import folder_lock
 from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import decode_images
 from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
 from avatar3d.training.ray_fit import (RowTransform, WorkerContext, check_checkpoint_to_load, fit_with_ray,
-                                       torch_threads_from_env, worker_config)
+                                       run_folder, torch_threads_from_env, worker_config)
 from avatar3d.training.ray_worker import train_func
 from avatar3d.training.registry import register_generator
 
@@ -109,12 +105,7 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
 
     # One writer per run folder (an object store has no lock: one job per prefix); one MLflow run per run
     # name (a resumed job logs on in the same run).
-    with (contextlib.nullcontext() if remote else folder_lock(run_dir, "run_name")), tracker, \
-            tempfile.TemporaryDirectory(prefix="avatar3d-train-") as local_tmp:
-        if remote:
-            _upload(dump_config(cfg, Path(local_tmp) / "config.yaml"), f"{run_dir}/config.yaml")
-        else:
-            dump_config(cfg, run_dir / "config.yaml")
+    with run_folder(run_dir, remote, cfg) as local_tmp, tracker:
         tracker.log_config({"train": to_dict(cfg), "gan": gan_cfg.to_dict()})
         t0 = time.time()
         context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
@@ -125,7 +116,7 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
                               cfg.run_name, output_dir, cfg.max_failures, dataset.files,
                               columns=["image_png", "camera"], filesystem=dataset.filesystem, transform=decode)
         # On an object store the snapshot is kept in a local temporary (for MLflow) and uploaded beside the run.
-        snapshot = _keep_final_snapshot(result, Path(local_tmp) if remote else run_dir)
+        snapshot = _keep_final_snapshot(result, local_tmp if remote else run_dir)
         tracker.log_metrics({"train_wall_s": time.time() - t0})
 
         # The inference snapshot: kept beside the run, logged, registered.
@@ -134,17 +125,10 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
             tracker.log_file(snapshot, artifact_path="snapshot")
             version = tracker.register(register_generator, snapshot, default="avatar3d-gan")
             if remote:
-                snapshot = _upload(snapshot, f"{run_dir}/{FINAL_SNAPSHOT}")
+                snapshot = upload(snapshot, f"{run_dir}/{FINAL_SNAPSHOT}")
         metrics = dict(result.metrics or {})
         return TrainResult(run_dir=run_dir, snapshot=snapshot, kimg=float(metrics.get("kimg", 0.0)),
                            metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
-
-
-def _upload(local: Path, uri: str) -> str:
-    """One local file -> one complete object at ``uri`` (object stores have no rename) -> ``uri``."""
-    fs, path = resolve_filesystem(uri)
-    put_object(fs, path, Path(local).read_bytes())
-    return uri
 
 
 def _keep_final_snapshot(result, run_dir: Path) -> Path | None:

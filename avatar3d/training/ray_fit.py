@@ -10,10 +10,12 @@ loop's reports into ``ray.train.report`` calls with checkpoints, and log rank
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ray
 import ray.train
@@ -23,8 +25,10 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from avatar3d.config import from_dict, to_dict
+from avatar3d.config import dump_config, from_dict, to_dict
 from avatar3d.datagen.dataset import is_remote, resolve_filesystem
+from avatar3d.datagen.shards import upload
+from avatar3d.lock import folder_lock
 from avatar3d.runtime import init_local_ray
 from avatar3d.tracking.tracker import RunLogger
 from avatar3d.training.engines import check_resume_engines
@@ -108,6 +112,22 @@ def training_dataset(files: Sequence[str | Path], columns: list[str], filesystem
         dataset = dataset.map_batches(transform.fn, batch_size=transform.batch_size, batch_format="numpy",
                                       num_cpus=transform.num_cpus)
     return dataset
+
+
+@contextlib.contextmanager
+def run_folder(run_dir: str | Path, remote: bool, cfg) -> Iterator[Path]:
+    """A training stage's run folder for the length of the job -> a local temporary folder.
+
+    Locally: this job is the folder's one writer (its lock) and ``config.yaml`` is written into it. On an
+    object store (no lock: one job per run name) ``config.yaml`` is one PUT, and the temporary folder is
+    where the job builds what it uploads afterwards (MLflow logs local files)."""
+    with (contextlib.nullcontext() if remote else folder_lock(run_dir, "run_name")), \
+            tempfile.TemporaryDirectory(prefix="avatar3d-run-") as local_tmp:
+        if remote:
+            upload(dump_config(cfg, Path(local_tmp) / "config.yaml"), f"{run_dir}/config.yaml")
+        else:
+            dump_config(cfg, Path(run_dir) / "config.yaml")
+        yield Path(local_tmp)
 
 
 def storage_path(output_dir: str | Path) -> str:
