@@ -36,7 +36,7 @@ import torch
 from avatar3d.atomic import atomic_folder, atomic_write
 from avatar3d.config import ConfigError, to_dict, writable_dir
 from avatar3d.datagen.dataset import check_output_location, encode_png, is_remote, resolve_filesystem
-from avatar3d.datagen.shards import put_object
+from avatar3d.datagen.shards import put_object, table_bytes
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.lock import folder_lock
 from avatar3d.prior.config import BuildPairsConfig
@@ -145,10 +145,11 @@ def _build_remote(cfg: BuildPairsConfig, use_ray: bool) -> PairsResult:
     uri = cfg.output_dir.rstrip("/")
     meta = _check_inputs(cfg)
     fs, root = resolve_filesystem(uri)
-    if fs.get_file_info(f"{root}/{CARD}").type == pafs.FileType.File and not cfg.overwrite:
+    has_card = fs.get_file_info(f"{root}/{CARD}").type == pafs.FileType.File
+    if has_card and not cfg.overwrite:
         raise ConfigError(f"output_dir: {uri} already holds pairs; pass overwrite=true or a new output_dir")
     t0 = time.time()
-    if fs.get_file_info(f"{root}/{CARD}").type == pafs.FileType.File:
+    if has_card:
         fs.delete_file(f"{root}/{CARD}")
     if fs.get_file_info(f"{root}/{SHARDS}").type == pafs.FileType.Directory:
         fs.delete_dir_contents(f"{root}/{SHARDS}", missing_dir_ok=True)
@@ -170,9 +171,7 @@ def _write_shards(cfg: BuildPairsConfig, folder: str, fs: pafs.FileSystem | None
     if fs is None:
         pq.write_table(table, Path(folder) / "part-00000.parquet")
     else:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        put_object(fs, f"{resolve_filesystem(folder)[1]}/part-00000.parquet", sink.getvalue().to_pybytes())
+        put_object(fs, f"{resolve_filesystem(folder)[1]}/part-00000.parquet", table_bytes(table))
 
 
 def _card(cfg: BuildPairsConfig, meta: dict, info: "PairsInfo", t0: float) -> dict:
