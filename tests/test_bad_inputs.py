@@ -203,6 +203,7 @@ ROWS = [
     row("generate/output-dir-is-a-file", "generate --config ${cfg}/generate_tiny.yaml output_dir=${notes}",
         ["output_dir", "${notes}"]),
     row("generate/seed-negative", GENERATE + " seed=-1", ["seed"]),
+    row("generate/shard-writer-unknown", GENERATE + " shard_writer=nodes", ["shard_writer", "driver", "workers"]),
     row("generate/styles-file-is-a-folder", GENERATE + " styles_file=${emptydir}", ["styles_file", "${emptydir}"]),
     row("generate/lora-models-uri-no-store", GENERATE + " pipeline.lora=models:/x/1",
         ["pipeline.lora", "models:/x/1"], no_store=True),

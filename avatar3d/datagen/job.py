@@ -2,18 +2,25 @@
 
     specs (driver, persisted) -> guidance images (CPU tasks)
       -> ControlNet painting (autoscaling actor pool, GPUs per actor)
-      -> driver: join with specs, Parquet shards of <= rows_per_file rows (atomic)
+      -> driver (or, with shard_writer=workers, the actors): join with specs,
+         Parquet shards of <= rows_per_file rows (atomic; the driver commits)
 
-Why the driver writes the shards: it already holds the specs (the exact rows
-minus the pixels), so workers only ship ``id`` + PNG back, the stored spec
-columns are bit-for-bit the planned ones, and each shard is renamed into
-place atomically, which is what makes resume exact. On a cluster the output
-folder only has to be visible to the driver. The driver's share of the work
-is small: at ~1 s of GPU time per 512x512 image, 16 GPUs produce ~16 PNGs/s
-(~6 MB/s). Its ceiling, measured with a painter that costs nothing
-(evaluation/datagen/bench_driver.py): 2.6-3.0 CPU ms per 416 kB row, i.e.
-~340-380 rows/s on a loaded 2-core machine, above a 64-GPU pool (~50/s) but
-short of 10x it; past that, the workers would write the shards.
+Who writes the shards (``shard_writer``):
+
+* ``driver`` (default): the workers ship ``id`` + PNG back, the driver joins
+  them with the planned spec rows and renames each shard into place. The
+  output folder only has to be visible to the driver. Its ceiling, measured
+  with a painter that costs nothing (evaluation/datagen/bench_driver.py):
+  2.6-3.0 CPU ms per 416 kB row, ~340-380 rows/s on a loaded 2-core machine,
+  above a 64-GPU pool (~50/s) but short of 10x it.
+* ``workers``: each actor paints one block of ``rows_per_file`` rows, joins
+  it with the plan (put in the object store once) and stages the shard
+  itself (:class:`ShardPainter`); only its name comes back, and the driver,
+  the one committer, counts it (:meth:`ShardWriter.commit`). The name is
+  fixed by the block's first row, so a retried task rewrites the same staged
+  shard, and a staged shard the driver never committed is debris resume
+  removes: exactly-once however workers die. The folder must be reachable
+  from every node (a shared mount or an object store).
 
 On a CPU-only run (the tiny preset) the guidance and painting stages ask
 for the same resources and Ray Data fuses them into the actor; with
@@ -61,12 +68,14 @@ from avatar3d.datagen.shards import (
     drop_duplicate_rows,
     scan_for_resume,
     scan_remote_for_resume,
+    stage_shard,
+    staged_shard_name,
     write_atomic_json,
     write_atomic_table,
 )
 from avatar3d.datagen.specs import sample_specs, specs_to_table
 from avatar3d.lock import folder_lock
-from avatar3d.runtime import init_local_ray
+from avatar3d.runtime import forwarded_env, init_local_ray
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.guidance import render_guidance
 from avatar3d.tracking.tracker import Tracker
@@ -167,6 +176,43 @@ class ControlNetPainter:
             "call_start": np.full(n, call_start),
             "call_end": np.full(n, time.time()),
         }
+
+
+class ShardPainter:
+    """Actor for ``shard_writer=workers``: paints a whole shard and writes it, so no PNG reaches the driver.
+
+    It gets one block of up to ``rows_per_file`` rows, paints it ``batch_size``
+    rows at a time with the wrapped painter, joins the rows with their planned
+    spec rows (the plan is put in the object store once, and read here without
+    a copy), and stages the shard under a name fixed by its first row
+    (:func:`avatar3d.datagen.shards.stage_shard`). Only the name and the counts
+    go back; the driver commits the shard. A retried task stages the same name
+    again, so a shard is counted once however often its block is painted.
+    """
+
+    def __init__(self, painter: type, painter_kwargs: dict, plan: list, output_dir: str, run_tag: str,
+                 model_ids: dict, resolution: int, batch_size: int):
+        self.painter = painter(**painter_kwargs)
+        self.specs = ray.get(plan[0])  # a list, so that Ray hands the reference over instead of resolving it
+        self.output_dir, self.run_tag, self.model_ids = output_dir, run_tag, model_ids
+        self.resolution, self.batch_size = resolution, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        call_start = time.time()
+        n = len(batch["id"])
+        parts = [self.painter({k: v[i:i + self.batch_size] for k, v in batch.items()})
+                 for i in range(0, n, self.batch_size)]
+        generated = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+        rows = _rows_for(self.specs, generated, self.model_ids, self.resolution).sort_by("index")
+        name = staged_shard_name(self.run_tag, rows.column("index")[0].as_py())
+        write_start = time.perf_counter()
+        nbytes = stage_shard(self.output_dir, rows, name)
+        record = {"shard": np.array([name]), "rows": np.array([n]), "shard_bytes": np.array([nbytes]),
+                  "write_s": np.array([time.perf_counter() - write_start])}
+        for key in ("guidance_s", "diffusion_s", "png_s"):
+            record[key] = np.array([float(np.sum(generated[key]))])
+        record["call_start"], record["call_end"] = np.array([call_start]), np.array([time.time()])
+        return record
 
 
 # --------------------------------------------------------------------------- driver
@@ -285,8 +331,12 @@ def _init_ray(cfg: GenerateConfig):
     return init_local_ray()
 
 
-def build_dataset(cfg: GenerateConfig, specs):
-    """The lazy Ray Data plan: specs -> guidance (tasks) -> ControlNet (actor pool)."""
+def build_dataset(cfg: GenerateConfig, specs, shards: dict | None = None):
+    """The lazy Ray Data plan: specs -> guidance (tasks) -> ControlNet (actor pool).
+
+    ``shards`` (``shard_writer=workers``: the plan's object reference, the output folder, the run tag and
+    the model ids) makes the actors write the shards (:class:`ShardPainter`) and return only their names.
+    """
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray_progress_bars
@@ -299,27 +349,53 @@ def build_dataset(cfg: GenerateConfig, specs):
     # whole block is painted, so the block size sets how late rows reach the
     # driver (progress, shards, work lost on a kill). One batch per block, but
     # at most ~2,000 blocks so a 500k-row plan does not become 60k objects.
+    # With shard_writer=workers a block is one shard: its actor paints it whole before writing it.
     per_block = -(-columns.num_rows // 2000)
     block_rows = max(cfg.batch_size, -(-per_block // cfg.batch_size) * cfg.batch_size)
+    if shards is not None:
+        block_rows = cfg.rows_per_file
     blocks = [columns.slice(i, block_rows) for i in range(0, columns.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     pool = ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors)
     if procedural:  # paints from the camera itself: no guidance images to render
+        painter, painter_kwargs = ProceduralPainter, {"options": cfg.procedural, "resolution": cfg.resolution}
+        if shards is not None:
+            return _paint_shards(ds, cfg, shards, pool, painter, painter_kwargs, num_gpus=None)
         return ds.map_batches(
-            ProceduralPainter, fn_constructor_kwargs={"options": cfg.procedural, "resolution": cfg.resolution},
+            painter, fn_constructor_kwargs=painter_kwargs,
             batch_size=cfg.batch_size, batch_format="numpy", compute=pool, num_cpus=cfg.cpus_per_actor,
         )
     ds = ds.map_batches(
         render_guidance_batch, fn_kwargs={"resolution": cfg.resolution, "kinds": kinds},
         batch_size=cfg.guidance_batch_size, batch_format="numpy", num_cpus=cfg.guidance_cpus,
     )
+    painter_kwargs = {"pipeline": cfg.pipeline, "resolution": cfg.resolution}
+    if shards is not None:
+        return _paint_shards(ds, cfg, shards, pool, ControlNetPainter, painter_kwargs,
+                             num_gpus=cfg.gpus_per_actor or None)
     ds = ds.map_batches(
-        ControlNetPainter,
-        fn_constructor_kwargs={"pipeline": cfg.pipeline, "resolution": cfg.resolution},
+        ControlNetPainter, fn_constructor_kwargs=painter_kwargs,
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=pool, num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
     )
     return ds
+
+
+def _paint_shards(ds, cfg: GenerateConfig, shards: dict, pool, painter: type, painter_kwargs: dict, num_gpus):
+    """The painting stage with ``shard_writer=workers``: one :class:`ShardPainter` call per shard.
+
+    Writing to an object store, the actors get the driver's ``AWS_*`` variables (credentials, endpoint):
+    a worker process has the environment of the Ray that started it, not the driver's.
+    """
+    remote_args = {}
+    if is_remote(shards["output_dir"]) and forwarded_env():
+        remote_args["runtime_env"] = {"env_vars": forwarded_env()}
+    return ds.map_batches(
+        ShardPainter, fn_constructor_kwargs={"painter": painter, "painter_kwargs": painter_kwargs,
+                                             "resolution": cfg.resolution, "batch_size": cfg.batch_size, **shards},
+        batch_size=cfg.rows_per_file, batch_format="numpy", compute=pool, num_gpus=num_gpus,
+        num_cpus=cfg.cpus_per_actor, **remote_args,
+    )
 
 
 def _binary_column(values) -> pa.Array | pa.ChunkedArray:
@@ -466,7 +542,27 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
     t_gen = time.perf_counter()
     cpu_gen = time.process_time()  # the driver's CPU (all its threads: Ray Data's executor too) for the rows
     driver_bytes = 0
-    if todo.num_rows:
+    worker_write_s = 0.0  # seconds the workers spent writing their shards (shard_writer=workers)
+    if todo.num_rows and cfg.shard_writer == "workers":
+        # The actors write the shards; the driver only commits each one they report (a rename or a
+        # manifest entry) and never touches a PNG.
+        shards = {"plan": [ray.put(specs)], "output_dir": out.uri if remote else str(out),
+                  "run_tag": writer.run_tag, "model_ids": model_ids}
+        ds = build_dataset(cfg, todo, shards)
+        for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            driver_bytes += _batch_nbytes(block)
+            spent = {key: float(np.sum(block[key])) for key in stage}
+            for key, seconds in spent.items():
+                stage[key] += seconds
+            if on_batch is not None:
+                on_batch({"rows": int(np.sum(block["rows"])), "arrival": time.time(),
+                          "call_start": block["call_start"], "call_end": block["call_end"], **spent})
+            worker_write_s += float(np.sum(block["write_s"]))
+            for name, rows in zip(block["shard"], block["rows"]):
+                writer.commit(str(name), int(rows), on_written=on_shard)
+                progress.update(int(rows))
+        progress.update(0, force=True)
+    elif todo.num_rows:
         ds = build_dataset(cfg, todo)
         # prefetch_batches=0: with prefetching, Ray Data hands a block to the
         # driver only once the next one is ready (measured: one block late).
@@ -500,6 +596,8 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
         "driver_cpu_s": round(cpu_gen, 3),
         "driver_cpu_s_per_row": round(cpu_gen / generated, 7) if generated else None,
         "driver_bytes_per_row": round(driver_bytes / generated, 1) if generated else None,
+        "shard_writer": cfg.shard_writer,
+        **({"write_s": round(worker_write_s, 3)} if cfg.shard_writer == "workers" else {}),
         "total_wall_s": None,
     }
     card = build_card(out, to_dict(cfg), model_ids, timings, cfg.num_samples)

@@ -10,6 +10,13 @@ Layout of a dataset folder::
       quarantine/            shards resume could not read, moved aside (never deleted)
       .avatar3d.lock         held by the job writing the folder (avatar3d.lock)
 
+Who writes a shard (``shard_writer``): the driver (:class:`ShardWriter` buffers the
+painted rows it receives), or the painting actors (:func:`stage_shard`: each
+writes its whole shard under a name the driver did not yet count, and the
+driver, the folder's one committer, counts it with :meth:`ShardWriter.commit`:
+a rename of ``.staged-<name>`` in a local folder, an entry in ``manifest.json``
+on an object store). A staged shard nobody committed is debris resume removes.
+
 Crash safety: a shard is written under a temporary name (avatar3d.atomic) and
 renamed with ``os.replace`` (atomic on POSIX), so a reader or a resumed job
 never sees a half-written shard under its final name. Resume reads the ``id``
@@ -39,8 +46,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from avatar3d.datagen.dataset import (MANIFEST_FILE, SHARD_GLOB, SHARDS_DIR, dataset_files, read_table,
-                                      resolve_filesystem)
+from avatar3d.datagen.dataset import (MANIFEST_FILE, SHARD_GLOB, SHARDS_DIR, dataset_files, is_remote,
+                                      read_table, resolve_filesystem)
 from avatar3d.datagen.schema import FORMAT_VERSION, ROW_SCHEMA
 from avatar3d.atomic import TMP_MARK, atomic_folder, atomic_path, atomic_write
 
@@ -48,6 +55,7 @@ SPECS_FILE = "specs.parquet"
 JOB_FILE = "job.json"
 CARD_FILE = "dataset_card.json"
 TMP_SUFFIX = ".tmp"
+STAGED_PREFIX = ".staged-"  # a shard a worker wrote and the driver has not committed yet (local folders)
 
 
 def shards_dir(dataset_dir) -> Path:
@@ -81,6 +89,7 @@ class ShardWriter:
         self.seq = 0
         self.written: list[Path] = []
         self.rows_written = 0
+        self._committed: dict[str, Path | str] = {}
 
     def add(self, table: pa.Table, on_written=None) -> list[Path]:
         """Queue rows; write every full shard, calling ``on_written(path, rows_written)`` after each."""
@@ -92,6 +101,29 @@ class ShardWriter:
             if on_written is not None:
                 on_written(out[-1], self.rows_written)
         return out
+
+    def commit(self, name: str, rows: int, on_written=None) -> Path | str:
+        """Count a shard a worker staged (:func:`stage_shard`): rename ``.staged-<name>`` to ``<name>``
+        (local) or name it in ``manifest.json`` (object store) -> its path. This writer is the one
+        committer, so a shard a retried task staged twice is counted once, and one it never commits
+        (its job was killed) is debris that resume removes."""
+        if name in self._committed:  # the same block reported twice: it is counted once
+            return self._committed[name]
+        if self.remote is not None:
+            path = self.remote.commit_shard(name, rows)
+        else:
+            path, staged = self.dir / name, self.dir / (STAGED_PREFIX + name)
+            if not staged.is_file():
+                raise FileNotFoundError(
+                    f"shard {name} was written by a worker but is not in {self.dir}: with shard_writer=workers, "
+                    "pass an output_dir every node mounts (a shared file system) or an object-store URI")
+            os.replace(staged, path)
+        self._committed[name] = path
+        self.written.append(path)
+        self.rows_written += rows
+        if on_written is not None:
+            on_written(path, self.rows_written)
+        return path
 
     def flush(self, on_written=None) -> list[Path]:
         """Write what is left (a final, shorter shard)."""
@@ -119,6 +151,27 @@ class ShardWriter:
         self.written.append(path)
         self.rows_written += head.num_rows
         return path
+
+
+def staged_shard_name(run_tag: str, first_index: int) -> str:
+    """A worker-written shard's name, fixed by its first row: a retried task writes the same name again."""
+    return f"part-{run_tag}-i{first_index:09d}.parquet"
+
+
+def stage_shard(dataset_dir: str, table: pa.Table, name: str) -> int:
+    """Write a whole shard from a worker, not yet counted -> its bytes. Local: ``shards/.staged-<name>``
+    (atomic, so a half file never carries the name); object store: ``shards/<name>`` in one PUT, which
+    readers and resume ignore until the driver names it in the manifest."""
+    if is_remote(dataset_dir):
+        data = table_bytes(table)
+        RemoteFolder(dataset_dir).put(data, SHARDS_DIR, name)
+        return data.size
+    folder = shards_dir(dataset_dir)
+    if not folder.is_dir():  # the driver made it: a node that does not see it writes somewhere else
+        raise FileNotFoundError(f"{folder} is not visible on this node: with shard_writer=workers, pass an "
+                                "output_dir every node mounts (a shared file system) or an object-store URI")
+    path = write_atomic_table(table, folder / (STAGED_PREFIX + name))
+    return path.stat().st_size
 
 
 @dataclass
@@ -169,7 +222,8 @@ def scan_for_resume(dataset_dir, clean: bool = True) -> ResumeState:
     folder = shards_dir(dataset_dir)
     if not folder.is_dir():
         return state
-    for tmp in sorted({*folder.glob("*" + TMP_SUFFIX), *folder.glob(f".*{TMP_MARK}*")}):
+    debris = {*folder.glob("*" + TMP_SUFFIX), *folder.glob(f".*{TMP_MARK}*"), *folder.glob(STAGED_PREFIX + "*")}
+    for tmp in sorted(debris):
         state.removed_tmp.append(tmp)
         if clean:
             tmp.unlink(missing_ok=True)
@@ -298,10 +352,14 @@ class RemoteFolder:
 
     def write_shard(self, table: pa.Table, name: str) -> str:
         """The shard (one PUT), then the manifest that counts it (one PUT) -> the shard's URI."""
-        uri = self.put(table_bytes(table), SHARDS_DIR, name)
-        self.entries.append({"name": name, "rows": table.num_rows})
+        self.put(table_bytes(table), SHARDS_DIR, name)
+        return self.commit_shard(name, table.num_rows)
+
+    def commit_shard(self, name: str, rows: int) -> str:
+        """Name an uploaded shard in the manifest (one PUT) -> the shard's URI."""
+        self.entries.append({"name": name, "rows": rows})
         self.write_manifest()
-        return uri
+        return self.uri_of(SHARDS_DIR, name)
 
     def shard_names(self) -> list[str]:
         """Every shard object under ``shards/``, counted or not."""

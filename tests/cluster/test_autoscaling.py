@@ -35,7 +35,7 @@ from tests.cluster.fake_cluster import RAY_BIN, FakeCluster, ray_env
 REPO = Path(__file__).resolve().parents[2]
 AVATAR3D_BIN = Path(sys.executable).parent / "avatar3d"
 TINY_YAML = REPO / "jobs" / "configs" / "generate_tiny.yaml"
-PAINTER = "ControlNetPainter"
+PAINTER = "Painter"  # the actor's class name: MapBatches(ControlNetPainter) or MapBatches(ShardPainter)
 CPU_LINE = "but runs the diffusion pipeline on the CPU: torch sees no CUDA device"  # avatar3d/datagen/pipeline.py
 
 pytestmark = pytest.mark.skipif(not RAY_BIN.exists() or not AVATAR3D_BIN.exists(),
@@ -70,8 +70,14 @@ def _rows_on_disk(out: Path) -> int:
     return total
 
 
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 def run_job(cluster: FakeCluster, temp_root: Path, n: int, max_actors: int, timeout: float,
-            on_poll=None) -> dict:
+            on_poll=None, overrides: tuple[str, ...] = ()) -> dict:
     """``avatar3d generate`` (tiny preset, gpus_per_actor=1) against the cluster; polled once a second.
 
     ``on_poll(sample)`` may act on the cluster mid-job (the node-loss test kills a node there).
@@ -79,7 +85,7 @@ def run_job(cluster: FakeCluster, temp_root: Path, n: int, max_actors: int, time
     out = temp_root / "ds"
     cmd = [str(AVATAR3D_BIN), "generate", "--config", str(TINY_YAML), f"num_samples={n}", "batch_size=4",
            "rows_per_file=4", "guidance_batch_size=4", "min_actors=1", f"max_actors={max_actors}",
-           "gpus_per_actor=1", "cpus_per_actor=1", f"output_dir={out}", "tracking.enabled=false"]
+           "gpus_per_actor=1", "cpus_per_actor=1", f"output_dir={out}", "tracking.enabled=false", *overrides]
     env = ray_env(RAY_ADDRESS=cluster.address, RAY_DEDUP_LOGS="0", AVATAR3D_CACHE_DIR=str(temp_root / "cache"))
     log_path = temp_root / "driver.log"
     samples = []
@@ -182,8 +188,12 @@ def test_autoscaled_generation_pool_grows_to_three_nodes_and_shrinks_after(temp_
 
 
 @pytest.mark.slow
-def test_generation_survives_sigkill_of_a_generation_node(temp_root):
-    """A painter node's raylet SIGKILLed once rows are on disk: the job still ends with exactly N unique rows."""
+@pytest.mark.parametrize("shard_writer", ["driver", "workers"])
+def test_generation_survives_sigkill_of_a_generation_node(temp_root, shard_writer):
+    """A painter node's raylet SIGKILLed once rows are on disk: the job still ends with exactly N unique rows.
+
+    With ``shard_writer=workers`` the killed node's actor may have staged a shard the driver never
+    committed, or have its block retried on the other node: still no duplicate, no half shard."""
     n = 160
     killed = {}
 
@@ -196,12 +206,19 @@ def test_generation_survives_sigkill_of_a_generation_node(temp_root):
         killed.update(node=cluster.kill_worker_node(victim), rows=sample["rows"], t=sample["t"])
 
     with _cluster(temp_root, max_nodes=2, idle_timeout_minutes=0.25) as cluster:
-        job = run_job(cluster, temp_root, n, max_actors=2, timeout=900, on_poll=kill_mid_job)
+        job = run_job(cluster, temp_root, n, max_actors=2, timeout=900, on_poll=kill_mid_job,
+                      overrides=(f"shard_writer={shard_writer}",))
         assert killed, f"no node was killed: {[(s['t'], s['rows']) for s in job['samples']]}"
         assert killed["rows"] < n, "the kill came after the last row"
         assert killed["node"] not in {nd["node_id"] for nd in cluster.alive_nodes()}, "the killed node is alive"
         after = [s["rows"] for s in job["samples"] if s["t"] > killed["t"]]
         assert max(after, default=n) > killed["rows"], "no rows were written after the kill"
         check_dataset(job["out"], n)
+        if shard_writer == "workers":  # a shard is the unit: whole shards of 4 rows, none staged and left over
+            from avatar3d.datagen.shards import STAGED_PREFIX, list_shards
+
+            assert all(pq_rows(p) == 4 for p in list_shards(job["out"]))
+            leftovers = list((job["out"] / "shards").glob(STAGED_PREFIX + "*"))
+            print(f"staged but never committed (debris the next resume removes): {[p.name for p in leftovers]}")
         print(f"killed {killed['node'][-6:]} at {killed['t']} s with {killed['rows']}/{n} rows on disk; "
               f"job {job['wall_s']:.0f} s")

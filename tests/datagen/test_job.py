@@ -290,3 +290,80 @@ def test_driver_joins_an_arrow_block_without_copying_its_pngs(tmp_path):
     assert rows.column("index").to_pylist() == [4, 1, 5]
     column = rows.column("image_png")
     assert column.chunk(0).buffers()[2].address == block.column("image_png").chunk(0).buffers()[2].address
+
+
+# ------------------------------------------------------------------ shard_writer=workers
+
+
+def test_a_staged_shard_counts_once_when_committed_and_is_debris_otherwise(tmp_path):
+    """Workers stage, the driver commits: a retried task's second staging is one file, a commit is counted
+    once, readers and resume never count a staged shard, and resume removes the uncommitted ones."""
+    import pyarrow as pa
+
+    from avatar3d.datagen.shards import (STAGED_PREFIX, ShardWriter, scan_for_resume, stage_shard,
+                                         staged_shard_name)
+
+    schema = pa.schema([("id", pa.string())])
+    writer = ShardWriter(tmp_path, rows_per_file=3, run_tag="t", schema=schema)
+    first = pa.table({"id": ["00000000", "00000001"]}, schema=schema)
+    second = pa.table({"id": ["00000002"]}, schema=schema)
+    name_a, name_b = staged_shard_name("t", 0), staged_shard_name("t", 2)
+    assert stage_shard(str(tmp_path), first, name_a) > 0
+    stage_shard(str(tmp_path), first, name_a)  # the same block painted again by a retried task
+    stage_shard(str(tmp_path), second, name_b)  # staged, but its job dies before the driver counts it
+    assert list_shards(tmp_path) == [] and scan_for_resume(tmp_path, clean=False).done_ids == set()
+
+    seen = []
+    path = writer.commit(name_a, 2, on_written=lambda p, rows: seen.append(rows))
+    assert writer.commit(name_a, 2, on_written=lambda p, rows: seen.append(rows)) == path  # reported twice
+    assert seen == [2] and writer.rows_written == 2 and writer.written == [path]
+    assert [p.name for p in list_shards(tmp_path)] == [name_a]
+    assert pq.read_table(path).column("id").to_pylist() == ["00000000", "00000001"]
+
+    state = scan_for_resume(tmp_path)
+    assert state.done_ids == {"00000000", "00000001"}
+    assert [p.name for p in state.removed_tmp] == [STAGED_PREFIX + name_b]
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == [name_a]
+    with pytest.raises(FileNotFoundError, match="shard_writer=workers, pass an output_dir every node mounts"):
+        writer.commit(name_b, 1)  # what a driver sees when a worker wrote to its own node's disk
+    with pytest.raises(FileNotFoundError, match="is not visible on this node"):
+        stage_shard(str(tmp_path / "not-made"), second, name_b)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_workers_write_the_drivers_rows_and_a_killed_run_resumes_to_exactly_n(ray_local, tmp_path):
+    """shard_writer=workers: byte-identical rows to the driver's shards, no PNG through the driver, whole
+    shards named by their first row; a run stopped after its first commit, with a staged shard it never
+    counted (a copy of the committed one: counting it would duplicate ids), resumes to exactly N rows."""
+    from avatar3d.datagen.shards import STAGED_PREFIX, staged_shard_name
+
+    n = 10
+    common = ["pipeline.preset=procedural", "resolution=32", f"num_samples={n}", "rows_per_file=4",
+              "batch_size=3", "tracking.enabled=false"]
+    by_driver = run_generation(tiny_config(tmp_path / "driver", *common))
+    out = tmp_path / "workers"
+    cfg = tiny_config(out, *common, "shard_writer=workers")
+
+    def stop_after_first(path, rows):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run_generation(cfg, on_shard=stop_after_first)
+    [committed] = list_shards(out)
+    assert pq.read_table(committed).column("index").to_pylist() == [0, 1, 2, 3]
+    assert committed.name.endswith("-i000000000.parquet")
+    planted = out / "shards" / (STAGED_PREFIX + staged_shard_name("x", 4))
+    planted.write_bytes(committed.read_bytes())
+
+    result = run_generation(cfg)
+    assert (result.skipped, result.generated, result.num_rows) == (4, n - 4, n)
+    assert not list((out / "shards").glob(STAGED_PREFIX + "*"))
+    assert [pq.read_table(p).num_rows for p in list_shards(out)] == [4, 4, 2]
+    assert read_dataset(out).equals(read_dataset(by_driver.output_dir))
+    # The driver received one small record per shard instead of every PNG.
+    assert result.timings["driver_bytes_per_row"] < 100 < by_driver.timings["driver_bytes_per_row"]
+    card = json.loads((out / "dataset_card.json").read_text())
+    assert card["complete"] and card["config"]["shard_writer"] == "workers"
