@@ -104,7 +104,7 @@ def make_config(args, output_dir):
         f"num_samples={args.n}", f"batch_size={args.batch_size}", f"rows_per_file={args.rows_per_file}",
         f"resolution={args.resolution}", "pipeline.preset=procedural", "styles=[pixar,anime]",
         f"output_dir={output_dir}", "min_actors=1", f"max_actors={args.actors}", "cpus_per_actor=1",
-        "tracking.enabled=false", "progress_interval_s=1000000",
+        "tracking.enabled=false", "progress_interval_s=1000000", f"shard_writer={args.shard_writer}",
     ])
 
 
@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default=None, help="a folder or s3:// prefix (default: a temporary folder)")
     parser.add_argument("--numpy-blocks", action="store_true",
                         help="A/B: hand blocks to the driver as numpy, as the job did before (PNGs as Python bytes)")
+    parser.add_argument("--shard-writer", choices=["driver", "workers"], default="driver",
+                        help="who writes the shards (the job's shard_writer)")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_driver.json")))
     args = parser.parse_args(argv)
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         ray.shutdown()
     report = {
         "label": args.label,
-        "setup": {"n": args.n, "rows_per_file": args.rows_per_file, "batch_size": args.batch_size,
+        "setup": {"n": args.n, "shard_writer": args.shard_writer, "rows_per_file": args.rows_per_file, "batch_size": args.batch_size,
                   "resolution": args.resolution, "actors": args.actors, "ray_cpus": args.ray_cpus,
                   "png_bytes": [len(p) for p in pngs],
                   "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
