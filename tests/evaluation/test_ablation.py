@@ -1,0 +1,113 @@
+"""evaluation/ablation/ablation_discriminator.py: the runner works on a tiny budget, and RULE.md's decision
+is computed as written (the real runs and their table: evaluation/ablation/README.md)."""
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "evaluation" / "ablation" / "ablation_discriminator.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("ablation_discriminator", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = _load()
+
+
+def _row(mode, seed, back, kid, level="default"):
+    metrics = {k: 0.5 for k in ablation.SECONDARY}
+    metrics.update({f"truth_view_{g}": 0.5 for g in ("front", "side")})
+    metrics.update({f"truth_kid_inception_{g}": 0.1 for g in ("front", "side")})
+    metrics.update(truth_view_back=back, truth_kid_inception_back=kid)
+    return {"level": level, "d_mode": mode, "seed": seed, "metrics": metrics, "kimg": 8.0,
+            "counts": {"view_per_group": 96, "sil_avatars": 32}, "budget": {"kimg": 8.0, "batch": 8, "preset": "tiny"},
+            "curves": {}, "painted_by": "avatar3d/procedural-painter-v1",
+            "training_run": {"tracking_uri": "sqlite:///x.db", "run_id": "r"}}
+
+
+@pytest.mark.parametrize("c2f, fine, verdict", [
+    # back-view consistency and back KID both better by far more than 2 spreads (spread 0.01 / 0.001)
+    (((0.80, 0.010), (0.82, 0.011), (0.81, 0.012)), ((0.50, 0.030), (0.52, 0.031), (0.51, 0.032)),
+     "coarse_to_fine wins"),
+    (((0.50, 0.030), (0.52, 0.031), (0.51, 0.032)), ((0.80, 0.010), (0.82, 0.011), (0.81, 0.012)), "fine wins"),
+    # consistency better, KID not: the rule asks for both
+    (((0.80, 0.030), (0.82, 0.031), (0.81, 0.032)), ((0.50, 0.030), (0.52, 0.031), (0.51, 0.032)),
+     "not separated at this budget"),
+    # a gap inside 2 spreads (means 0.61 vs 0.55, spread 0.1)
+    (((0.51, 0.010), (0.61, 0.011), (0.71, 0.012)), ((0.45, 0.030), (0.55, 0.031), (0.65, 0.032)),
+     "not separated at this budget"),
+])
+def test_the_rule_decides_on_both_primary_measures_beyond_two_spreads(c2f, fine, verdict):
+    rows = [_row("coarse_to_fine", s, *v) for s, v in enumerate(c2f)] + [_row("fine", s, *v) for s, v in enumerate(fine)]
+    decision = ablation.decide(rows, "default")
+    assert decision["verdict"] == verdict
+    back = [v[0] for v in c2f]
+    spread = max(float(np.std(back, ddof=1)), float(np.std([v[0] for v in fine], ddof=1)))
+    gap = decision["gaps"]["truth_view_back"]
+    assert gap["spread"] == pytest.approx(spread)
+    assert gap["gap_in_spreads"] == pytest.approx((sum(back) - sum(v[0] for v in fine)) / 3 / spread)
+    assert ablation.decide(rows[:1] + rows[3:], "default")["verdict"].startswith("not enough seeds")
+
+
+def test_the_cost_check_flags_a_worse_group_when_labels_are_right():
+    rows = [_row("coarse_to_fine", s, 0.5 + 0.01 * s, 0.02, level="none") for s in range(3)]
+    rows += [_row("fine", s, 0.8 + 0.01 * s, 0.02, level="none") for s in range(3)]
+    assert ablation.cost_when_right(rows) == {"costs_something": True, "worse_on": ["truth_view_back"]}
+    same = [dict(r, d_mode="fine") for r in rows[:3]]
+    assert ablation.cost_when_right(rows[:3] + same)["costs_something"] is False
+    assert ablation.cost_when_right(rows[:3]) is None  # no fine runs at level none
+
+
+def test_levels_are_the_ones_rule_md_froze():
+    text = (ROOT / "evaluation" / "ablation" / "RULE.md").read_text()
+    for level, rates in ablation.LEVELS.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {level} "))
+        numbers = [float(x) for x in re.findall(r"\| ([0-9.]+)", line)]
+        assert numbers == [rates[k] for k in ("side_error_rate", "side_yaw_error_deg", "side_pitch_error_deg",
+                                              "back_janus_rate", "back_flip_rate")], level
+
+
+def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, capsys):
+    """One micro run through the real code path (procedural data, Ray Train, truth metrics, Inception KID),
+    then --aggregate: table, JSON, curves, one comparison run in MLflow."""
+    out = tmp_path / "abl"
+    argv = ["--out", str(out), "--preset", "micro", "--images", "32", "--size", "32", "--kimg", "0.016",
+            "--kimg-per-tick", "0.008", "--truth-ticks", "1", "--snapshot-ticks", "1", "--per-group", "6",
+            "--curve-per-group", "4", "--num-identities", "4", "--num-avatars", "4", "--modes", "coarse_to_fine",
+            "--seeds", "0"]
+    assert ablation.main(argv) == 0
+    row = json.loads((out / "results" / "ablation-default-coarse_to_fine-s0.json").read_text())
+    assert row["kimg"] == pytest.approx(0.016) and row["procedural"] == ablation.LEVELS["default"]
+    assert row["counts"]["view_per_group"] == 6 and 0.0 <= row["metrics"]["truth_view_back"] <= 1.0
+    assert row["metrics"]["truth_kid_inception_back"] == row["metrics"]["truth_kid_inception_back"]  # not NaN
+    assert [p[0] for p in row["curves"]["truth_view_back"]] == pytest.approx([0.008, 0.016])
+    assert (out / "results" / "ablation-default-coarse_to_fine-s0-front-back.png").stat().st_size > 0
+    assert ablation.main(argv) == 0 and "done before, kept" in capsys.readouterr().out  # no second run
+
+    assert ablation.main(["--out", str(out), "--aggregate"]) == 0
+    table = (out / "ablation.md").read_text()
+    assert "| default | coarse_to_fine | 0 |" in table and "not enough seeds" in table
+    assert (out / "curves.png").stat().st_size > 0
+    import mlflow
+
+    runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name(
+            ablation.EXPERIMENT).experiment_id])
+    assert [(r.data.tags["d_mode"], r.data.tags["level"]) for r in runs] == [("coarse_to_fine", "default")]
+    assert runs[0].data.metrics["truth_view_back"] == pytest.approx(row["metrics"]["truth_view_back"])
+
+
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys):
+    assert ablation.main(["--out", str(tmp_path), "--modes", "fine,sharp"]) == 2
+    assert ablation.main(["--out", str(tmp_path), "--seeds", "0,x"]) == 2
+    assert ablation.main(["--out", str(tmp_path / "empty"), "--aggregate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "sharp" in err[0] and "--seeds" in err[1] and "run the ablation first" in err[2]
