@@ -8,12 +8,16 @@ the cluster through ``RAY_ADDRESS``. While it runs, the test polls the
 dashboard's state API once a second for worker nodes, painter actors and rows
 on disk.
 
-* the default suite holds one short test: one node comes for the job and
-  goes after the idle timeout, exactly N rows, and the painter (a GPU label,
-  no CUDA) paints on the CPU and says so once (~2 min on 2 cores);
-* ``@pytest.mark.slow`` (``make test-slow``): the pool grows to 3 actors on 3
-  nodes and the nodes go away after the job; and a generation node's raylet
-  SIGKILLed mid-job, the job still ending with exactly N unique decodable rows.
+All are ``@pytest.mark.slow`` (``make test-slow``; simulated clusters take minutes):
+
+* one node comes for the job and goes after the idle timeout, exactly N
+  rows, and the painter (a GPU label, no CUDA) paints on the CPU and says so
+  once (~2 min on 2 cores);
+* the pool grows to 3 actors on 3
+  nodes and the nodes go away after the job;
+* a generation node's raylet SIGKILLed mid-job, with the driver or the
+  workers writing the shards: the job still ends with exactly N unique
+  decodable rows.
 
 Each cluster is one process group stopped by :class:`FakeCluster`; nothing
 runs ``ray stop``. Everything is written under a temp folder in /tmp.
@@ -151,8 +155,11 @@ def check_said_cpu_once(cluster: FakeCluster, job: dict) -> int:
     return len(pids)
 
 
+@pytest.mark.slow
 def test_autoscaled_generation_adds_a_node_and_removes_it_when_idle(temp_root):
-    """Default suite: no generation node at start; the job's one GPU actor brings one, it leaves after the job."""
+    """No generation node at start; the job's one GPU actor brings one, it leaves after the job.
+
+    Slow (a simulated cluster, 2-3 minutes): the default suite keeps its time for the generation job itself."""
     n = 8
     with _cluster(temp_root, max_nodes=1, idle_timeout_minutes=0.1) as cluster:
         assert cluster.worker_nodes() == []
