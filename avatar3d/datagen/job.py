@@ -13,14 +13,17 @@ Who writes the shards (``shard_writer``):
   with a painter that costs nothing (evaluation/datagen/bench_driver.py):
   2.6-3.0 CPU ms per 416 kB row, ~340-380 rows/s on a loaded 2-core machine,
   above a 64-GPU pool (~50/s) but short of 10x it.
-* ``workers``: each actor paints one block of ``rows_per_file`` rows, joins
-  it with the plan (put in the object store once) and stages the shard
-  itself (:class:`ShardPainter`); only its name comes back, and the driver,
-  the one committer, counts it (:meth:`ShardWriter.commit`). The name is
-  fixed by the block's first row, so a retried task rewrites the same staged
-  shard, and a staged shard the driver never committed is debris resume
-  removes: exactly-once however workers die. The folder must be reachable
-  from every node (a shared mount or an object store).
+* ``workers``: each actor paints one batch of at most ``rows_per_file`` rows,
+  joins it with the plan (put in the object store once) and stages the
+  shard itself (:class:`ShardPainter`); only its name comes back, and the
+  driver, the one committer, counts it (:meth:`ShardWriter.commit`). The name
+  is fixed by the batch's lowest index, so a retried task rewrites the same
+  staged shard, and a staged shard the driver never committed is debris the
+  next resume removes (folder) or quarantines (object store): exactly-once
+  however workers die. The folder must be reachable from every node (a
+  shared mount or an object store). With a guidance stage in front, Ray Data
+  re-bundles the guidance blocks, so a shard's rows need not be contiguous
+  indices and some shards are shorter; readers sort by index.
 
 On a CPU-only run (the tiny preset) the guidance and painting stages ask
 for the same resources and Ray Data fuses them into the actor; with
@@ -54,7 +57,7 @@ import torch
 
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.config import GenerateConfig, PipelineConfig
-from avatar3d.datagen.dataset import encode_png, is_remote
+from avatar3d.datagen.dataset import MANIFEST_FILE, encode_png, is_remote
 from avatar3d.datagen.pipeline import build_pipeline, check_models_available, generate_from_config
 from avatar3d.datagen.procedural import ProceduralPainter
 from avatar3d.datagen.schema import ROW_SCHEMA, TRUTH_FIELDS
@@ -75,7 +78,7 @@ from avatar3d.datagen.shards import (
 )
 from avatar3d.datagen.specs import sample_specs, specs_to_table
 from avatar3d.lock import folder_lock
-from avatar3d.runtime import forwarded_env, init_local_ray
+from avatar3d.runtime import init_local_ray
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.guidance import render_guidance
 from avatar3d.tracking.tracker import Tracker
@@ -181,12 +184,13 @@ class ControlNetPainter:
 class ShardPainter:
     """Actor for ``shard_writer=workers``: paints a whole shard and writes it, so no PNG reaches the driver.
 
-    It gets one block of up to ``rows_per_file`` rows, paints it ``batch_size``
+    It gets one batch of at most ``rows_per_file`` rows, paints it ``batch_size``
     rows at a time with the wrapped painter, joins the rows with their planned
     spec rows (the plan is put in the object store once, and read here without
-    a copy), and stages the shard under a name fixed by its first row
+    a copy), and stages the shard under a name fixed by its lowest index
     (:func:`avatar3d.datagen.shards.stage_shard`). Only the name and the counts
-    go back; the driver commits the shard. A retried task stages the same name
+    go back (or the write's error, which the driver reports in one line); the
+    driver commits the shard. A retried task stages the same name
     again, so a shard is counted once however often its block is painted.
     """
 
@@ -206,9 +210,12 @@ class ShardPainter:
         rows = _rows_for(self.specs, generated, self.model_ids, self.resolution).sort_by("index")
         name = staged_shard_name(self.run_tag, rows.column("index")[0].as_py())
         write_start = time.perf_counter()
-        nbytes = stage_shard(self.output_dir, rows, name)
+        try:
+            nbytes, error = stage_shard(self.output_dir, rows, name), ""
+        except OSError as exc:  # e.g. a node that does not see output_dir: the driver says it in one line
+            nbytes, error = 0, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         record = {"shard": np.array([name]), "rows": np.array([n]), "shard_bytes": np.array([nbytes]),
-                  "write_s": np.array([time.perf_counter() - write_start])}
+                  "write_s": np.array([time.perf_counter() - write_start]), "error": np.array([error])}
         for key in ("guidance_s", "diffusion_s", "png_s"):
             record[key] = np.array([float(np.sum(generated[key]))])
         record["call_start"], record["call_end"] = np.array([call_start]), np.array([time.time()])
@@ -384,17 +391,15 @@ def build_dataset(cfg: GenerateConfig, specs, shards: dict | None = None):
 def _paint_shards(ds, cfg: GenerateConfig, shards: dict, pool, painter: type, painter_kwargs: dict, num_gpus):
     """The painting stage with ``shard_writer=workers``: one :class:`ShardPainter` call per shard.
 
-    Writing to an object store, the actors get the driver's ``AWS_*`` variables (credentials, endpoint):
-    a worker process has the environment of the Ray that started it, not the driver's.
+    Writing to an object store, the actors need the driver's ``AWS_*`` variables: a job joining a
+    cluster hands them to every worker (:func:`avatar3d.runtime.init_local_ray`), a local Ray started
+    by the job inherits them.
     """
-    remote_args = {}
-    if is_remote(shards["output_dir"]) and forwarded_env():
-        remote_args["runtime_env"] = {"env_vars": forwarded_env()}
     return ds.map_batches(
         ShardPainter, fn_constructor_kwargs={"painter": painter, "painter_kwargs": painter_kwargs,
                                              "resolution": cfg.resolution, "batch_size": cfg.batch_size, **shards},
         batch_size=cfg.rows_per_file, batch_format="numpy", compute=pool, num_gpus=num_gpus,
-        num_cpus=cfg.cpus_per_actor, **remote_args,
+        num_cpus=cfg.cpus_per_actor,
     )
 
 
@@ -505,6 +510,8 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
         if resume.duplicate_ids:
             log.warning(f"{resume.duplicate_ids} ids appear twice in {out.uri} (two jobs wrote one prefix?); "
                         "the card counts them")
+        if not out.exists(MANIFEST_FILE):  # from now on readers count only what a manifest names
+            out.write_manifest()
         out.write_json({"fingerprint": fingerprint, "config": to_dict(cfg)}, JOB_FILE)
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -546,7 +553,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
     if todo.num_rows and cfg.shard_writer == "workers":
         # The actors write the shards; the driver only commits each one they report (a rename or a
         # manifest entry) and never touches a PNG.
-        shards = {"plan": [ray.put(specs)], "output_dir": out.uri if remote else str(out),
+        shards = {"plan": [ray.put(specs)], "output_dir": out.uri if remote else str(out.resolve()),
                   "run_tag": writer.run_tag, "model_ids": model_ids}
         ds = build_dataset(cfg, todo, shards)
         for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
@@ -558,9 +565,11 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
                 on_batch({"rows": int(np.sum(block["rows"])), "arrival": time.time(),
                           "call_start": block["call_start"], "call_end": block["call_end"], **spent})
             worker_write_s += float(np.sum(block["write_s"]))
-            for name, rows in zip(block["shard"], block["rows"]):
-                writer.commit(str(name), int(rows), on_written=on_shard)
-                progress.update(int(rows))
+            for name, rows, error in zip(block["shard"], block["rows"], block["error"]):
+                if error:
+                    raise OSError(f"output_dir={cfg.output_dir}: a worker could not write shard {name}: {error}")
+                if writer.commit(str(name), int(rows), on_written=on_shard) is not None:
+                    progress.update(int(rows))
         progress.update(0, force=True)
     elif todo.num_rows:
         ds = build_dataset(cfg, todo)

@@ -15,7 +15,9 @@ painted rows it receives), or the painting actors (:func:`stage_shard`: each
 writes its whole shard under a name the driver did not yet count, and the
 driver, the folder's one committer, counts it with :meth:`ShardWriter.commit`:
 a rename of ``.staged-<name>`` in a local folder, an entry in ``manifest.json``
-on an object store). A staged shard nobody committed is debris resume removes.
+on an object store). Their names are ``part-<run>-i<lowest index>.parquet``.
+A staged shard nobody committed is debris the next resume removes (a folder)
+or moves to ``quarantine/`` (an object store).
 
 Crash safety: a shard is written under a temporary name (avatar3d.atomic) and
 renamed with ``os.replace`` (atomic on POSIX), so a reader or a resumed job
@@ -102,14 +104,19 @@ class ShardWriter:
                 on_written(out[-1], self.rows_written)
         return out
 
-    def commit(self, name: str, rows: int, on_written=None) -> Path | str:
+    def commit(self, name: str, rows: int, on_written=None) -> Path | str | None:
         """Count a shard a worker staged (:func:`stage_shard`): rename ``.staged-<name>`` to ``<name>``
-        (local) or name it in ``manifest.json`` (object store) -> its path. This writer is the one
-        committer, so a shard a retried task staged twice is counted once, and one it never commits
-        (its job was killed) is debris that resume removes."""
-        if name in self._committed:  # the same block reported twice: it is counted once
-            return self._committed[name]
+        (local) or name it in ``manifest.json`` (object store) -> its path, or None for a name already
+        counted. This writer is the one committer, so a shard a retried task staged twice is counted
+        once, and one it never commits (its job was killed) is debris the next resume removes (local)
+        or moves to ``quarantine/`` (object store)."""
+        if name in self._committed:  # the same batch reported twice: counted once
+            return None
         if self.remote is not None:
+            if not self.remote.exists(SHARDS_DIR, name):  # a worker that wrote to another store
+                raise FileNotFoundError(
+                    f"shard {name} was written by a worker but is not in {self.remote.uri_of(SHARDS_DIR)}: with "
+                    "shard_writer=workers, give the workers the driver's storage settings (AWS_* variables)")
             path = self.remote.commit_shard(name, rows)
         else:
             path, staged = self.dir / name, self.dir / (STAGED_PREFIX + name)
@@ -154,7 +161,7 @@ class ShardWriter:
 
 
 def staged_shard_name(run_tag: str, first_index: int) -> str:
-    """A worker-written shard's name, fixed by its first row: a retried task writes the same name again."""
+    """A worker-written shard's name, fixed by its lowest index: a retried task writes the same name again."""
     return f"part-{run_tag}-i{first_index:09d}.parquet"
 
 

@@ -221,10 +221,10 @@ def test_generation_survives_sigkill_of_a_generation_node(temp_root, shard_write
         after = [s["rows"] for s in job["samples"] if s["t"] > killed["t"]]
         assert max(after, default=n) > killed["rows"], "no rows were written after the kill"
         check_dataset(job["out"], n)
-        if shard_writer == "workers":  # a shard is the unit: whole shards of 4 rows, none staged and left over
+        if shard_writer == "workers":  # shards of at most rows_per_file=4 rows, each named by its lowest index
             from avatar3d.datagen.shards import STAGED_PREFIX, list_shards
 
-            assert all(pq_rows(p) == 4 for p in list_shards(job["out"]))
+            assert all(1 <= pq_rows(p) <= 4 for p in list_shards(job["out"]))
             leftovers = list((job["out"] / "shards").glob(STAGED_PREFIX + "*"))
             print(f"staged but never committed (debris the next resume removes): {[p.name for p in leftovers]}")
         print(f"killed {killed['node'][-6:]} at {killed['t']} s with {killed['rows']}/{n} rows on disk; "

@@ -315,7 +315,7 @@ def test_a_staged_shard_counts_once_when_committed_and_is_debris_otherwise(tmp_p
 
     seen = []
     path = writer.commit(name_a, 2, on_written=lambda p, rows: seen.append(rows))
-    assert writer.commit(name_a, 2, on_written=lambda p, rows: seen.append(rows)) == path  # reported twice
+    assert writer.commit(name_a, 2, on_written=lambda p, rows: seen.append(rows)) is None  # reported twice
     assert seen == [2] and writer.rows_written == 2 and writer.written == [path]
     assert [p.name for p in list_shards(tmp_path)] == [name_a]
     assert pq.read_table(path).column("id").to_pylist() == ["00000000", "00000001"]
@@ -367,3 +367,23 @@ def test_workers_write_the_drivers_rows_and_a_killed_run_resumes_to_exactly_n(ra
     assert result.timings["driver_bytes_per_row"] < 100 < by_driver.timings["driver_bytes_per_row"]
     card = json.loads((out / "dataset_card.json").read_text())
     assert card["complete"] and card["config"]["shard_writer"] == "workers"
+
+
+def test_a_worker_that_cannot_write_its_shard_reports_one_line_instead_of_raising(ray_local, tmp_path):
+    """ShardPainter (run here in-process) returns the write's error; the driver turns it into one OSError line."""
+    import ray
+
+    from avatar3d.datagen.job import ShardPainter, plan_specs
+    from avatar3d.datagen.procedural import ProceduralPainter
+
+    cfg = tiny_config(tmp_path, "num_samples=4", "pipeline.preset=procedural", "resolution=32", "tracking.enabled=false")
+    specs = plan_specs(cfg)
+    painter = ShardPainter(ProceduralPainter, {"options": cfg.procedural, "resolution": 32}, [ray.put(specs)],
+                           str(tmp_path / "not-mounted-here"), "t", cfg.pipeline.model_ids(), 32, 2)
+    from ray.data.block import BlockAccessor
+
+    columns = ["id", "seed", "index", "style", "attributes", "view", "yaw", "pitch", "camera"]
+    record = painter(BlockAccessor.for_block(specs.select(columns)).to_batch_format("numpy"))  # as Ray Data hands it
+    assert list(record["shard"]) == ["part-t-i000000000.parquet"] and list(record["rows"]) == [4]
+    [error] = record["error"]
+    assert "not-mounted-here/shards is not visible on this node" in error and "\n" not in error
