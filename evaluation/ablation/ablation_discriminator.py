@@ -14,7 +14,8 @@ procedural painter (docs/method.md section 9), not by Stable Diffusion.
    view-classifier features, silhouette agreement; a front/back grid of 8
    avatars is saved;
 4. ``--aggregate``: every run's JSON -> mean and spread per mode, the rule's
-   decision, curves, ``ablation.md`` / ``ablation.json`` / ``curves.png``, and
+   decision, curves, ``ablation.md`` / ``ablation.json`` / ``curves.png`` /
+   ``front_back.png`` (every run's grid, labelled), and
    one MLflow run per training run in ``<out>/mlflow.db`` (experiment
    ``avatar3d-ablation-discriminator``, tags ``ablation``, ``level``,
    ``d_mode``, ``seed``: filter and Compare in ``mlflow ui``).
@@ -241,6 +242,31 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def montage(rows: list[dict], out: Path, scale: int = 2) -> Path | None:
+    """Every run's front/back grid in one picture, labelled (level, mode, seed), upscaled for reading."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for r in sorted(rows, key=lambda r: (r["level"], r["d_mode"], r["seed"])):
+        path = out / "results" / f"{run_name(r['level'], r['d_mode'], r['seed'])}-front-back.png"
+        if path.is_file():
+            with Image.open(path) as im:
+                tiles.append((f"{r['level']} / {r['d_mode']} / seed {r['seed']}: front row yaw 0, back row yaw 180",
+                              im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST)))
+    if not tiles:
+        return None
+    width, label_h = max(t.width for _, t in tiles), 18
+    sheet = Image.new("RGB", (width, sum(t.height + label_h for _, t in tiles)), "white")
+    y = 0
+    draw = ImageDraw.Draw(sheet)
+    for text, tile in tiles:
+        draw.text((4, y + 3), text, fill="black")
+        sheet.paste(tile, (0, y + label_h))
+        y += tile.height + label_h
+    sheet.save(out / "front_back.png")
+    return out / "front_back.png"
+
+
 def log_comparison_runs(rows: list[dict], out: Path) -> None:
     """One MLflow run per training run in ``<out>/mlflow.db``: final truth metrics and tags, to Compare."""
     import mlflow
@@ -278,6 +304,7 @@ def aggregate(out: Path) -> int:
                "runs": [{k: v for k, v in r.items() if k != "curves"} for r in rows]}
     (out / "ablation.json").write_text(json.dumps(summary, indent=2))
     plot_curves(rows, out / "curves.png")
+    montage(rows, out)
     log_comparison_runs(rows, out)
     return 0
 

@@ -95,7 +95,7 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
     assert ablation.main(["--out", str(out), "--aggregate"]) == 0
     table = (out / "ablation.md").read_text()
     assert "| default | coarse_to_fine | 0 |" in table and "not enough seeds" in table
-    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "curves.png").stat().st_size > 0 and (out / "front_back.png").stat().st_size > 0
     import mlflow
 
     runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").search_runs(
