@@ -2,7 +2,6 @@
 them. A module of its own: its Ray is started with the server's AWS_* variables (``ray_with_s3``), as a job's
 own Ray or a cluster job's runtime environment gives them to the workers."""
 import json
-import os
 
 import pytest
 
@@ -11,19 +10,12 @@ from avatar3d.datagen.config import GenerateConfig
 from avatar3d.datagen.dataset import open_dataset, read_table
 from avatar3d.datagen.job import run_generation
 from avatar3d.datagen.shards import RemoteFolder, ShardWriter
+from tests.datagen.test_remote import PROCEDURAL, TINY_YAML, Killed
 from tests.s3_server import fresh_prefix, ray_with_s3, s3_bucket, s3_server  # noqa: F401 - fixtures
-
-TINY_YAML = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs", "generate_tiny.yaml")
-PROCEDURAL = ["resolution=32", "pipeline.preset=procedural", "styles=[pixar,anime]", "rows_per_file=4",
-              "batch_size=4", "seed=3", "progress_interval_s=0"]
-
-
-class Killed(Exception):
-    pass
 
 
 def test_workers_write_shards_into_a_bucket_and_the_driver_names_them(ray_with_s3, s3_bucket, tmp_path):
-    """shard_writer=workers into s3://: each actor PUTs its whole shard, the driver only names it in the
+    """shard_writer=workers into s3://: each actor PUTs its shard, the driver only names it in the
     manifest; a run stopped after the first name resumes to exactly N rows, the rows of the local job."""
     n = 10
     prefix = fresh_prefix("workers")
