@@ -352,9 +352,10 @@ def test_workers_write_the_drivers_rows_and_a_killed_run_resumes_to_exactly_n(ra
 
     with pytest.raises(_Stop):
         run_generation(cfg, on_shard=stop_after_first)
-    [committed] = list_shards(out)
-    assert pq.read_table(committed).column("index").to_pylist() == [0, 1, 2, 3]
-    assert committed.name.endswith("-i000000000.parquet")
+    [committed] = list_shards(out)  # Ray Data does not keep block order: a whole shard of 4, named by its index
+    first = pq.read_table(committed).column("index").to_pylist()[0]
+    assert first in (0, 4) and pq.read_table(committed).column("index").to_pylist() == list(range(first, first + 4))
+    assert committed.name.endswith(f"-i{first:09d}.parquet")
     planted = out / "shards" / (STAGED_PREFIX + staged_shard_name("x", 4))
     planted.write_bytes(committed.read_bytes())
 

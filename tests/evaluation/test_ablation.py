@@ -75,7 +75,17 @@ def test_levels_are_the_ones_rule_md_froze():
                                               "back_janus_rate", "back_flip_rate")], level
 
 
-def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, capsys):
+@pytest.fixture
+def ray_of_the_runner():
+    """The runner starts a local Ray (as its CLI does); stop it after the test, so the next module's Ray can start."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, capsys, ray_of_the_runner):
     """One micro run through the real code path (procedural data, Ray Train, truth metrics, Inception KID),
     then --aggregate: table, JSON, curves, one comparison run in MLflow."""
     out = tmp_path / "abl"
