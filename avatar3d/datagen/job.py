@@ -448,6 +448,16 @@ def _driver_batch(block: pa.Table) -> dict:
     return batch
 
 
+def _tally(batch: dict, rows: int, stage: dict, on_batch: Callable[[dict], None] | None) -> None:
+    """Add a block's per-stage worker seconds to ``stage`` and report the block to ``on_batch``."""
+    spent = {key: float(np.sum(batch[key])) for key in stage}
+    for key, seconds in spent.items():
+        stage[key] += seconds
+    if on_batch is not None:
+        on_batch({"rows": rows, "arrival": time.time(), "call_start": batch["call_start"],
+                  "call_end": batch["call_end"], **spent})
+
+
 def _batch_nbytes(batch: dict) -> int:
     """Bytes of a block as it reached the driver (bytes/str objects by length, arrays by size)."""
     total = 0
@@ -558,12 +568,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
         ds = build_dataset(cfg, todo, shards)
         for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             driver_bytes += _batch_nbytes(block)
-            spent = {key: float(np.sum(block[key])) for key in stage}
-            for key, seconds in spent.items():
-                stage[key] += seconds
-            if on_batch is not None:
-                on_batch({"rows": int(np.sum(block["rows"])), "arrival": time.time(),
-                          "call_start": block["call_start"], "call_end": block["call_end"], **spent})
+            _tally(block, int(np.sum(block["rows"])), stage, on_batch)
             worker_write_s += float(np.sum(block["write_s"]))
             for name, rows, error in zip(block["shard"], block["rows"], block["error"]):
                 if error:
@@ -581,12 +586,7 @@ def _generate_locked(cfg: GenerateConfig, out: Path | RemoteFolder, fingerprint:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             batch = _driver_batch(block)
             driver_bytes += _batch_nbytes(batch)
-            spent = {key: float(np.sum(batch[key])) for key in stage}
-            for key, seconds in spent.items():
-                stage[key] += seconds
-            if on_batch is not None:
-                on_batch({"rows": len(batch["id"]), "arrival": time.time(), "call_start": batch["call_start"],
-                          "call_end": batch["call_end"], **spent})
+            _tally(batch, len(batch["id"]), stage, on_batch)
             writer.add(_rows_for(specs, batch, model_ids, cfg.resolution), on_written=on_shard)
             progress.update(len(batch["id"]))
         writer.flush(on_written=on_shard)

@@ -91,7 +91,7 @@ class ShardWriter:
         self.seq = 0
         self.written: list[Path] = []
         self.rows_written = 0
-        self._committed: dict[str, Path | str] = {}
+        self._committed: set[str] = set()  # names of worker-written shards counted by commit()
 
     def add(self, table: pa.Table, on_written=None) -> list[Path]:
         """Queue rows; write every full shard, calling ``on_written(path, rows_written)`` after each."""
@@ -125,7 +125,7 @@ class ShardWriter:
                     f"shard {name} was written by a worker but is not in {self.dir}: with shard_writer=workers, "
                     "pass an output_dir every node mounts (a shared file system) or an object-store URI")
             os.replace(staged, path)
-        self._committed[name] = path
+        self._committed.add(name)
         self.written.append(path)
         self.rows_written += rows
         if on_written is not None:
