@@ -48,6 +48,9 @@ class TruthOptions:
     num_identities: int = field(default=64, metadata={"min": 2, "help": "held-out truth identities to match against"})
     per_group: int = field(default=48, metadata={"min": 2, "help": "renders per view group for view consistency and KID"})
     seed: int = seed_field(help="seed of latents, held-out identities and cameras")
+    classifier_train: int = field(default=1024, metadata={
+        "min": 3, "help": "truth renders the view classifier trains on (trained once per key, then cached)"})
+    classifier_steps: int = field(default=800, metadata={"min": 1, "help": "view classifier training steps"})
     inception: bool = field(default=True, metadata={
         "help": "also KID per view group on Inception features (about 0.25 s per image on a CPU core); "
                 "training's truth_ticks never compute it"})

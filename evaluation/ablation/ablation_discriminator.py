@@ -82,6 +82,7 @@ def train_config(args, mode: str, seed: int, data: Path):
         f"data.path={data}", f"batch_size={args.batch}", f"total_kimg={args.kimg}",
         f"kimg_per_tick={args.kimg_per_tick}", f"seed={seed}", "scaling.strategy=plain",
         f"truth_ticks={args.truth_ticks}", f"truth.per_group={args.curve_per_group}", "fid_ticks=0",
+        f"truth.classifier_train={args.classifier_train}", f"truth.classifier_steps={args.classifier_steps}",
         f"snapshot_ticks={args.snapshot_ticks}", "image_ticks=100000",
         f"tracking.experiment={EXPERIMENT}", "tracking.register=false",
     ])
@@ -330,6 +331,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-group", type=int, default=96, help="renders per view group for the final scores")
     p.add_argument("--num-identities", type=int, default=64)
     p.add_argument("--num-avatars", type=int, default=32)
+    p.add_argument("--classifier-train", type=int, default=1024, help="truth renders the view classifier trains on")
+    p.add_argument("--classifier-steps", type=int, default=800, help="view classifier training steps")
     p.add_argument("--extractor", default="inception", help="KID features beside the view classifier's")
     p.add_argument("--aggregate", action="store_true", help="only combine the runs already in --out")
     args = p.parse_args(argv)
@@ -357,7 +360,8 @@ def main(argv=None) -> int:
     data = world_dataset(out, args.level, args.images, args.size)
     resolution = train_config(args, modes[0], seeds[0], data).model.build().output_resolution
     world = TruthWorld.build(str(data), int(resolution), num_identities=args.num_identities,
-                             kid_per_group=args.per_group, cache_dir=out / "cache", seed=0)
+                             kid_per_group=args.per_group, cache_dir=out / "cache", seed=0,
+                             classifier_train=args.classifier_train, classifier_steps=args.classifier_steps)
     extractor = get_extractor(args.extractor) if args.extractor else None
     for seed in seeds:
         for mode in modes:

@@ -92,7 +92,7 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
     argv = ["--out", str(out), "--preset", "micro", "--images", "32", "--size", "32", "--kimg", "0.016",
             "--kimg-per-tick", "0.008", "--truth-ticks", "1", "--snapshot-ticks", "1", "--per-group", "6",
             "--curve-per-group", "4", "--num-identities", "4", "--num-avatars", "4", "--modes", "coarse_to_fine",
-            "--seeds", "0"]
+            "--seeds", "0", "--classifier-train", "24", "--classifier-steps", "5"]
     assert ablation.main(argv) == 0
     row = json.loads((out / "results" / "ablation-default-coarse_to_fine-s0.json").read_text())
     assert row["kimg"] == pytest.approx(0.016) and row["procedural"] == ablation.LEVELS["default"]

@@ -41,8 +41,10 @@ torch.set_num_threads(1)
 STYLES = ("pixar", "anime", "bronze_statue")
 CLASSIFIER_ARGS = dict(num_train=512, num_test=96, steps=400)
 WORLD_IDENTITIES, WORLD_PER_GROUP = 16, 12
-VALUE_KEYS = {"sil_agreement", "sil_baseline", "sil_varying", "sil_varying_baseline", "view_front", "view_side",
-              "view_back", "view_mean", "kid_front", "kid_side", "kid_back", "classifier_accuracy"}
+WORLD_STRANGERS = 8
+VALUE_KEYS = {"sil_agreement", "sil_baseline", "sil_varying", "sil_varying_baseline", "sil_ceiling",
+              "sil_varying_ceiling", "view_front", "view_side", "view_back", "view_mean", "kid_front", "kid_side",
+              "kid_back", "classifier_accuracy", "classifier_accuracy_blurred", "classifier_janus_as_back"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def classifier(procedural_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def world(procedural_dataset, classifier):
     return TruthWorld.build(procedural_dataset, size=32, num_identities=WORLD_IDENTITIES,
-                            kid_per_group=WORLD_PER_GROUP, classifier=classifier[0])
+                            kid_per_group=WORLD_PER_GROUP, classifier=classifier[0], num_strangers=WORLD_STRANGERS)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +144,10 @@ def test_kid_same_vs_shifted_distribution():
 
 def test_view_classifier_is_well_above_chance(classifier):
     clf, _ = classifier
-    # Chance: 1/3 uniform, 1/2 always "side" (the side group is half the yaw circle). Measured 0.82
-    # (0.74-0.93 over other seeds and sizes of this training set).
-    assert clf.accuracy > 0.75, clf.accuracy
+    # Chance: 1/3 uniform, 1/2 always "side" (the side group is half the yaw circle). Measured 0.81, and 0.82
+    # on the same renders blurred to 12 px: it trains on blurred renders (0.74-0.93 over other seeds and
+    # sizes of this training set, before the degradations were added).
+    assert clf.accuracy > 0.75 and clf.accuracy_blurred > 0.75, (clf.accuracy, clf.accuracy_blurred)
     assert clf.num_train == 512 and clf.num_test == 96
 
 
@@ -210,11 +213,12 @@ def test_silhouette_agreement_extremes_and_baseline(world):
     noise_varying, _ = world.silhouette_agreement(noise, varying=True)
     varying_baseline = world.mean_silhouette_baseline(varying=True)
     assert noise_varying < varying_baseline < baseline                # measured 0.41 < 0.50 < 0.88
-    # Silhouettes of other truth identities (not in the world): matched at the front, they score below the
-    # world's own silhouettes but above the identity-blind baseline where identities differ (measured 0.61).
-    others = heldout_identities(world.styles, 6, seed=HELDOUT_SEED + 500)
-    strangers = {name: render_truth(others, [yaw] * 6, [pitch] * 6, 32)[1]
-                 for name, (yaw, pitch) in {"front": T.MATCH_CAMERA, **T.HELDOUT_CAMERAS}.items()}
+    # Silhouettes of other truth identities (not in the world; the world keeps them as its ceiling): matched
+    # at the front, they score below the world's own silhouettes but above the identity-blind baseline where
+    # identities differ (measured 0.61).
+    strangers = world.strangers
+    assert set(strangers) == set(world.masks)
+    assert all(m.shape == (WORLD_STRANGERS, 32, 32) and m.any() for m in strangers.values())
     stranger_score, _ = world.silhouette_agreement(strangers)
     assert noise_score < stranger_score < 1.0
     stranger_varying, _ = world.silhouette_agreement(strangers, varying=True)
@@ -225,12 +229,16 @@ def test_view_consistency_of_truth_renders_and_of_janus_backs(world, group_rende
     clean, janus = group_renders
     clf = world.classifier
     consistency = {g: float(np.mean(clf.predict(images) == g)) for g, images in clean.items()}
-    assert all(v > 0.75 for v in consistency.values()), consistency   # measured front 1, side 1, back 0.94
+    assert all(v > 0.75 for v in consistency.values()), consistency   # measured front 0.97, side 1, back 0.91
     janus_pred = clf.predict(janus)
     janus_back = float(np.mean(janus_pred == "back"))
-    # A face at the back pulls back views towards "front": clearly lower consistency at the back.
-    assert janus_back <= consistency["back"] - 0.1, (janus_back, consistency["back"])  # measured 0.56 vs 0.94
+    # A face at the back pulls back views towards "front": lower consistency at the back, though the
+    # classifier, trained on blurred renders, sees only some of the faces (measured 0.75 vs 0.91; 0.25 vs
+    # 0.09 called "front").
+    assert janus_back <= consistency["back"] - 0.1, (janus_back, consistency["back"])
     assert np.mean(janus_pred == "front") >= np.mean(clf.predict(clean["back"]) == "front") + 0.1
+    # The classifier's own figure for it, on other held-out Janus backs (measured 0.62 there vs 0.75 here).
+    assert abs(clf.janus_as_back - janus_back) < 0.3, (clf.janus_as_back, janus_back)
 
 
 def test_kid_on_classifier_features_tells_groups_apart(world, group_renders):
@@ -262,10 +270,16 @@ def test_evaluate_a_micro_generator(world, micro_metrics, group_renders, classif
     assert m.values["sil_varying_baseline"] == world.mean_silhouette_baseline(varying=True)
     assert 0.0 <= m.values["sil_varying"] <= 1.0
     assert m.values["classifier_accuracy"] == classifier[0].accuracy
+    assert m.values["classifier_accuracy_blurred"] == classifier[0].accuracy_blurred
+    # The ceiling: the world's strangers scored as if generated; a random generator sits below it.
+    assert m.values["sil_ceiling"] == world.silhouette_agreement(world.strangers)[0]
+    assert m.values["sil_varying_ceiling"] == world.silhouette_agreement(world.strangers, varying=True)[0]
+    assert m.values["sil_agreement"] < m.values["sil_ceiling"]
     assert all(0.0 <= m.values[f"view_{g}"] <= 1.0 for g in GROUP_YAWS)
     assert m.values["view_mean"] == pytest.approx(np.mean([m.values[f"view_{g}"] for g in GROUP_YAWS]))
     assert m.counts == {"sil_avatars": 4, "sil_identities": WORLD_IDENTITIES, "view_per_group": WORLD_PER_GROUP,
-                        "kid_per_group": WORLD_PER_GROUP, "classifier_test": 96}
+                        "kid_per_group": WORLD_PER_GROUP, "classifier_test": classifier[0].num_test,
+                        "sil_strangers": WORLD_STRANGERS, "fid_all": 0}
     # A random-weight generator is far from the truth: its silhouettes below the baseline and its KID above
     # that of truth renders of other identities at the same cameras.
     assert m.values["sil_agreement"] < m.values["sil_baseline"]
@@ -275,6 +289,36 @@ def test_evaluate_a_micro_generator(world, micro_metrics, group_renders, classif
         assert m.values[f"kid_{g}"] > truth_kid + 0.1 * abs(m.values[f"kid_{g}"]), (g, m.values, truth_kid)
 
 
+def test_fid_of_a_hand_computed_case():
+    # Equal covariances S: the trace term is tr(S + S - 2 S) = 0, so FID = |mean shift|^2.
+    a = np.random.default_rng(0).normal(size=(400, 5))
+    assert T._fid(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert T._fid(a, a + 3.0) == pytest.approx(9.0 * 5, rel=1e-9)
+    # A scale change 2x in every direction (S2 = 4 S1): tr(S1 + 4 S1 - 2 * 2 S1) = tr(S1).
+    assert T._fid(a, 2.0 * a - a.mean(0)) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)
+
+
+def test_evaluate_with_an_extractor_adds_kid_and_fid_per_group(world, micro_metrics):
+    """Any FID extractor gives KID and FID per group and FID over all groups, each with its counts (here the
+    view classifier's features stand in for Inception's, which the stage uses)."""
+    calls = []
+
+    def extractor(images):
+        calls.append(len(images))
+        return world.classifier.features(images)
+
+    m = world.evaluate(micro_generator(), num_avatars=4, seed=0, extractor=extractor)
+    assert calls == [WORLD_PER_GROUP] * 2 * len(GROUP_YAWS)  # fakes and truth, per group
+    extra = {f"{k}_{g}" for k in ("kid_inception", "fid_inception") for g in GROUP_YAWS} | {"fid_inception_all"}
+    assert set(m.values) == VALUE_KEYS | extra
+    for g in GROUP_YAWS:  # the same features as the cheap KID: the same number
+        assert m.values[f"kid_inception_{g}"] == pytest.approx(micro_metrics.values[f"kid_{g}"])
+        assert m.values[f"fid_inception_{g}"] > 0.0
+    assert m.counts["fid_all"] == WORLD_PER_GROUP * len(GROUP_YAWS)
+    line = m.summary()
+    assert f"FID vs truth renders (mostly bias at these counts) all {m.values['fid_inception_all']:.1f} (36 vs 36)" in line
+
+
 def test_metrics_summary_and_json(micro_metrics):
     m = micro_metrics
     assert m.metrics() == {f"truth_{k}": v for k, v in m.values.items()}
@@ -282,7 +326,7 @@ def test_metrics_summary_and_json(micro_metrics):
     line = m.summary()
     assert len(line.splitlines()) == 1
     for text in (f"4 avatars x 3 held-out views vs {WORLD_IDENTITIES} truth identities",
-                 f"({WORLD_PER_GROUP} renders per group", "on 96 truth renders",
+                 f"({WORLD_PER_GROUP} renders per group", f"blurred, on {m.counts['classifier_test']} truth renders",
                  f"({WORLD_PER_GROUP} fakes vs {WORLD_PER_GROUP} truth per group", "view-classifier-64d",
                  f"silhouette agreement {m.values['sil_agreement']:.3f}"):
         assert text in line, (text, line)
@@ -346,13 +390,14 @@ def test_stage_writes_truth_json(snapshot, procedural_dataset, tmp_path, monkeyp
     assert sorted(set(fake_training[0]["styles"])) == sorted(STYLES)
     assert result.files == {"truth": [tmp_path / "out" / "truth.json"]} and result.notes == [] and result.fid is None
     data = json.loads((tmp_path / "out" / "truth.json").read_text())
-    inception = {f"kid_inception_{g}" for g in ("front", "side", "back")}  # the stage's default: Inception KID too
+    inception = {f"{k}_inception_{g}" for k in ("kid", "fid") for g in ("front", "side", "back")}
+    inception.add("fid_inception_all")  # the stage's default: Inception KID and FID too
     assert set(data["values"]) == VALUE_KEYS | inception and data["painted_by"] == PAINTER_ID
     assert all(np.isfinite(data["values"][k]) for k in inception)
     assert data["protocol"]["kid_inception_features"].startswith("inception")
     assert data["values"] == result.truth.values
     assert data["counts"] == {"sil_avatars": 3, "sil_identities": 4, "view_per_group": 3, "kid_per_group": 3,
-                              "classifier_test": 96}
+                              "classifier_test": 96, "sil_strangers": 32, "fid_all": 9}
     assert data["protocol"]["seed"] == 0 and data["protocol"]["kid_features"] == "view-classifier-64d"
     assert result.truth.summary() in result.summary()
     assert (tmp_path / "out" / "evaluate_config.yaml").is_file()
