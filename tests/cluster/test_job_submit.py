@@ -160,6 +160,7 @@ def _logs(head: LocalHead, job_id: str) -> str:
         return JobSubmissionClient(head.address).get_job_logs(job_id)
 
 
+@pytest.mark.slow  # a real `ray start` head and a submitted job (33 s): simulated-cluster tests run in make test-slow
 def test_generation_job_through_ray_job_submit(ray_head):
     head, temp_root = ray_head
     out = temp_root / f"ds-{uuid.uuid4().hex[:6]}"

@@ -118,6 +118,9 @@ def test_resume_by_run_name_equals_uninterrupted_run(tmp_path, head_dataset, str
     _assert_same_generator(resumed.snapshot, straight.snapshot)
 
 
+# Slow (78 s): fault injection on a 2-worker Ray Train group, a simulated-cluster test like the node-loss ones
+# in tests/cluster/; resume from a checkpoint stays in the default suite (test_resume_*).
+@pytest.mark.slow
 def test_killed_worker_recovers_from_last_checkpoint(tmp_path, head_dataset, straight):
     cfg = _cfg(tmp_path, head_dataset, run_name="crash", max_failures=1, **RESUMABLE)
     marker = tmp_path / "crash" / ".crash-injected"
