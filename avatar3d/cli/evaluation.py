@@ -112,15 +112,16 @@ def _add_truth(sub, O) -> None:
                               "world's truth (datasets of pipeline.preset=procedural only)",
         description="Measures that need the truth the procedural painter keeps (docs/method.md section 9): "
                     "silhouette agreement with the nearest held-out truth identity at held-out cameras (beside "
-                    "the mean-silhouette baseline), view consistency from a view classifier trained on truth "
-                    "renders, and KID per view group against clean truth renders. Every figure is printed with "
-                    "the number of images behind it.")
+                    "the mean-silhouette baseline and the ceiling a perfect generator would reach), view "
+                    "consistency from a view classifier trained on degraded truth renders, and KID (and, on "
+                    "Inception features, FID) per view group against clean truth renders. Every figure is "
+                    "printed with the number of images behind it.")
     _model_args(p)
     p.add_argument("--data", required=True, help="dataset folder (or URI) painted by the procedural painter")
     for name, flag in (("num_avatars", "--num-avatars"), ("num_identities", "--num-identities"),
                        ("per_group", "--per-group"), ("seed", "--seed")):
         p.add_argument(flag, type=int, default=default(O, name), help=option_help(O, name))
-    p.add_argument("--no-inception", action="store_true", help="skip the KID per view on Inception features "
+    p.add_argument("--no-inception", action="store_true", help="skip KID and FID per view on Inception features "
                                                                 "(the slow part on a CPU)")
     p.add_argument("--cache-dir", default=None, help="cache folder for the view classifier "
                                                      "(default $AVATAR3D_CACHE_DIR or ./.cache)")

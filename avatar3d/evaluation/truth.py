@@ -311,9 +311,23 @@ def kid(a: np.ndarray, b: np.ndarray, subset: int = 100, subsets: int = 50, seed
 
 
 def _fid(a: np.ndarray, b: np.ndarray) -> float:
-    """FID of two feature sets. With a few dozen images in 2048-d it is mostly the estimator's bias, so it
-    is only ever reported beside its counts and beside KID (unbiased)."""
-    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False), "eigh")
+    """FID of two feature sets (rows = images). With a few dozen images in 2048-d it is mostly the
+    estimator's bias, so it is only ever reported beside its counts and beside KID (unbiased).
+
+    Exact, computed in the images' span: with centred, scaled rows A and B (S1 = A^T A, S2 = B^T B),
+    the non-zero eigenvalues of S1 S2 are those of the n x n matrix (A B^T)(A B^T)^T, so
+    tr (S1 S2)^1/2 needs no d x d matrix (1 ms instead of 3.5 s at 48 x 2048; the same figure as
+    :func:`frechet_distance` to 1e-7, tested).
+    """
+    if min(len(a), len(b)) > a.shape[1]:  # more images than dimensions: the d x d formula is the small one
+        return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False), "eigh")
+    A = (a - a.mean(0)) / np.sqrt(len(a) - 1)
+    B = (b - b.mean(0)) / np.sqrt(len(b) - 1)
+    cross = A @ B.T
+    eig = np.linalg.eigvalsh(cross @ cross.T)
+    eig = np.where(eig > 1e-12 * max(float(eig.max()), 1e-300), eig, 0.0)  # round-off of the zero eigenvalues
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + (A * A).sum() + (B * B).sum() - 2.0 * np.sqrt(eig).sum())
 
 
 # --------------------------------------------------------------------------- the metrics

@@ -30,6 +30,7 @@ from avatar3d.evaluation.truth import (
     train_view_classifier,
     truth_styles,
 )
+from avatar3d.evaluation.fid import frechet_distance
 from avatar3d.scene.avatar import render_avatar
 from avatar3d.scene.cameras import camera_label
 from tests.evaluation.helpers import micro_generator, write_micro_snapshot
@@ -296,6 +297,11 @@ def test_fid_of_a_hand_computed_case():
     assert T._fid(a, a + 3.0) == pytest.approx(9.0 * 5, rel=1e-9)
     # A scale change 2x in every direction (S2 = 4 S1): tr(S1 + 4 S1 - 2 * 2 S1) = tr(S1).
     assert T._fid(a, 2.0 * a - a.mean(0)) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)
+    # Fewer images than dimensions (the stage's case): the same number as the d x d formula.
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(12, 40)), rng.normal(size=(10, 40)) * 1.5 + 0.2
+    full = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False), "eigh")
+    assert T._fid(x, y) == pytest.approx(full, rel=1e-7)
 
 
 def test_evaluate_with_an_extractor_adds_kid_and_fid_per_group(world, micro_metrics):
