@@ -135,7 +135,18 @@ def _transfer_note(out: Path) -> str:
                      f"{_num(v.get('sil_varying'))}) and view consistency front / side / back "
                      f"{_num(v.get('view_front'), '.2f')} / {_num(v.get('view_side'), '.2f')} / "
                      f"{_num(v.get('view_back'), '.2f')}, against this run's figures below")
+        control = info.get("shuffled_label_control")
+        if control:
+            text += (f". Control: the same {control.get('kimg', '?')}-kimg run with its camera labels shuffled "
+                     f"within each batch reached {_truth_figures(control.get('values', {}))}; the shipped state, "
+                     f"scored the same way, {_truth_figures(control.get('labels_values', {}))}")
     return text + "."
+
+
+def _truth_figures(v: dict) -> str:
+    return (f"silhouette agreement {_num(v.get('sil_agreement'))} and view consistency front / side / back "
+            f"{_num(v.get('view_front'), '.2f')} / {_num(v.get('view_side'), '.2f')} / "
+            f"{_num(v.get('view_back'), '.2f')}")
 
 
 def _guidance(out: Path, rep: Path) -> str:

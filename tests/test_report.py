@@ -338,3 +338,48 @@ def test_a_procedural_datasets_report_says_the_procedural_painter_painted_it(tmp
     headline, dataset = pages["sd"]
     assert "procedural painter" not in headline + dataset and PAINTER_ID not in headline + dataset
     assert "painted by Stable Diffusion + ControlNet (stable-diffusion-v1-5/stable-diffusion-v1-5)" in headline
+
+
+def test_truth_metrics_show_the_ceiling_fid_and_the_classifiers_janus_share(tmp_path):
+    from avatar3d.report import _truth
+
+    values = {"sil_agreement": 0.864, "sil_baseline": 0.882, "sil_ceiling": 0.933, "sil_varying": 0.445,
+              "sil_varying_baseline": 0.474, "sil_varying_ceiling": 0.643, "view_front": 1.0, "view_side": 1.0,
+              "view_back": 0.708, "kid_front": 1.8, "kid_side": 0.28, "kid_back": 2.0, "classifier_accuracy": 0.911,
+              "classifier_accuracy_blurred": 0.917, "classifier_janus_as_back": 0.708, "fid_inception_all": 164.26,
+              **{f"fid_inception_{g}": f for g, f in (("front", 184.0), ("side", 198.1), ("back", 209.4))}}
+    counts = {"sil_avatars": 32, "sil_identities": 64, "view_per_group": 48, "kid_per_group": 48,
+              "classifier_test": 192, "sil_strangers": 32, "fid_all": 144}
+    (tmp_path / "truth.json").write_text(json.dumps({"values": values, "counts": counts, "protocol": {}}))
+    html_text = _truth(tmp_path, tmp_path)
+    assert "mean-silhouette baseline 0.882; truth identities scored as if generated 0.933" in html_text
+    assert "mean-silhouette baseline 0.474; truth identities 0.643" in html_text
+    assert re.search(r"FID, all \(vs truth renders, Inception features\)</td><td>164\.3</td>.*?144 fakes vs 144 truth",
+                     html_text)
+    assert re.search(r"FID, back \(vs truth renders, Inception features\)</td><td>209\.4</td>.*?48 fakes vs 48 truth",
+                     html_text)
+    assert "0.92 on the same blurred" in html_text and "still calls 0.71 of held-out Janus backs" in html_text
+
+
+def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path):
+    from avatar3d.report import _transfer_note
+
+    state = tmp_path / "assets" / "state"
+    state.mkdir(parents=True)
+    figures = lambda s, f, b: {"sil_agreement": s, "view_front": f, "view_side": 0.5, "view_back": b}  # noqa: E731
+    state.with_suffix(".json").write_text(json.dumps({
+        "kimg": 16.384, "command": "avatar3d train-gan X",
+        "from_scratch_at_demo_budget": {"kimg": 2.4, "values": {**figures(0.801, 0.02, 0.0), "sil_varying": 0.561}},
+        "shuffled_label_control": {"kimg": 16.4, "values": figures(0.811, 0.25, 0.125),
+                                   "labels_values": figures(0.850, 1.0, 0.833)}}))
+    (tmp_path / "out" / "gan" / "run").mkdir(parents=True)
+    (tmp_path / "out" / "gan" / "run" / "config.yaml").write_text(f"resume: {state}\n")
+    text = _transfer_note(tmp_path / "out")
+    assert "<b>The GAN was not trained from scratch here</b>: it continued from the training state" in text
+    assert "trained 16.384 kimg" in text and "avatar3d train-gan X" in text
+    assert "view consistency front / side / back 0.02 / 0.50 / 0.00" in text
+    assert ("the same 16.4-kimg run with its camera labels shuffled within each batch reached silhouette agreement "
+            "0.811 and view consistency front / side / back 0.25 / 0.50 / 0.12") in text
+    assert "scored the same way, silhouette agreement 0.850 and view consistency front / side / back 1.00" in text
+    (tmp_path / "out" / "gan" / "run" / "config.yaml").write_text("resume: null\n")
+    assert _transfer_note(tmp_path / "out") == " The GAN was trained from scratch in this run."

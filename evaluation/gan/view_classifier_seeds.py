@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from avatar3d.evaluation.truth import GROUP_YAWS, HELDOUT_SEED, generator_views, heldout_identities, train_view_classifier
+from avatar3d.evaluation.truth import (GROUP_YAWS, HELDOUT_SEED, generator_views, heldout_identities,
+                                       train_view_classifier)
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.scene.avatar import render_avatar
 from avatar3d.scene.cameras import camera_label
