@@ -122,6 +122,7 @@ def train_and_score(args, mode: str, seed: int, data: Path, world, extractor) ->
     from PIL import Image
 
     from avatar3d.gan.snapshot import load_snapshot
+    from avatar3d.tracking.tracker import default_tracking_uri
     from avatar3d.training.job import run_train_gan
 
     cfg = train_config(args, mode, seed, data)
@@ -133,7 +134,7 @@ def train_and_score(args, mode: str, seed: int, data: Path, world, extractor) ->
     truth = world.evaluate(G, num_avatars=args.num_avatars, seed=0, extractor=extractor)
     name = run_name(args.level, mode, seed)
     Image.fromarray(front_back_grid(G)).save(Path(args.out) / "results" / f"{name}-front-back.png")
-    tracking_uri = cfg.tracking.tracking_uri or f"sqlite:///{Path(cfg.output_dir) / 'mlflow.db'}"
+    tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
     return {"level": args.level, "d_mode": mode, "seed": seed, "kimg": trained.kimg, "train_s": round(train_s, 1),
             "eval_s": round(time.time() - t1, 1), "metrics": truth.metrics(), "counts": truth.counts,
             "protocol": truth.protocol, "curves": curves(tracking_uri, trained.mlflow_run_id),
@@ -152,6 +153,15 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
 
 
+def gap(rows_a: list[dict], rows_b: list[dict], key: str, sign: int) -> dict:
+    """RULE.md's gap of ``a`` over ``b`` on one measure, in units of the larger of the two seed spreads
+    (``sign`` +1: higher is better; -1: lower is better)."""
+    (ma, sa), (mb, sb) = (mean_sd([r["metrics"][key] for r in rows]) for rows in (rows_a, rows_b))
+    spread = max(sa, sb)
+    return {"mean_a": ma, "mean_b": mb, "spread": spread,
+            "gap_in_spreads": sign * (ma - mb) / spread if spread > 0 else float("inf")}
+
+
 def decide(rows: list[dict], level: str, a: str = "coarse_to_fine", b: str = "fine") -> dict:
     """RULE.md's decision for ``a`` vs ``b`` at ``level`` -> verdict and both gaps in units of the spread."""
     by = {m: [r for r in rows if r["level"] == level and r["d_mode"] == m] for m in (a, b)}
@@ -160,10 +170,9 @@ def decide(rows: list[dict], level: str, a: str = "coarse_to_fine", b: str = "fi
                 "seeds": {m: len(v) for m, v in by.items()}}
     gaps = {}
     for key, sign in PRIMARY:
-        (ma, sa), (mb, sb) = (mean_sd([r["metrics"][key] for r in by[m]]) for m in (a, b))
-        spread = max(sa, sb)
-        gaps[key] = {"mean_" + a: ma, "mean_" + b: mb, "spread": spread,
-                     "gap_in_spreads": sign * (ma - mb) / spread if spread > 0 else float("inf")}
+        g = gap(by[a], by[b], key, sign)
+        gaps[key] = {"mean_" + a: g["mean_a"], "mean_" + b: g["mean_b"], "spread": g["spread"],
+                     "gap_in_spreads": g["gap_in_spreads"]}
     if all(g["gap_in_spreads"] > 2 for g in gaps.values()):
         verdict = f"{a} wins"
     elif all(g["gap_in_spreads"] < -2 for g in gaps.values()):
@@ -181,9 +190,8 @@ def cost_when_right(rows: list[dict], a: str = "coarse_to_fine", b: str = "fine"
     worse = []
     for group in ("front", "side", "back"):
         for key, sign in ((f"truth_view_{group}", +1), (f"truth_kid_inception_{group}", -1)):
-            (ma, sa), (mb, sb) = (mean_sd([r["metrics"][key] for r in by[m]]) for m in (a, b))
-            spread = max(sa, sb)
-            if spread > 0 and sign * (mb - ma) / spread > 2:
+            g = gap(by[a], by[b], key, sign)
+            if g["spread"] > 0 and g["gap_in_spreads"] < -2:  # a worse than b by more than 2 spreads
                 worse.append(key)
     return {"costs_something": bool(worse), "worse_on": worse}
 
