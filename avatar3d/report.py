@@ -134,7 +134,9 @@ def _transfer_note(out: Path) -> str:
                      f"silhouette agreement {_num(v.get('sil_agreement'))} (where identities differ "
                      f"{_num(v.get('sil_varying'))}) and view consistency front / side / back "
                      f"{_num(v.get('view_front'), '.2f')} / {_num(v.get('view_side'), '.2f')} / "
-                     f"{_num(v.get('view_back'), '.2f')}, against this run's figures below")
+                     f"{_num(v.get('view_back'), '.2f')}"
+                     + (f" (scored by {html.escape(scratch['scored_by'])})" if scratch.get("scored_by") else "")
+                     + ", against this run's figures below")
         control = info.get("shuffled_label_control")
         if control:
             text += (f". Control: the same {control.get('kimg', '?')}-kimg run with its camera labels shuffled "

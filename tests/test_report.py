@@ -369,7 +369,8 @@ def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path)
     figures = lambda s, f, b: {"sil_agreement": s, "view_front": f, "view_side": 0.5, "view_back": b}  # noqa: E731
     state.with_suffix(".json").write_text(json.dumps({
         "kimg": 16.384, "command": "avatar3d train-gan X",
-        "from_scratch_at_demo_budget": {"kimg": 2.4, "values": {**figures(0.801, 0.02, 0.0), "sil_varying": 0.561}},
+        "from_scratch_at_demo_budget": {"kimg": 2.4, "values": {**figures(0.801, 0.02, 0.0), "sil_varying": 0.561},
+                                        "scored_by": "an older classifier"},
         "shuffled_label_control": {"kimg": 16.4, "values": figures(0.811, 0.25, 0.125),
                                    "labels_values": figures(0.850, 1.0, 0.833)}}))
     (tmp_path / "out" / "gan" / "run").mkdir(parents=True)
@@ -377,7 +378,7 @@ def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path)
     text = _transfer_note(tmp_path / "out")
     assert "<b>The GAN was not trained from scratch here</b>: it continued from the training state" in text
     assert "trained 16.384 kimg" in text and "avatar3d train-gan X" in text
-    assert "view consistency front / side / back 0.02 / 0.50 / 0.00" in text
+    assert "view consistency front / side / back 0.02 / 0.50 / 0.00 (scored by an older classifier)" in text
     assert ("the same 16.4-kimg run with its camera labels shuffled within each batch reached silhouette agreement "
             "0.811 and view consistency front / side / back 0.25 / 0.50 / 0.12") in text
     assert "scored the same way, silhouette agreement 0.850 and view consistency front / side / back 1.00" in text
