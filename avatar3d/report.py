@@ -139,14 +139,16 @@ def _transfer_note(out: Path) -> str:
                      + ", against this run's figures below")
         control = info.get("shuffled_label_control")
         if control:
+            seed = f" (truth seed {control['truth_seed']})" if "truth_seed" in control else ""
             text += (f". Control: the same {control.get('kimg', '?')}-kimg run with its camera labels shuffled "
                      f"within each batch reached {_truth_figures(control.get('values', {}))}; the shipped state, "
-                     f"scored the same way, {_truth_figures(control.get('labels_values', {}))}")
+                     f"scored the same way{seed}, {_truth_figures(control.get('labels_values', {}))}")
     return text + "."
 
 
 def _truth_figures(v: dict) -> str:
-    return (f"silhouette agreement {_num(v.get('sil_agreement'))} and view consistency front / side / back "
+    return (f"silhouette agreement {_num(v.get('sil_agreement'))} (where identities differ "
+            f"{_num(v.get('sil_varying'))}) and view consistency front / side / back "
             f"{_num(v.get('view_front'), '.2f')} / {_num(v.get('view_side'), '.2f')} / "
             f"{_num(v.get('view_back'), '.2f')}")
 
@@ -386,14 +388,20 @@ def _truth(ev: Path, rep: Path) -> str:
                       else f"{c['kid_per_group']} fakes vs {c['kid_per_group']} truth")}
           for g in ("all", "front", "side", "back") if f"fid_inception_{g}" in v],
     ]
+    if "classifier_accuracy_blurred" in v:  # the classifier trained on degraded renders (2026-12-04 on)
+        classifier = ("a small CNN trained on truth renders degraded at random (blur, colour, framing, noise; "
+                      f"accuracy {_num(v['classifier_accuracy'], '.2f')} on {c['classifier_test']} held-out truth "
+                      f"renders, {_num(v['classifier_accuracy_blurred'], '.2f')} on the same blurred)")
+    else:
+        classifier = (f"a small CNN trained on clean truth renders (accuracy {_num(v['classifier_accuracy'], '.2f')} "
+                      f"on {c['classifier_test']} held-out truth renders)")
+    janus = (f"A Janus head should fail at the back, but this classifier still calls "
+             f"{_num(v['classifier_janus_as_back'], '.2f')} of held-out Janus backs 'back': where that share is "
+             "high it is a weak Janus detector. " if "classifier_janus_as_back" in v else
+             "A Janus head should fail at the back. ")
     return ("<h3>Truth metrics (procedural world)</h3>" + _table(rows)
-            + '<p class="note">View consistency: a small CNN trained on truth renders degraded at random (blur, '
-            f"colour, framing, noise; accuracy "
-            f"{_num(v['classifier_accuracy'], '.2f')} on {c['classifier_test']} held-out truth renders, "
-            f"{_num(v.get('classifier_accuracy_blurred'), '.2f')} on the same blurred) names each generator "
-            "render front / side / back; the share that matches the render's camera. A Janus head should fail at "
-            f"the back, but this classifier still calls {_num(v.get('classifier_janus_as_back'), '.2f')} of "
-            "held-out Janus backs 'back': it judges mostly by outline and hair, so it is a weak Janus detector. "
+            + f'<p class="note">View consistency: {classifier} names each generator render front / side / back; '
+            f"the share that matches the render's camera. {janus}"
             "Silhouette agreement: each generated avatar is matched to the held-out truth identity whose "
             "front silhouette it overlaps most, then compared with that identity at the side and back cameras; "
             "the baseline answers the mean truth silhouette for everyone, and truth identities outside the world, "

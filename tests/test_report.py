@@ -193,7 +193,8 @@ def test_truth_metrics_show_each_value_beside_its_control(report):
         kid = by_measure[f"KID, {group} (vs truth renders, view-classifier features)"]
         assert (kid["value"], kid["images"]) == (value, "40 fakes vs 40 truth")
     assert not any("Inception features" in m for m in by_measure)  # no kid_inception_* values given
-    assert "accuracy 0.97 on 96 held-out truth renders" in truth["text"]
+    assert "trained on clean truth renders (accuracy 0.97 on 96 held-out truth renders)" in truth["text"]  # no blurred figure: an older truth.json
+    assert "Janus backs" not in truth["text"]
 
 
 def test_mesh_preview_is_shown_in_the_evaluation_section(report):
@@ -366,12 +367,13 @@ def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path)
 
     state = tmp_path / "assets" / "state"
     state.mkdir(parents=True)
-    figures = lambda s, f, b: {"sil_agreement": s, "view_front": f, "view_side": 0.5, "view_back": b}  # noqa: E731
+    figures = lambda s, f, b: {"sil_agreement": s, "sil_varying": s / 2, "view_front": f, "view_side": 0.5,  # noqa: E731
+                               "view_back": b}
     state.with_suffix(".json").write_text(json.dumps({
         "kimg": 16.384, "command": "avatar3d train-gan X",
         "from_scratch_at_demo_budget": {"kimg": 2.4, "values": {**figures(0.801, 0.02, 0.0), "sil_varying": 0.561},
                                         "scored_by": "an older classifier"},
-        "shuffled_label_control": {"kimg": 16.4, "values": figures(0.811, 0.25, 0.125),
+        "shuffled_label_control": {"kimg": 16.4, "truth_seed": 0, "values": figures(0.811, 0.25, 0.125),
                                    "labels_values": figures(0.850, 1.0, 0.833)}}))
     (tmp_path / "out" / "gan" / "run").mkdir(parents=True)
     (tmp_path / "out" / "gan" / "run" / "config.yaml").write_text(f"resume: {state}\n")
@@ -380,7 +382,8 @@ def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path)
     assert "trained 16.384 kimg" in text and "avatar3d train-gan X" in text
     assert "view consistency front / side / back 0.02 / 0.50 / 0.00 (scored by an older classifier)" in text
     assert ("the same 16.4-kimg run with its camera labels shuffled within each batch reached silhouette agreement "
-            "0.811 and view consistency front / side / back 0.25 / 0.50 / 0.12") in text
-    assert "scored the same way, silhouette agreement 0.850 and view consistency front / side / back 1.00" in text
+            "0.811 (where identities differ 0.406) and view consistency front / side / back 0.25 / 0.50 / 0.12") in text
+    assert ("scored the same way (truth seed 0), silhouette agreement 0.850 (where identities differ 0.425) and view "
+            "consistency front / side / back 1.00") in text
     (tmp_path / "out" / "gan" / "run" / "config.yaml").write_text("resume: null\n")
     assert _transfer_note(tmp_path / "out") == " The GAN was trained from scratch in this run."

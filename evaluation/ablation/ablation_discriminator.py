@@ -322,6 +322,8 @@ def aggregate(out: Path) -> int:
 
 
 def main(argv=None) -> int:
+    from avatar3d.evaluation.options import TruthOptions
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="outputs/ablation")
     p.add_argument("--level", choices=list(LEVELS), default="default", help="misalignment level (RULE.md)")
@@ -339,8 +341,10 @@ def main(argv=None) -> int:
     p.add_argument("--per-group", type=int, default=96, help="renders per view group for the final scores")
     p.add_argument("--num-identities", type=int, default=64)
     p.add_argument("--num-avatars", type=int, default=32)
-    p.add_argument("--classifier-train", type=int, default=1024, help="truth renders the view classifier trains on")
-    p.add_argument("--classifier-steps", type=int, default=800, help="view classifier training steps")
+    p.add_argument("--classifier-train", type=int, default=TruthOptions.classifier_train,
+                   help="truth renders the view classifier trains on")
+    p.add_argument("--classifier-steps", type=int, default=TruthOptions.classifier_steps,
+                   help="view classifier training steps")
     p.add_argument("--extractor", default="inception", help="KID features beside the view classifier's")
     p.add_argument("--aggregate", action="store_true", help="only combine the runs already in --out")
     args = p.parse_args(argv)

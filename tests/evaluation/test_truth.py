@@ -158,12 +158,26 @@ def test_view_classifier_second_call_loads_from_the_cache(classifier, procedural
     assert len(cached) == 1 and not list((Path(cache) / "view_classifier").glob("*.tmp"))
     again = train_view_classifier(truth_styles(procedural_dataset), cache_dir=cache, **CLASSIFIER_ARGS)
     assert again.seconds < 0.05 * clf.seconds and again.seconds < 2.0, (again.seconds, clf.seconds)
-    assert again.accuracy == clf.accuracy
+    assert (again.accuracy, again.accuracy_blurred, again.janus_as_back) == (
+        clf.accuracy, clf.accuracy_blurred, clf.janus_as_back)
     probe = _probe_images(world)
     assert np.array_equal(again.predict(probe), clf.predict(probe))
     np.testing.assert_array_equal(again.features(probe), clf.features(probe))
     assert again.features(probe).shape == (len(probe), 64)
     assert not again.model.training
+
+
+def test_a_cached_classifier_without_its_figures_is_trained_again(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    first = train_view_classifier(list(STYLES), num_train=6, num_test=3, steps=2, seed=0, cache_dir=tmp_path)
+    (path,) = (tmp_path / "view_classifier").glob("*.safetensors")
+    state = load_file(str(path))
+    save_file({k: v for k, v in state.items() if not k.startswith("__")}, str(path))  # an older layout
+    again = train_view_classifier(list(STYLES), num_train=6, num_test=3, steps=2, seed=0, cache_dir=tmp_path)
+    assert (again.accuracy, again.accuracy_blurred, again.janus_as_back) == (
+        first.accuracy, first.accuracy_blurred, first.janus_as_back)
+    assert {"__accuracy__", "__accuracy_blurred__", "__janus_as_back__"} <= set(load_file(str(path)))
 
 
 def test_classifier_initial_weights_are_seeded():
@@ -290,13 +304,15 @@ def test_evaluate_a_micro_generator(world, micro_metrics, group_renders, classif
         assert m.values[f"kid_{g}"] > truth_kid + 0.1 * abs(m.values[f"kid_{g}"]), (g, m.values, truth_kid)
 
 
-def test_fid_of_a_hand_computed_case():
+@pytest.mark.parametrize("n, d", [(400, 5), (12, 40)])  # the d x d path and the images' span path
+def test_fid_of_a_hand_computed_case(n, d):
     # Equal covariances S: the trace term is tr(S + S - 2 S) = 0, so FID = |mean shift|^2.
-    a = np.random.default_rng(0).normal(size=(400, 5))
-    assert T._fid(a, a) == pytest.approx(0.0, abs=1e-9)
-    assert T._fid(a, a + 3.0) == pytest.approx(9.0 * 5, rel=1e-9)
+    a = np.random.default_rng(0).normal(size=(n, d))
+    assert T._fid(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert T._fid(a, a + 3.0) == pytest.approx(9.0 * d, rel=1e-9)
     # A scale change 2x in every direction (S2 = 4 S1): tr(S1 + 4 S1 - 2 * 2 S1) = tr(S1).
     assert T._fid(a, 2.0 * a - a.mean(0)) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)
+    assert math.isnan(T._fid(a[:1], a))  # one image has no covariance
     # Fewer images than dimensions (the stage's case): the same number as the d x d formula.
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(12, 40)), rng.normal(size=(10, 40)) * 1.5 + 0.2
@@ -390,9 +406,11 @@ def test_stage_writes_truth_json(snapshot, procedural_dataset, tmp_path, monkeyp
 
     monkeypatch.setenv("AVATAR3D_CACHE_DIR", str(tmp_path / "cache"))
     cfg = _evaluate_config(snapshot, procedural_dataset, tmp_path / "out", "truth.num_avatars=3",
-                           "truth.num_identities=4", "truth.per_group=3")
+                           "truth.num_identities=4", "truth.per_group=3", "truth.classifier_train=40",
+                           "truth.classifier_steps=7")
     result = run_evaluate(cfg)
     assert [Path(c["cache_dir"]) for c in fake_training] == [(tmp_path / "cache").resolve()]
+    assert (fake_training[0]["num_train"], fake_training[0]["steps"]) == (40, 7)  # TruthOptions reach it
     assert sorted(set(fake_training[0]["styles"])) == sorted(STYLES)
     assert result.files == {"truth": [tmp_path / "out" / "truth.json"]} and result.notes == [] and result.fid is None
     data = json.loads((tmp_path / "out" / "truth.json").read_text())
