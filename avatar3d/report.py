@@ -131,10 +131,7 @@ def _transfer_note(out: Path) -> str:
         if scratch:
             v = scratch.get("values", {})
             text += (f". From scratch at a demo's budget ({scratch.get('kimg', '?')} kimg) the same generator reached "
-                     f"silhouette agreement {_num(v.get('sil_agreement'))} (where identities differ "
-                     f"{_num(v.get('sil_varying'))}) and view consistency front / side / back "
-                     f"{_num(v.get('view_front'), '.2f')} / {_num(v.get('view_side'), '.2f')} / "
-                     f"{_num(v.get('view_back'), '.2f')}"
+                     f"{_truth_figures(v)}"
                      + (f" (scored by {html.escape(scratch['scored_by'])})" if scratch.get("scored_by") else "")
                      + ", against this run's figures below")
         control = info.get("shuffled_label_control")
