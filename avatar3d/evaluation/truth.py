@@ -165,7 +165,12 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     x = torch.where((u(n) < 0.5)[:, None, None, None], x.flip(-1), x)  # a mirrored view stays in its group
     sizes = torch.tensor(BLUR_SIZES)[torch.randint(0, len(BLUR_SIZES), (n,), generator=gen)]
-    x = torch.cat([_blur(x[i:i + 1], int(sizes[i])) for i in range(n)])
+    blurred = x.clone()
+    for size in BLUR_SIZES:  # one call per size, not per image (the same pixels, tested)
+        pick = sizes == size
+        if pick.any():
+            blurred[pick] = _blur(x[pick], size)
+    x = blurred
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = 0.7 + 0.6 * u(n, 1, 1, 1)
     x = (x - mean) * contrast + mean + 0.4 * (u(n, 1, 1, 1) - 0.5) + 0.3 * (u(n, 3, 1, 1) - 0.5)
@@ -198,8 +203,9 @@ class TrainedClassifier:
         return self.model.features(_to_input(images)).double().numpy()
 
 
-def train_view_classifier(styles: list[str], num_train: int = 1024, num_test: int = 192, steps: int = 800,
-                          seed: int = 0, cache_dir: str | Path | None = None) -> TrainedClassifier:
+def train_view_classifier(styles: list[str], num_train: int = TruthOptions.classifier_train, num_test: int = 192,
+                          steps: int = TruthOptions.classifier_steps, seed: int = 0,
+                          cache_dir: str | Path | None = None) -> TrainedClassifier:
     """Train (or load from ``cache_dir``) the view classifier on truth renders of the styles' mix, each
     degraded at random (:func:`_augment`); its accuracy on held-out renders, sharp and blurred."""
     t0 = time.perf_counter()
@@ -395,7 +401,8 @@ class TruthWorld:
     def build(cls, dataset: str, size: int, num_identities: int = 64, kid_per_group: int = 64,
               cache_dir: str | Path | None = None, seed: int = 0,
               classifier: TrainedClassifier | None = None, num_strangers: int = 32,
-              classifier_train: int = 1024, classifier_steps: int = 800) -> "TruthWorld":
+              classifier_train: int = TruthOptions.classifier_train,
+              classifier_steps: int = TruthOptions.classifier_steps) -> "TruthWorld":
         """``classifier``: a view classifier already trained (default: train one on ``classifier_train`` renders
         for ``classifier_steps`` steps, or load it from ``cache_dir``). ``num_strangers``: truth identities
         outside the world scored as if generated (the ceiling)."""

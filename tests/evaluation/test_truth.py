@@ -167,6 +167,16 @@ def test_view_classifier_second_call_loads_from_the_cache(classifier, procedural
     assert not again.model.training
 
 
+def test_augment_is_decided_by_its_generator_alone():
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gen = torch.Generator().manual_seed(1)
+    state = gen.get_state()
+    out = T._augment(x, gen)
+    assert out.shape == x.shape and out.min() >= -1.0 and out.max() <= 1.0 and not torch.equal(out, x)
+    gen.set_state(state)
+    assert torch.equal(T._augment(x, gen), out)
+
+
 def test_a_cached_classifier_without_its_figures_is_trained_again(tmp_path):
     from safetensors.torch import load_file, save_file
 
