@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from avatar3d.evaluation.features import get_extractor
 from avatar3d.evaluation.options import TruthOptions
-from avatar3d.evaluation.stage import compute_truth
+from avatar3d.evaluation.truth import TruthWorld
 from avatar3d.gan.snapshot import load_snapshot
+from avatar3d.runtime import cache_dir
 
 RESULTS = Path(__file__).parent / "results"
 SHOWN = ("sil_agreement", "sil_varying", "view_front", "view_side", "view_back", "kid_inception_front",
@@ -41,15 +43,19 @@ def main() -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-inception", action="store_true")
     args = ap.parse_args()
-    arms = dict(a.split("=", 1) for a in args.arms)
+    arms = {name: (path, load_snapshot(path)) for name, path in (a.split("=", 1) for a in args.arms)}
     seeds = [int(s) for s in args.seeds.split(",")]
+    size = int(next(iter(arms.values()))[1].generator.cfg.output_resolution)
+    extractor = None if args.no_inception else get_extractor("inception")
     rows = []
     for seed in seeds:
-        opts = TruthOptions(seed=seed, inception=not args.no_inception)
-        for name, path in arms.items():
+        # What the stage's compute_truth does, with one world per seed shared by every arm (its renders,
+        # classifier and truth features are the same for all of them).
+        world = TruthWorld.from_options(args.data, size, TruthOptions(seed=seed), cache_dir())
+        for name, (path, snap) in arms.items():
             t0 = time.time()
-            snap = load_snapshot(path)
-            result = compute_truth(snap.generator, args.data, opts, None)
+            result = world.evaluate(snap.generator, num_avatars=TruthOptions.num_avatars, seed=seed,
+                                    extractor=extractor)
             rows.append({"arm": name, "snapshot": path, "kimg": snap.info.get("kimg"), "seed": seed,
                          "values": result.values, "counts": result.counts, "seconds": round(time.time() - t0)})
             print(f"{name} seed {seed}: {result.summary()}", flush=True)
