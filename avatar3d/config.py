@@ -325,6 +325,11 @@ def _coerce_type(value: Any, tp: Any, name: str) -> Any:
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"{name}: {value!r} is not a valid {_type_name(tp)}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML 1.1 reads no/off/yes/on as booleans: mixed_precision=no arrives as False.
+            spelled = [a for a in args if isinstance(a, str) and yaml.safe_load(a) is value]
+            if len(spelled) == 1:
+                return spelled[0]
         if value not in args:
             raise ConfigError(f"{name}: {value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
         return value
