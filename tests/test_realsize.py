@@ -161,6 +161,23 @@ def test_hub_layout_folders_load_like_hub_ids(tmp_path):
     assert max(diffs) <= 1, diffs
 
 
+def test_lora_base_model_from_a_float16_folder_loads_and_samples_in_float32(tmp_path):
+    """SD folders are mostly saved in fp16. transformers (5.x) then loads the text encoder in fp16 unless told,
+    diffusers loads the UNet in fp32: the real-size LoRA run trained fine and then failed at its first preview
+    ("mat1 and mat2 must have the same dtype"). The tiny folders, saved in fp16, catch it in seconds."""
+    import make_random_models
+
+    from avatar3d.lora.base import load_base_pipeline, sample_images
+
+    make_random_models.write_models(tmp_path, "float16", tiny=True, log=lambda *a: None)
+    pipe = load_base_pipeline("sd15", str(tmp_path / "sd15"))
+    assert {n: next(m.parameters()).dtype for n, m in (("unet", pipe.unet), ("vae", pipe.vae),
+                                                       ("text_encoder", pipe.text_encoder))} == \
+        dict.fromkeys(("unet", "vae", "text_encoder"), torch.float32)
+    images = sample_images(pipe, ["a portrait"], [0], steps=1, size=32)
+    assert images[0].shape == (32, 32, 3) and images[0].dtype == np.uint8
+
+
 def _run_gpu_check(tmp_path, *extra, timeout=600):
     out = tmp_path / "gpu_check.json"
     env = dict(os.environ, AVATAR3D_GPU_CHECK_TINY="1", GPU_CHECK_TIMEOUT_S=str(timeout), PYTHON=sys.executable)

@@ -38,8 +38,10 @@ def load_base_pipeline(preset: str, base_model: str, field: str = "base_model"):
     if preset != "sd15":
         raise ValueError(f"preset={preset!r} is not known: pass one of {list(PRESETS)}")
     check_model_available(base_model, field)  # one line before any loading
+    # dtype given: transformers loads the text encoder in the dtype it was saved in (fp16 for most SD folders)
+    # unless told, while diffusers loads its models in float32; a mixed pipeline fails at its first sample.
     return StableDiffusionPipeline.from_pretrained(
-        os.path.expanduser(base_model), safety_checker=None, requires_safety_checker=False)
+        os.path.expanduser(base_model), safety_checker=None, requires_safety_checker=False, dtype=torch.float32)
 
 
 def sample_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, size: int,
