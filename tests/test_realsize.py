@@ -109,6 +109,24 @@ def test_paper_prior_size():
     assert n == pytest.approx(73.4e6, rel=1e-2)  # model.py says "~70M"
 
 
+def test_paper_image_encoder_size():
+    """CLIP ViT-L/14's vision tower (303,179,776) + its 768-d projection (786,432), the paper prior's encoder."""
+    enc = sd.build("image_encoder", "meta")
+    assert sd.num_params(enc) == 303_966_208 and enc.config.projection_dim == 768
+
+
+def test_image_to_avatar_folder_round_trip_at_tiny_size(tmp_path):
+    """count_flops i2a: the pipeline folder is written and loaded by the real loader, then an input -> views;
+    at tiny size here, at the paper's sizes in the README's run."""
+    import count_flops
+
+    r = count_flops.image_to_avatar(str(tmp_path / "prior"), tiny=True, steps=2)
+    assert r["views"] == [1, 3, 64, 64, 3] and r["sampling"]["num_inference_steps"] == 2
+    assert r["flops_call"] > 0 and np.isfinite(r["w_norm"])
+    assert {p.name for p in (tmp_path / "prior").iterdir()} >= {"avatar3d_prior.json", "generator.safetensors",
+                                                            "image_encoder", "prior", "scheduler"}
+
+
 def test_lora_sd15_config_adapter_on_meta_unet():
     from avatar3d.config import read_yaml
     from avatar3d.lora.train import add_lora

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -207,10 +208,15 @@ def count_gan_step(batch: int = 2, res: int = 64, tiny: bool = False, device: st
             # precision=bf16: the training loop's autocast (avatar3d.training.loop.autocast_for).
             autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16" and not meta)
             with c, autocast:
-                tr._phase(name, engine, real_img, real_c, z, gen_c, gain)
+                stats = tr._phase(name, engine, real_img, real_c, z, gen_c, gain)
             phases[name] = {"flops": c.get_total_flops()}
             if not meta:
                 phases[name]["wall_s"] = round(time.perf_counter() - t, 2)
+                # the losses themselves: a dtype path that runs but yields NaN / inf is a broken path
+                phases[name]["losses"] = {k: float(v) for k, v in stats.items()}
+                bad = {k: v for k, v in phases[name]["losses"].items() if not math.isfinite(v)}
+                if bad:
+                    raise FloatingPointError(f"{name} at {precision}: non-finite {bad}")
         tr.G.requires_grad_(True)
         tr.D.requires_grad_(True)
         if snapshot and not meta:
@@ -311,9 +317,72 @@ def prior_steps(batch: int = 1024, steps: int = 3, cpu_batch: int = 64) -> dict:
             "peak_rss_gb": round(peak_rss_gb(), 2)}
 
 
+def image_to_avatar(folder: str, tiny: bool = False, steps: int | None = None) -> dict:
+    """The paper image-to-avatar pipeline, random weights, through the real loader: CLIP ViT-L/14 vision tower,
+    the paper prior (w 512, 768-d condition), the paper GAN's generator, saved as a prior folder
+    (``ImageToAvatarPipeline.save_pretrained``) and loaded back with ``from_pretrained``; then one 512 px input
+    -> sampled w (the paper config's DDIM steps and CFG) -> 3 views, timed and counted. The folder is what
+    ``avatar3d image-to-avatar IMAGE --prior <folder>`` takes (the CLI run is measured separately)."""
+    import numpy as np
+    import sd15_configs as sd
+    import torch
+
+    from avatar3d.config import load_config
+    from avatar3d.gan.generator import TriPlaneGenerator
+    from avatar3d.gan.snapshot import save_snapshot
+    from avatar3d.prior.config import TrainPriorConfig
+    from avatar3d.prior.encoder import ImageEncoder, tiny_encoder
+    from avatar3d.prior.model import PriorSize, build_prior, train_scheduler
+    from avatar3d.prior.pipeline import ImageToAvatarPipeline
+
+    root = Path(__file__).resolve().parents[2]
+    pcfg = load_config(TrainPriorConfig, root / "jobs" / "configs" / "prior_train_paper.yaml", ["pairs=unused"])
+    sampling = {"sampler": pcfg.sampling.sampler, "guidance_scale": pcfg.sampling.guidance_scale,
+                "num_inference_steps": steps or pcfg.sampling.num_inference_steps}
+    gcfg = gan_config(tiny)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    G = TriPlaneGenerator(gcfg).eval()
+    snapshot = save_snapshot(folder.parent / f"{folder.name}-generator.safetensors", G, gcfg.to_dict(),
+                             {"kimg": 0, "note": "realsize: random weights"})
+    if tiny:
+        encoder = tiny_encoder()
+    else:
+        from transformers import CLIPImageProcessor
+        encoder = ImageEncoder(model=sd.build("image_encoder").eval().requires_grad_(False),
+                               processor=CLIPImageProcessor(**{k: v for k, v in sd.FEATURE_EXTRACTOR.items()
+                                                               if k != "image_processor_type"}),
+                               name="random CLIP ViT-L/14 vision tower")
+    prior = build_prior(G.w_dim, encoder.dim, PriorSize.preset("tiny" if tiny else pcfg.model.size))
+    pipe = ImageToAvatarPipeline(encoder, prior, train_scheduler(pcfg.model.prediction_type), G, defaults=sampling)
+    pipe.save_pretrained(folder, snapshot)
+    build_s = time.perf_counter() - t
+    del pipe, G, encoder, prior
+    t = time.perf_counter()
+    pipe = ImageToAvatarPipeline.from_pretrained(folder)
+    load_s = time.perf_counter() - t
+    image = (np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8)
+    c = _counter()
+    t = time.perf_counter()
+    with c:
+        out = pipe(image, seed=0, yaws=[0.0, 90.0, 180.0])
+    call_s = time.perf_counter() - t
+    if not torch.isfinite(out.w).all():
+        raise FloatingPointError("image-to-avatar: non-finite w")
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"folder": str(folder), "sampling": sampling, "params": {
+                "image_encoder": size(pipe.image_encoder.model), "prior": size(pipe.prior),
+                "generator": size(pipe.generator)},
+            "build_and_save_s": round(build_s, 1), "from_pretrained_s": round(load_s, 1),
+            "call_s": round(call_s, 1), "flops_call": c.get_total_flops(), "views": list(out.views.shape),
+            "w_norm": round(float(out.w.norm()), 3), "peak_rss_gb": round(peak_rss_gb(), 2)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["sd", "gan", "gan-activations", "prior"])
+    p.add_argument("what", choices=["sd", "gan", "gan-activations", "prior", "i2a"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--res", type=int, nargs="+", default=[64])
     p.add_argument("--tiny", action="store_true", help="the tiny presets (tests)")
@@ -321,6 +390,8 @@ def main(argv=None):
                    "or run the real step on the CPU (timed)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="gan --device cpu: bf16 autocast")
     p.add_argument("--snapshot", default=None, help="gan --device cpu: write (and read back) the EMA snapshot here")
+    p.add_argument("--folder", default=None, help="i2a: where to write the prior folder (+ <folder>-generator.safetensors)")
+    p.add_argument("--steps", type=int, default=None, help="i2a: sampling steps (default: the paper config's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     t = time.perf_counter()
@@ -328,6 +399,10 @@ def main(argv=None):
         result = count_sd(tiny=args.tiny, resolution=64 if args.tiny else 512)
     elif args.what == "gan":
         result = {"steps": [count_gan_step(args.batch, r, args.tiny, args.device, args.snapshot, args.precision) for r in args.res]}
+    elif args.what == "i2a":
+        if not args.folder:
+            p.error("i2a needs --folder (where to write the pipeline folder)")
+        result = image_to_avatar(args.folder, args.tiny, args.steps)
     elif args.what == "prior":
         result = prior_steps(batch=1024, steps=3, cpu_batch=args.batch if args.batch != 2 else 64)
     else:

@@ -101,6 +101,25 @@ TEXT_ENCODER = {
     "vocab_size": 49408,
 }
 
+# The image encoder of the paper prior: CLIP ViT-L/14's vision tower with its 768-d projection
+# (openai/clip-vit-large-patch14, vision_config), as CLIPVisionModelWithProjection builds it.
+IMAGE_ENCODER = {
+    "attention_dropout": 0.0,
+    "dropout": 0.0,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 1024,
+    "image_size": 224,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 4096,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 16,
+    "num_channels": 3,
+    "num_hidden_layers": 24,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+
 SCHEDULER = {
     "_class_name": "PNDMScheduler",
     "beta_end": 0.012,
@@ -163,6 +182,9 @@ def build(name: str, device: str | None = None):
             return ControlNetModel(**model_kwargs(CONTROLNET))
         if name == "vae":
             return AutoencoderKL(**model_kwargs(VAE))
+        if name == "image_encoder":
+            from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+            return CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_ENCODER))
         if name == "text_encoder":
             cfg = {k: v for k, v in TEXT_ENCODER.items() if k not in ("architectures", "model_type")}
             return CLIPTextModel(CLIPTextConfig(**cfg))
