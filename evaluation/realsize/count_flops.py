@@ -178,6 +178,7 @@ def count_gan_step(batch: int = 2, res: int = 64, tiny: bool = False, device: st
     import torch
 
     from avatar3d.gan.step import GANTrainer
+    from avatar3d.training.loop import autocast_for
 
     cfg = gan_config(tiny)
     meta = device == "meta"
@@ -205,8 +206,8 @@ def count_gan_step(batch: int = 2, res: int = 64, tiny: bool = False, device: st
             z = torch.randn(batch, cfg.z_dim, device=device)
             c = _counter()
             t = time.perf_counter()
-            # precision=bf16: the training loop's autocast (avatar3d.training.loop.autocast_for).
-            autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16" and not meta)
+            # precision=bf16: the training loop's own autocast (none on meta: autocast has no meta dtype).
+            autocast = _nullcontext() if meta else autocast_for(precision, device)
             with c, autocast:
                 stats = tr._phase(name, engine, real_img, real_c, z, gen_c, gain)
             phases[name] = {"flops": c.get_total_flops()}
