@@ -204,13 +204,16 @@ def test_a_dumped_config_reloads_to_the_same_paths_from_its_new_folder(tmp_path)
     assert load_config(Paths, dumped) == cfg  # resolved paths are absolute: a dump reads the same anywhere
 
 
-def test_literal_choice_spelled_like_a_yaml_boolean():
+def test_literal_choice_spelled_like_a_yaml_boolean(tmp_path):
     """``mixed_precision=no`` (the spelling the LoRA trainer's own error asks for) reaches YAML as False;
     a Literal that holds exactly one such spelling takes it back, from overrides and from files alike."""
     from avatar3d.lora.config import LoraTrainConfig
 
     cfg = load_config(LoraTrainConfig, None, ["mixed_precision=no", "images=/tmp", "token=<c>"])
     assert cfg.mixed_precision == "no"
+    path = tmp_path / "lora.yaml"
+    path.write_text("mixed_precision: no\nimages: /tmp\ntoken: <c>\n")
+    assert load_config(LoraTrainConfig, path, []).mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision: True is not allowed"):
         load_config(LoraTrainConfig, None, ["mixed_precision=yes", "images=/tmp", "token=<c>"])
     with pytest.raises(ConfigError, match="inner.scheduler: False is not allowed"):

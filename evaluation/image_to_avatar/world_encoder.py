@@ -28,6 +28,7 @@ achieves on held-out identities: top-1 retrieval of the same identity among
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from avatar3d.datagen.procedural import PAINTER_ID  # noqa: E402
 from avatar3d.evaluation.truth import HELDOUT_SEED, heldout_identities, render_truth  # noqa: E402
 
 # The world of jobs/configs/generate_procedural.yaml (one or two styles per shading family).
@@ -144,10 +146,15 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="render processes")
     p.add_argument("--render-cache", default=None, help="folder to keep the truth renders in (reruns skip them)")
     args = p.parse_args(argv)
+    if not 0 <= args.seed < TEST_SEED - TRAIN_SEED:
+        p.error(f"--seed {args.seed}: pass 0..{TEST_SEED - TRAIN_SEED - 1} (larger seeds reach the test identities' stream)")
     t0 = time.perf_counter()
 
     # 1. Render the training identities from VIEWS random cameras each, and the test identities.
-    cache = Path(args.render_cache) / f"renders-{args.identities}-{args.test}-{args.seed}.npz" if args.render_cache else None
+    # The cache key holds everything the renders depend on, so a changed setting never reuses old renders.
+    key = hashlib.sha256(json.dumps([PAINTER_ID, STYLES, SIZE, VIEWS, YAW_RANGE, PITCH_RANGE, TRAIN_SEED, TEST_SEED,
+                                     args.identities, args.test, args.seed]).encode()).hexdigest()[:16]
+    cache = Path(args.render_cache) / f"renders-{key}.npz" if args.render_cache else None
     if cache is not None and cache.is_file():
         with np.load(cache) as f:
             train, test_views = f["train"], {k: f[k] for k in ("front", "side", "back")}
