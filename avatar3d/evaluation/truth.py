@@ -285,12 +285,20 @@ def generator_views(G, yaws, pitches, seed: int = 0, batch_size: int = 8, trunca
         for i in range(0, n, batch_size):
             c = torch.tensor(labels[i:i + batch_size], dtype=torch.float32, device=device)
             ws = G.mapping(zs[i:i + batch_size].to(device), c, truncation_psi=truncation_psi)
-            out = G.synthesis(ws, c, noise_mode="const")
-            images.append(to_uint8(out.image))
-            size = out.image.shape[-1]
-            mask = F.interpolate(out.image_mask.float(), size=(size, size), mode="nearest")[:, 0] > 0.5
-            masks.append(mask.cpu().numpy())
+            image, mask = synthesis_with_masks(G, ws, c)
+            images.append(image)
+            masks.append(mask)
     return np.concatenate(images), np.concatenate(masks)
+
+
+@torch.no_grad()
+def synthesis_with_masks(G, ws: torch.Tensor, c: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``ws`` from cameras ``c`` -> (images uint8, masks bool). The silhouette every truth metric uses:
+    the accumulated opacity > 0.5, upsampled (nearest) to the output resolution."""
+    out = G.synthesis(ws, c, noise_mode="const")
+    size = out.image.shape[-1]
+    mask = F.interpolate(out.image_mask.float(), size=(size, size), mode="nearest")[:, 0] > 0.5
+    return to_uint8(out.image), mask.cpu().numpy()
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

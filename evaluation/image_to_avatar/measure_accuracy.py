@@ -56,8 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avatar3d.evaluation.options import TruthOptions  # noqa: E402
 from avatar3d.evaluation.truth import (HELDOUT_CAMERAS, HELDOUT_SEED, heldout_identities, iou,  # noqa: E402
-                                       render_truth, train_view_classifier)
-from avatar3d.gan.samples import to_uint8  # noqa: E402
+                                       render_truth, synthesis_with_masks, train_view_classifier)
 from avatar3d.prior.pairs import read_pairs  # noqa: E402
 from avatar3d.prior.pipeline import ImageToAvatarPipeline  # noqa: E402
 from avatar3d.prior.views import broadcast_w, map_front, seeded_z  # noqa: E402
@@ -66,20 +65,17 @@ from avatar3d.scene.pose_bins import view_group  # noqa: E402
 from world_encoder import STYLES  # noqa: E402
 
 EVAL_SEED = HELDOUT_SEED + 0x5000   # the test identities' stream (no dataset, metric or encoder uses it)
-METHODS = ("prior", "nearest", "mean", "random")
+METHODS = ("prior", "nearest", "mean", "random")  # the prior first, then the baselines it is compared with
 METRICS = {"colour_error": "lower", "silhouette_iou": "higher", "view_consistency": "higher"}
 
 
-@torch.no_grad()
 def render_with_masks(G, w: torch.Tensor, yaw: float, pitch: float = 0.0, seed: int = 0):
-    """Every w from one camera -> (images uint8 (N, S, S, 3), masks bool (N, S, S))."""
+    """Every w from one camera -> (images uint8 (N, S, S, 3), masks bool (N, S, S)), masks as the truth metrics
+    take them."""
     device = next(G.parameters()).device
     cams = torch.tensor(camera_label(yaw, pitch), dtype=torch.float32, device=device).reshape(1, 25).expand(len(w), 25)
     torch.manual_seed(seed)  # the ray jitter
-    out = G.synthesis(broadcast_w(G, w.to(device)), cams, noise_mode="const")
-    size = out.image.shape[-1]
-    masks = F.interpolate(out.image_mask.float(), size=(size, size), mode="nearest")[:, 0] > 0.5
-    return to_uint8(out.image), masks.cpu().numpy()
+    return synthesis_with_masks(G, broadcast_w(G, w.to(device)), cams)
 
 
 def pencil(image: np.ndarray) -> np.ndarray:
@@ -123,8 +119,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0)
     """95% interval of mean(a - b) over resampled identities."""
     rng = np.random.default_rng(seed)
     d = a - b
-    idx = rng.integers(0, len(d), (n, len(d)))
-    return [float(np.percentile(d[idx].mean(1), 2.5)), float(np.percentile(d[idx].mean(1), 97.5))]
+    means = d[rng.integers(0, len(d), (n, len(d)))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def nearest_w(pairs, embeddings: torch.Tensor) -> torch.Tensor:
@@ -183,7 +179,7 @@ def main(argv=None) -> int:
     scores = {name: score(G, classifier, w, truth, seed=1) for name, w in ws.items()}
     table = {name: {m: float(s[m].mean()) for m in METRICS} for name, s in scores.items()}
     versus = {}
-    for base in ("nearest", "mean", "random"):
+    for base in METHODS[1:]:
         versus[base] = {m: {"prior_minus_baseline": float((scores["prior"][m] - scores[base][m]).mean()),
                             "ci95": paired_bootstrap(scores["prior"][m], scores[base][m])}
                         for m in METRICS}
@@ -209,7 +205,7 @@ def main(argv=None) -> int:
     rows = []
     for i in range(k):
         cells = [front[i], truth["left"][0][i], truth["back"][0][i]]
-        for name in ("prior", "nearest", "mean", "random"):
+        for name in METHODS:
             cells += [scores[name]["renders"]["left"][i], scores[name]["renders"]["back"][i]]
         rows.append(np.concatenate(cells, axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).resize((size * 11 * 2, size * k * 2), Image.NEAREST).save(

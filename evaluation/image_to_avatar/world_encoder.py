@@ -42,7 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from avatar3d.datagen.procedural import PAINTER_ID  # noqa: E402
-from avatar3d.evaluation.truth import HELDOUT_SEED, heldout_identities, render_truth  # noqa: E402
+from avatar3d.evaluation.truth import HELDOUT_SEED, _blur, heldout_identities, render_truth  # noqa: E402
 
 # The world of jobs/configs/generate_procedural.yaml (one or two styles per shading family).
 STYLES = ["pixar", "anime", "clay_figurine", "bronze_statue"]
@@ -98,8 +98,7 @@ def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     for size in BLUR_SIZES[:-1]:
         pick = sizes == size
         if pick.any():
-            small = F.interpolate(x[pick], size=(size, size), mode="area")
-            out[pick] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out[pick] = _blur(x[pick], size)  # the view classifier's blur (area down, bilinear back)
     theta = torch.zeros(n, 2, 3)
     scale = 0.92 + 0.16 * torch.rand(n, generator=gen)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale

@@ -328,7 +328,7 @@ def image_to_avatar(folder: str, tiny: bool = False, steps: int | None = None) -
     import sd15_configs as sd
     import torch
 
-    from avatar3d.config import load_config
+    from avatar3d.config import load_config, to_dict
     from avatar3d.gan.generator import TriPlaneGenerator
     from avatar3d.gan.snapshot import save_snapshot
     from avatar3d.prior.config import TrainPriorConfig
@@ -338,8 +338,7 @@ def image_to_avatar(folder: str, tiny: bool = False, steps: int | None = None) -
 
     root = Path(__file__).resolve().parents[2]
     pcfg = load_config(TrainPriorConfig, root / "jobs" / "configs" / "prior_train_paper.yaml", ["pairs=unused"])
-    sampling = {"sampler": pcfg.sampling.sampler, "guidance_scale": pcfg.sampling.guidance_scale,
-                "num_inference_steps": steps or pcfg.sampling.num_inference_steps}
+    sampling = {**to_dict(pcfg.sampling), **({"num_inference_steps": steps} if steps else {})}  # as train-prior stores it
     gcfg = gan_config(tiny)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -372,10 +371,9 @@ def image_to_avatar(folder: str, tiny: bool = False, steps: int | None = None) -
     call_s = time.perf_counter() - t
     if not torch.isfinite(out.w).all():
         raise FloatingPointError("image-to-avatar: non-finite w")
-    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"folder": str(folder), "sampling": sampling, "params": {
-                "image_encoder": size(pipe.image_encoder.model), "prior": size(pipe.prior),
-                "generator": size(pipe.generator)},
+                "image_encoder": sd.num_params(pipe.image_encoder.model), "prior": sd.num_params(pipe.prior),
+                "generator": sd.num_params(pipe.generator)},
             "build_and_save_s": round(build_s, 1), "from_pretrained_s": round(load_s, 1),
             "call_s": round(call_s, 1), "flops_call": c.get_total_flops(), "views": list(out.views.shape),
             "w_norm": round(float(out.w.norm()), 3), "peak_rss_gb": round(peak_rss_gb(), 2)}
