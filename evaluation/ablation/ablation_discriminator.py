@@ -70,7 +70,13 @@ def world_dataset(out: Path, level: str, images: int, size: int) -> Path:
 
 
 def run_name(level: str, mode: str, seed: int) -> str:
+    """The training run's name: the same at every budget, so a longer budget resumes the shorter run."""
     return f"ablation-{level}-{mode}-s{seed}"
+
+
+def result_name(level: str, mode: str, seed: int, kimg: float) -> str:
+    """One scored result per run and budget (a run extended from 8 to 16 kimg is scored at both)."""
+    return f"{run_name(level, mode, seed)}-{kimg:g}kimg"
 
 
 def train_config(args, mode: str, seed: int, data: Path):
@@ -132,7 +138,7 @@ def train_and_score(args, mode: str, seed: int, data: Path, world, extractor) ->
     G = load_snapshot(trained.snapshot).generator
     t1 = time.time()
     truth = world.evaluate(G, num_avatars=args.num_avatars, seed=0, extractor=extractor)
-    name = run_name(args.level, mode, seed)
+    name = result_name(args.level, mode, seed, args.kimg)
     Image.fromarray(front_back_grid(G)).save(Path(args.out) / "results" / f"{name}-front-back.png")
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
     return {"level": args.level, "d_mode": mode, "seed": seed, "kimg": trained.kimg, "train_s": round(train_s, 1),
@@ -162,11 +168,16 @@ def gap(rows_a: list[dict], rows_b: list[dict], key: str, sign: int) -> dict:
             "gap_in_spreads": sign * (ma - mb) / spread if spread > 0 else float("inf")}
 
 
-def decide(rows: list[dict], level: str, a: str = "coarse_to_fine", b: str = "fine") -> dict:
-    """RULE.md's decision for ``a`` vs ``b`` at ``level`` -> verdict and both gaps in units of the spread."""
-    by = {m: [r for r in rows if r["level"] == level and r["d_mode"] == m] for m in (a, b)}
+def budget(row: dict) -> float:
+    return float(row["budget"]["kimg"])
+
+
+def decide(rows: list[dict], level: str, kimg: float, a: str = "coarse_to_fine", b: str = "fine") -> dict:
+    """RULE.md's decision for ``a`` vs ``b`` at ``level`` and budget ``kimg`` -> verdict and both gaps in units
+    of the spread."""
+    by = {m: [r for r in rows if r["level"] == level and budget(r) == kimg and r["d_mode"] == m] for m in (a, b)}
     if min(len(v) for v in by.values()) < 2:
-        return {"level": level, "verdict": "not enough seeds (need >= 2 per mode)",
+        return {"level": level, "kimg": kimg, "verdict": "not enough seeds (need >= 2 per mode)",
                 "seeds": {m: len(v) for m, v in by.items()}}
     gaps = {}
     for key, sign in PRIMARY:
@@ -179,12 +190,14 @@ def decide(rows: list[dict], level: str, a: str = "coarse_to_fine", b: str = "fi
         verdict = f"{b} wins"
     else:
         verdict = "not separated at this budget"
-    return {"level": level, "verdict": verdict, "gaps": gaps, "seeds": {m: len(v) for m, v in by.items()}}
+    return {"level": level, "kimg": kimg, "verdict": verdict, "gaps": gaps,
+            "seeds": {m: len(v) for m, v in by.items()}}
 
 
-def cost_when_right(rows: list[dict], a: str = "coarse_to_fine", b: str = "fine") -> dict | None:
-    """RULE.md's cost check at level ``none``: any group where ``a`` is worse than ``b`` by > 2 spreads."""
-    by = {m: [r for r in rows if r["level"] == "none" and r["d_mode"] == m] for m in (a, b)}
+def cost_when_right(rows: list[dict], kimg: float, a: str = "coarse_to_fine", b: str = "fine") -> dict | None:
+    """RULE.md's cost check at level ``none`` and budget ``kimg``: any group where ``a`` is worse than ``b`` by
+    more than 2 spreads."""
+    by = {m: [r for r in rows if r["level"] == "none" and budget(r) == kimg and r["d_mode"] == m] for m in (a, b)}
     if min(len(v) for v in by.values()) < 2:
         return None
     worse = []
@@ -193,35 +206,38 @@ def cost_when_right(rows: list[dict], a: str = "coarse_to_fine", b: str = "fine"
             g = gap(by[a], by[b], key, sign)
             if g["spread"] > 0 and g["gap_in_spreads"] < -2:  # a worse than b by more than 2 spreads
                 worse.append(key)
-    return {"costs_something": bool(worse), "worse_on": worse}
+    return {"kimg": kimg, "costs_something": bool(worse), "worse_on": worse}
 
 
-def markdown(rows: list[dict], decisions: list[dict], cost: dict | None) -> str:
+def markdown(rows: list[dict], decisions: list[dict], costs: list[dict]) -> str:
     keys = [k for k, _ in PRIMARY] + list(SECONDARY)
     short = {k: k.removeprefix("truth_").replace("kid_inception", "KID-Inc").replace("view_", "view ")
              for k in keys}
-    lines = ["| level | D pose label | seeds | " + " | ".join(short[k] for k in keys) + " |",
-             "|---|---|---|" + "---|" * len(keys)]
-    cells = sorted({(r["level"], r["d_mode"]) for r in rows})
-    for level, mode in cells:
-        group = [r for r in rows if r["level"] == level and r["d_mode"] == mode]
+    lines = ["| level | kimg | D pose label | seeds | " + " | ".join(short[k] for k in keys) + " |",
+             "|---|---|---|---|" + "---|" * len(keys)]
+    cells = sorted({(r["level"], budget(r), r["d_mode"]) for r in rows})
+    for level, kimg, mode in cells:
+        group = [r for r in rows if r["level"] == level and budget(r) == kimg and r["d_mode"] == mode]
         stats = [mean_sd([r["metrics"][k] for r in group]) for k in keys]
-        lines.append(f"| {level} | {mode} | {','.join(str(r['seed']) for r in group)} | "
+        lines.append(f"| {level} | {kimg:g} | {mode} | {','.join(str(r['seed']) for r in group)} | "
                      + " | ".join(f"{m:.3g} ± {s:.2g}" if s == s else f"{m:.3g}" for m, s in stats) + " |")
     r0 = rows[0]
     lines += ["", f"Mean ± sample standard deviation over seeds. Per run: {r0['counts']['view_per_group']} renders "
               f"per view group (view consistency, KID vs as many truth renders), {r0['counts']['sil_avatars']} "
-              f"avatars x 3 held-out views for silhouettes, {r0['budget']['kimg']} kimg at batch "
-              f"{r0['budget']['batch']} ({r0['budget']['preset']} preset). Images painted by the procedural painter.", ""]
+              f"avatars x 3 held-out views for silhouettes, at batch {r0['budget']['batch']} "
+              f"({r0['budget']['preset']} preset); a longer budget resumes the same training run. "
+              "Images painted by the procedural painter.", ""]
     for d in decisions:
         if "gaps" in d:
             gaps = "; ".join(f"{k.removeprefix('truth_')}: gap {g['gap_in_spreads']:+.2f} spreads "
                              f"(spread {g['spread']:.3g})" for k, g in d["gaps"].items())
-            lines.append(f"**Decision at level `{d['level']}`: {d['verdict']}** ({gaps}; seeds {d['seeds']}).")
+            lines.append(f"**Decision at level `{d['level']}`, {d['kimg']:g} kimg: {d['verdict']}** ({gaps}; "
+                         f"seeds {d['seeds']}).")
         else:
-            lines.append(f"**Decision at level `{d['level']}`: {d['verdict']}** (seeds {d['seeds']}).")
-    if cost is not None:
-        lines.append(f"**Cost when labels are right (level `none`)**: "
+            lines.append(f"**Decision at level `{d['level']}`, {d['kimg']:g} kimg: {d['verdict']}** "
+                         f"(seeds {d['seeds']}).")
+    for cost in costs:
+        lines.append(f"**Cost when labels are right (level `none`, {cost['kimg']:g} kimg)**: "
                      + (f"coarse-to-fine is worse on {', '.join(cost['worse_on'])}" if cost["costs_something"]
                         else "none beyond 2 spreads"))
     return "\n".join(lines)
@@ -236,8 +252,13 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     keys = ("truth_view_back", "truth_view_front", "truth_kid_back", "truth_sil_varying")
     colours = {"fine": "tab:blue", "coarse": "tab:green", "coarse_to_fine": "tab:red"}
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    longest = {}  # a run scored at 8 and 16 kimg: its 16-kimg row carries the whole curve
+    for r in rows:
+        key = (r["level"], r["d_mode"], r["seed"])
+        if key not in longest or budget(r) > budget(longest[key]):
+            longest[key] = r
     for ax, key in zip(axes, keys):
-        for r in rows:
+        for r in longest.values():
             pts = r["curves"].get(key, [])
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours.get(r["d_mode"], "k"), alpha=0.8,
@@ -256,11 +277,12 @@ def montage(rows: list[dict], out: Path, scale: int = 2) -> Path | None:
     from PIL import Image, ImageDraw
 
     tiles = []
-    for r in sorted(rows, key=lambda r: (r["level"], r["d_mode"], r["seed"])):
-        path = out / "results" / f"{run_name(r['level'], r['d_mode'], r['seed'])}-front-back.png"
+    for r in sorted(rows, key=lambda r: (r["level"], budget(r), r["d_mode"], r["seed"])):
+        path = out / "results" / f"{result_name(r['level'], r['d_mode'], r['seed'], budget(r))}-front-back.png"
         if path.is_file():
             with Image.open(path) as im:
-                tiles.append((f"{r['level']} / {r['d_mode']} / seed {r['seed']}: front row yaw 0, back row yaw 180",
+                tiles.append((f"{r['level']} / {budget(r):g} kimg / {r['d_mode']} / seed {r['seed']}: "
+                              "front row yaw 0, back row yaw 180",
                               im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST)))
     if not tiles:
         return None
@@ -282,14 +304,15 @@ def log_comparison_runs(rows: list[dict], out: Path) -> None:
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(EXPERIMENT) or client.get_experiment(client.create_experiment(EXPERIMENT))
-    done = {(r.data.tags.get("level"), r.data.tags.get("d_mode"), r.data.tags.get("seed"))
+    done = {(r.data.tags.get("level"), r.data.tags.get("d_mode"), r.data.tags.get("seed"), r.data.tags.get("kimg"))
             for r in client.search_runs([exp.experiment_id], max_results=1000)}
     for r in rows:
-        key = (r["level"], r["d_mode"], str(r["seed"]))
+        key = (r["level"], r["d_mode"], str(r["seed"]), f"{budget(r):g}")
         if key in done:
             continue
-        run = client.create_run(exp.experiment_id, run_name=run_name(*key[:2], r["seed"]),
+        run = client.create_run(exp.experiment_id, run_name=result_name(*key[:2], r["seed"], budget(r)),
                                 tags={"ablation": "discriminator", "level": key[0], "d_mode": key[1], "seed": key[2],
+                                      "kimg": key[3],
                                       "painted_by": r["painted_by"],
                                       "training_run": f"{r['training_run']['tracking_uri']}#{r['training_run']['run_id']}"})
         for k, v in r["metrics"].items():
@@ -304,12 +327,13 @@ def aggregate(out: Path) -> int:
     if not rows:
         print(f"--aggregate: no run results in {out / 'results'}: run the ablation first", file=sys.stderr)
         return 2
-    decisions = [decide(rows, level) for level in LEVELS if any(r["level"] == level for r in rows)]
-    cost = cost_when_right(rows)
-    table = markdown(rows, decisions, cost)
+    cells = sorted({(r["level"], budget(r)) for r in rows}, key=lambda c: (list(LEVELS).index(c[0]), c[1]))
+    decisions = [decide(rows, level, kimg) for level, kimg in cells]
+    costs = [c for c in (cost_when_right(rows, kimg) for level, kimg in cells if level == "none") if c is not None]
+    table = markdown(rows, decisions, costs)
     print(table)
     (out / "ablation.md").write_text(table + "\n")
-    summary = {"decisions": decisions, "cost_when_right": cost,
+    summary = {"decisions": decisions, "cost_when_right": costs,
                "runs": [{k: v for k, v in r.items() if k != "curves"} for r in rows]}
     (out / "ablation.json").write_text(json.dumps(summary, indent=2))
     plot_curves(rows, out / "curves.png")
@@ -377,7 +401,7 @@ def main(argv=None) -> int:
     extractor = get_extractor(args.extractor) if args.extractor else None
     for seed in seeds:
         for mode in modes:
-            target = out / "results" / f"{run_name(args.level, mode, seed)}.json"
+            target = out / "results" / f"{result_name(args.level, mode, seed, args.kimg)}.json"
             if target.exists():
                 print(f"{target.name}: done before, kept")
                 continue

@@ -22,13 +22,13 @@ def _load():
 ablation = _load()
 
 
-def _row(mode, seed, back, kid, level="default"):
+def _row(mode, seed, back, kid, level="default", kimg=8.0):
     metrics = {k: 0.5 for k in ablation.SECONDARY}
     metrics.update({f"truth_view_{g}": 0.5 for g in ("front", "side")})
     metrics.update({f"truth_kid_inception_{g}": 0.1 for g in ("front", "side")})
     metrics.update(truth_view_back=back, truth_kid_inception_back=kid)
-    return {"level": level, "d_mode": mode, "seed": seed, "metrics": metrics, "kimg": 8.0,
-            "counts": {"view_per_group": 96, "sil_avatars": 32}, "budget": {"kimg": 8.0, "batch": 8, "preset": "tiny"},
+    return {"level": level, "d_mode": mode, "seed": seed, "metrics": metrics, "kimg": kimg,
+            "counts": {"view_per_group": 96, "sil_avatars": 32}, "budget": {"kimg": kimg, "batch": 8, "preset": "tiny"},
             "curves": {}, "painted_by": "avatar3d/procedural-painter-v1",
             "training_run": {"tracking_uri": "sqlite:///x.db", "run_id": "r"}}
 
@@ -47,23 +47,30 @@ def _row(mode, seed, back, kid, level="default"):
 ])
 def test_the_rule_decides_on_both_primary_measures_beyond_two_spreads(c2f, fine, verdict):
     rows = [_row("coarse_to_fine", s, *v) for s, v in enumerate(c2f)] + [_row("fine", s, *v) for s, v in enumerate(fine)]
-    decision = ablation.decide(rows, "default")
+    decision = ablation.decide(rows, "default", 8.0)
     assert decision["verdict"] == verdict
     back = [v[0] for v in c2f]
     spread = max(float(np.std(back, ddof=1)), float(np.std([v[0] for v in fine], ddof=1)))
     gap = decision["gaps"]["truth_view_back"]
     assert gap["spread"] == pytest.approx(spread)
     assert gap["gap_in_spreads"] == pytest.approx((sum(back) - sum(v[0] for v in fine)) / 3 / spread)
-    assert ablation.decide(rows[:1] + rows[3:], "default")["verdict"].startswith("not enough seeds")
+    assert ablation.decide(rows[:1] + rows[3:], "default", 8.0)["verdict"].startswith("not enough seeds")
+    # the same runs scored again at a longer budget are decided apart, never pooled with the shorter one
+    longer = [_row("coarse_to_fine", s, 0.5, 0.03, kimg=16.0) for s in range(3)]
+    longer += [_row("fine", s, 0.5, 0.03, kimg=16.0) for s in range(3)]
+    assert ablation.decide(rows + longer, "default", 8.0) == decision
+    assert ablation.decide(rows + longer, "default", 16.0)["gaps"]["truth_view_back"]["mean_coarse_to_fine"] == 0.5
 
 
 def test_the_cost_check_flags_a_worse_group_when_labels_are_right():
     rows = [_row("coarse_to_fine", s, 0.5 + 0.01 * s, 0.02, level="none") for s in range(3)]
     rows += [_row("fine", s, 0.8 + 0.01 * s, 0.02, level="none") for s in range(3)]
-    assert ablation.cost_when_right(rows) == {"costs_something": True, "worse_on": ["truth_view_back"]}
+    assert ablation.cost_when_right(rows, 8.0) == {"kimg": 8.0, "costs_something": True,
+                                                   "worse_on": ["truth_view_back"]}
     same = [dict(r, d_mode="fine") for r in rows[:3]]
-    assert ablation.cost_when_right(rows[:3] + same)["costs_something"] is False
-    assert ablation.cost_when_right(rows[:3]) is None  # no fine runs at level none
+    assert ablation.cost_when_right(rows[:3] + same, 8.0)["costs_something"] is False
+    assert ablation.cost_when_right(rows[:3], 8.0) is None  # no fine runs at level none
+    assert ablation.cost_when_right(rows, 16.0) is None  # no runs at that budget
 
 
 def test_levels_are_the_ones_rule_md_froze():
@@ -94,25 +101,35 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
             "--curve-per-group", "4", "--num-identities", "4", "--num-avatars", "4", "--modes", "coarse_to_fine",
             "--seeds", "0", "--classifier-train", "24", "--classifier-steps", "5"]
     assert ablation.main(argv) == 0
-    row = json.loads((out / "results" / "ablation-default-coarse_to_fine-s0.json").read_text())
+    row = json.loads((out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").read_text())
     assert row["kimg"] == pytest.approx(0.016) and row["procedural"] == ablation.LEVELS["default"]
     assert row["counts"]["view_per_group"] == 6 and 0.0 <= row["metrics"]["truth_view_back"] <= 1.0
     assert row["metrics"]["truth_kid_inception_back"] == row["metrics"]["truth_kid_inception_back"]  # not NaN
     assert [p[0] for p in row["curves"]["truth_view_back"]] == pytest.approx([0.008, 0.016])
-    assert (out / "results" / "ablation-default-coarse_to_fine-s0-front-back.png").stat().st_size > 0
+    assert (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg-front-back.png").stat().st_size > 0
     assert ablation.main(argv) == 0 and "done before, kept" in capsys.readouterr().out  # no second run
+
+    # a longer budget resumes the same training run (its curve goes on) and is scored beside the shorter one
+    longer = argv[:argv.index("--kimg")] + ["--kimg", "0.024"] + argv[argv.index("--kimg") + 2:]
+    assert ablation.main(longer) == 0
+    row2 = json.loads((out / "results" / "ablation-default-coarse_to_fine-s0-0.024kimg.json").read_text())
+    assert row2["kimg"] == pytest.approx(0.024) and row2["training_run"] == row["training_run"]
+    assert [p[0] for p in row2["curves"]["truth_view_back"]] == pytest.approx([0.008, 0.016, 0.024])
+    assert row2["metrics"] != row["metrics"]  # another generator was scored
 
     assert ablation.main(["--out", str(out), "--aggregate"]) == 0
     table = (out / "ablation.md").read_text()
-    assert "| default | coarse_to_fine | 0 |" in table and "not enough seeds" in table
+    assert "| default | 0.016 | coarse_to_fine | 0 |" in table and "| default | 0.024 | coarse_to_fine | 0 |" in table
+    assert table.count("not enough seeds") == 2  # one decision per budget
     assert (out / "curves.png").stat().st_size > 0 and (out / "front_back.png").stat().st_size > 0
     import mlflow
 
     runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").search_runs(
         [mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name(
             ablation.EXPERIMENT).experiment_id])
-    assert [(r.data.tags["d_mode"], r.data.tags["level"]) for r in runs] == [("coarse_to_fine", "default")]
-    assert runs[0].data.metrics["truth_view_back"] == pytest.approx(row["metrics"]["truth_view_back"])
+    by_kimg = {r.data.tags["kimg"]: r for r in runs}
+    assert sorted(by_kimg) == ["0.016", "0.024"] and {r.data.tags["d_mode"] for r in runs} == {"coarse_to_fine"}
+    assert by_kimg["0.016"].data.metrics["truth_view_back"] == pytest.approx(row["metrics"]["truth_view_back"])
 
 
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys):
