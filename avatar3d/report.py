@@ -442,9 +442,28 @@ def _image_to_avatar(out: Path, rep: Path) -> str:
                             (ia / "views.png", "i2a_views.png", "the avatar the prior sampled, from several yaws"),
                             (ia / "truth_views.png", "i2a_truth.png", "that identity's truth at the same yaws"),
                             (ia / "turntable.gif", "i2a_turntable.gif", "its turntable")])
+    encoder = _image_encoder(ia / "avatar.json")
+    if encoder:
+        parts.append(f'<p class="note">Image encoder of the prior: {html.escape(encoder)}</p>')
     if (ia / "mesh.ply").is_file():
         parts.append(_mesh(ia / "mesh.ply", rep, None, "its marching-cubes mesh (mesh.ply)", _painter(out)))
     return "\n".join(parts)
+
+
+def _image_encoder(record: Path) -> str:
+    """What the prior that made an avatar conditions on, in words (from the avatar's record)."""
+    if not record.is_file():
+        return ""
+    name = json.loads(record.read_text()).get("image_encoder")
+    if not name:
+        return ""
+    if name == "tiny":
+        return ("the tiny preset's random two-layer CLIP tower (random weights): the prior conditions on a random "
+                "projection of the pixels")
+    card = Path(name) / "world_encoder.json"  # evaluation/image_to_avatar/world_encoder.py writes this card
+    if card.is_file():
+        return f"{name}: {json.loads(card.read_text()).get('what', '')}"
+    return f"{name} (a CLIP vision model, loaded with from_pretrained)"
 
 
 def _text_to_avatar(out: Path, rep: Path) -> str:

@@ -137,6 +137,10 @@ def report(tmp_path_factory):
     frames = [Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)) for i in range(3)]
     frames[0].save(ia / "turntable.gif", save_all=True, append_images=frames[1:])
     trimesh.creation.icosphere(subdivisions=1, radius=0.3).export(ia / "mesh.ply")
+    encoder = out / "encoder"  # a world encoder's folder: its card says what it is
+    encoder.mkdir()
+    (encoder / "world_encoder.json").write_text(json.dumps({"what": "a tower trained in this world (not CLIP)"}))
+    (ia / "avatar.json").write_text(json.dumps({"seed": 0, "image_encoder": str(encoder)}))
     # Text to avatar: the summary the stage writes, the painted front, the avatar's views, a mesh.
     ta = out / "text_to_avatar"
     for name, seed in (("painted_front.png", 5), ("views.png", 6)):
@@ -265,8 +269,22 @@ def test_image_to_avatar_section_shows_input_avatar_truth_and_turntable(report):
                        ("i2a_truth.png", "truth_views.png"), ("i2a_turntable.gif", "turntable.gif")):
         assert (report["rep"] / shown).read_bytes() == (report["out"] / "image_to_avatar" / src).read_bytes()
     assert "held-out identity" in ia["text"]  # truth views present: the input is a held-out identity
+    assert "Image encoder of the prior: " in ia["text"] and "a tower trained in this world (not CLIP)" in ia["text"]
     assert not any(img.startswith("i2a") for name, s in report["sections"].items() if not name.startswith("6.")
                    for img in s["images"])
+
+
+@pytest.mark.parametrize("record, words", [
+    ({"image_encoder": "tiny"}, "random projection of the pixels"),
+    ({"image_encoder": "openai/clip-vit-large-patch14"}, "openai/clip-vit-large-patch14 (a CLIP vision model"),
+    ({"seed": 0}, ""),  # an avatar written before the record named its encoder: no line
+])
+def test_the_image_encoder_is_named_in_words(tmp_path, record, words):
+    from avatar3d.report import _image_encoder
+
+    (tmp_path / "avatar.json").write_text(json.dumps(record))
+    text = _image_encoder(tmp_path / "avatar.json")
+    assert (words in text) if words else text == ""
 
 
 def test_registered_models_are_listed_with_versions_uris_aliases_and_runs(report):

@@ -59,7 +59,8 @@ def run_image_to_avatar(cfg: ImageToAvatarConfig) -> AvatarResult:
                   sampler=cfg.sampler, yaws=yaws, pitches=cfg.pitch, turntable_frames=cfg.turntable_frames,
                   truncation_psi=cfg.truncation_psi)
 
-    # Files.
+    # Files (the record names the prior that made the avatar).
+    result.meta["prior"] = cfg.prior
     files = write_avatar(result, out, pipe.generator, cfg.mesh_resolution, cfg.image, cfg.mesh_iso)
     return AvatarResult(output_dir=out, files=files, w=result.w[0].numpy())
 

@@ -142,7 +142,8 @@ class ImageToAvatarPipeline:
         return ImageToAvatarOutput(w=w.cpu(), embeddings=embeddings, views=views, yaws=yaws, pitches=pitches,
                                    turntable=turntable,
                                    meta={"seed": seed, "guidance_scale": guidance_scale, "num_inference_steps": steps,
-                                         "sampler": sampler, "truncation_psi": truncation_psi})
+                                         "sampler": sampler, "truncation_psi": truncation_psi,
+                                         "image_encoder": self.image_encoder.name})
 
 
 def prepare_images(images) -> list[Image.Image]:

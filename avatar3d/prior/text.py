@@ -319,6 +319,7 @@ def run_text_to_avatar(cfg: TextToAvatarConfig, avatar_pipeline=None, diffusion_
     result = pipe(painted.image, seed=cfg.seed, guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps,
                   sampler=cfg.sampler, yaws=view_yaws(cfg.views), pitches=cfg.pitch,
                   turntable_frames=cfg.turntable_frames, truncation_psi=cfg.truncation_psi)
+    result.meta["prior"] = cfg.prior
     files = write_avatar(result, out, pipe.generator, cfg.mesh_resolution, str(painted_path), cfg.mesh_iso)
     seconds["avatar"] = time.perf_counter() - t0
 

@@ -113,6 +113,7 @@ def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot,
     assert rc == 0
     record = json.loads((out / "avatar.json").read_text())
     assert record["seed"] == 9 and record["guidance_scale"] == GUIDANCE and len(record["yaws"]) == 4
+    assert record["prior"] == str(folder) and record["image_encoder"] == "tiny"  # what made the avatar
     assert np.allclose(np.load(out / "w.npy"), a.w[0].numpy(), atol=1e-5)  # same seed, same avatar as in-process
     assert len(list(out.glob("view_yaw*.png"))) == 4
     gif = Image.open(out / "turntable.gif")
