@@ -2,7 +2,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from avatar3d.chain import ChainConfig, run_chain, stage_configs
 from avatar3d.config import ConfigError, load_config
@@ -115,3 +117,19 @@ def test_the_demo_paints_512_images_of_64_px_and_continues_the_shipped_state_for
     assert read_snapshot_metadata(state / "snapshot.safetensors")["info"]["kimg"] == resumed_kimg
     assert round(resumed_kimg, 1) == 16.4
     assert round(stages.train.total_kimg - resumed_kimg, 1) == 1.2
+
+
+def test_the_demo_prior_conditions_on_the_shipped_world_encoder(tmp_path):
+    """The demo's pairs are embedded by jobs/assets/world_encoder (a folder relative to the demo file), which loads
+    as a CLIP vision model does and says what it is."""
+    from avatar3d.prior.encoder import load_image_encoder
+
+    stages = stage_configs(load_config(ChainConfig, DEMO), tmp_path / "out", "sqlite:///" + str(tmp_path / "m.db"))
+    folder = REPO / "jobs" / "assets" / "world_encoder"
+    assert stages.pairs.image_encoder == str(folder) and stages.pairs.num_pairs == 512
+    encoder = load_image_encoder(stages.pairs.image_encoder)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = (40, 90, 230)
+    embedding = encoder.embed([image])
+    assert embedding.shape == (1, 64) and torch.isfinite(embedding).all()
+    assert "not CLIP" in json.loads((folder / "world_encoder.json").read_text())["what"]
