@@ -102,7 +102,9 @@ def stage_configs(cfg: ChainConfig, out: Path, tracking_uri: str) -> StageConfig
     evaluate = _stage(EvaluateConfig, cfg.evaluate_config, [f"model={snapshot}", f"data={dataset}",
                                                             f"output_dir={out / 'evaluate'}"],
                       cfg.evaluate_overrides, "evaluate_overrides", cfg.config_dir)
-    pairs = _stage(BuildPairsConfig, cfg.prior_pairs_config, [f"output_dir={out / 'prior_pairs'}", f"snapshot={snapshot}"],
+    # The chain's state decides whether the pairs stage runs; when it does, it rebuilds the chain's own pairs.
+    pairs = _stage(BuildPairsConfig, cfg.prior_pairs_config, [f"output_dir={out / 'prior_pairs'}", f"snapshot={snapshot}",
+                                                              "overwrite=true"],
                    cfg.prior_pairs_overrides, "prior_pairs_overrides", cfg.config_dir)
     prior = _stage(TrainPriorConfig, cfg.prior_train_config, [f"pairs={out / 'prior_pairs'}",
                                                               f"output_dir={out / 'prior'}", track],

@@ -127,6 +127,7 @@ def test_the_demo_prior_conditions_on_the_shipped_world_encoder(tmp_path):
     stages = stage_configs(load_config(ChainConfig, DEMO), tmp_path / "out", "sqlite:///" + str(tmp_path / "m.db"))
     folder = REPO / "jobs" / "assets" / "world_encoder"
     assert stages.pairs.image_encoder == str(folder) and stages.pairs.num_pairs == 512
+    assert stages.pairs.overwrite  # from_stage=prior_pairs rebuilds the chain's own pairs instead of refusing
     encoder = load_image_encoder(stages.pairs.image_encoder)
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:48, 16:48] = (40, 90, 230)

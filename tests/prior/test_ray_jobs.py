@@ -47,7 +47,7 @@ def test_pairs_job_matches_the_in_process_builder(tmp_path, micro_snapshot, trai
     assert np.allclose(ray_pairs.embedding, local.embedding[:12], atol=1e-4)
 
 
-def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, heldout_pairs, monkeypatch):
+def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, heldout_pairs, monkeypatch, capsys):
     out = tmp_path / "prior"
     rc = main(["train-prior", "--config", str(CONFIGS / "prior_train_tiny.yaml"), f"pairs={train_pairs}",
                f"output_dir={out}", "run_name=ray-tiny", "total_steps=20", "steps_per_tick=10",
@@ -100,3 +100,29 @@ def test_train_prior_job_tracks_registers_and_serves(tmp_path, train_pairs, held
     assert torch.allclose(registered(image, seed=5, yaws=[0.0]).w, here.w, atol=1e-6)
     with pytest.raises(ValueError, match="cannot fetch models:/tiny-prior/7"):
         load_pipeline("models:/tiny-prior/7")
+
+    # The run records the pairs it started on; resuming it on pairs whose rows mean something else (another
+    # seed here) is one line and exit 2, before Ray starts, and the trained run is left as it was.
+    assert json.loads((out / "ray-tiny" / "pairs.json").read_text())["seed"] == 0
+    capsys.readouterr()
+    rc = main(["train-prior", "--config", str(CONFIGS / "prior_train_tiny.yaml"), f"pairs={heldout_pairs}",
+               f"output_dir={out}", "run_name=ray-tiny", "total_steps=30", "batch_size=16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "run_name=ray-tiny resumes a prior trained on other pairs (seed 0, these " \
+        "have 1); pass another run_name" in err[0], err
+    assert json.loads((prior_dir / "avatar3d_prior.json").read_text())["trained"]["steps"] == 20
+
+
+def test_a_run_from_before_the_pairs_record_is_checked_on_its_prior_folder(tmp_path):
+    from avatar3d.config import ConfigError
+    from avatar3d.prior.config import TrainPriorConfig
+    from avatar3d.prior.job import check_same_pairs
+
+    (tmp_path / "prior").mkdir()
+    (tmp_path / "prior" / "avatar3d_prior.json").write_text(json.dumps(
+        {"image_encoder": "tiny", "trained": {"generator_snapshot": "/g.safetensors"}}))
+    cfg = TrainPriorConfig(run_name="old")
+    check_same_pairs(tmp_path, {"image_encoder": "tiny", "snapshot": "/g.safetensors", "seed": 4}, cfg)  # agrees
+    with pytest.raises(ConfigError, match=r"run_name=old resumes a prior trained on other pairs \(image_encoder "
+                                          r"'tiny', these have '/enc'\)"):
+        check_same_pairs(tmp_path, {"image_encoder": "/enc", "snapshot": "/g.safetensors"}, cfg)
