@@ -38,6 +38,7 @@ from avatar3d.evaluation import viewer
 from avatar3d.evaluation.mesh import MESH_FORMATS, glb_bytes
 from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
 from avatar3d.gan.config import GANConfig
+from avatar3d.prior.encoder import ENCODER_CARD
 from avatar3d.gan.samples import image_grid, sample_grids
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.prompts import sample_prompts
@@ -460,10 +461,10 @@ def _image_encoder(record: Path) -> str:
     if name == "tiny":
         return ("the tiny preset's random two-layer CLIP tower (random weights): the prior conditions on a random "
                 "projection of the pixels")
-    card = Path(name) / "world_encoder.json"  # evaluation/image_to_avatar/world_encoder.py writes this card
+    card = Path(name).expanduser() / ENCODER_CARD
     if card.is_file():
         return f"{name}: {json.loads(card.read_text()).get('what', '')}"
-    return f"{name} (a CLIP vision model, loaded with from_pretrained)"
+    return f"{name} (loaded with from_pretrained; no card beside it says what it was trained on)"
 
 
 def _text_to_avatar(out: Path, rep: Path) -> str:

@@ -276,7 +276,7 @@ def test_image_to_avatar_section_shows_input_avatar_truth_and_turntable(report):
 
 @pytest.mark.parametrize("record, words", [
     ({"image_encoder": "tiny"}, "random projection of the pixels"),
-    ({"image_encoder": "openai/clip-vit-large-patch14"}, "openai/clip-vit-large-patch14 (a CLIP vision model"),
+    ({"image_encoder": "openai/clip-vit-large-patch14"}, "openai/clip-vit-large-patch14 (loaded with from_pretrained; no card"),
     ({"seed": 0}, ""),  # an avatar written before the record named its encoder: no line
 ])
 def test_the_image_encoder_is_named_in_words(tmp_path, record, words):

@@ -25,6 +25,9 @@ from avatar3d.config import MIN_IMAGE_SIDE, check_image_size  # noqa: F401  (MIN
 from avatar3d.hub import ModelUnavailableError, check_model_available
 
 TINY = "tiny"
+# Beside a folder encoder: a card that says in words what it is (e.g. not CLIP: trained in the procedural
+# world by evaluation/image_to_avatar/world_encoder.py); the report quotes its "what".
+ENCODER_CARD = "world_encoder.json"
 # Input images: smaller than this cannot hold a face; larger is a decompression bomb or a mistake.
 # PIL modes we convert to RGB; the rest (16-bit, float, ...) are refused rather than guessed at.
 _CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", "RGBX"}

@@ -17,21 +17,20 @@ tracking store says.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.fs as pafs
 from diffusers import PriorTransformer
 
 from avatar3d.config import ConfigError, to_dict, writable_dir
-from avatar3d.datagen.dataset import check_output_location, is_remote, resolve_filesystem
-from avatar3d.datagen.shards import put_object, upload
+from avatar3d.datagen.dataset import check_output_location, is_remote
+from avatar3d.datagen.shards import RemoteFolder, upload, write_atomic_json
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.prior.config import TrainPriorConfig
-from avatar3d.prior.encoder import load_image_encoder
+from avatar3d.prior.encoder import TINY, load_image_encoder
 from avatar3d.prior.loop import ENGINE_TAG, STATE_TREE, WEIGHTS_DIR
 from avatar3d.prior.model import train_scheduler
 from avatar3d.prior.pairs import check_pairs, w_statistics
@@ -39,10 +38,10 @@ from avatar3d.prior.pipeline import PRIOR_JSON, ImageToAvatarPipeline
 from avatar3d.prior.ray_worker import train_func
 from avatar3d.prior.registry import register_prior
 from avatar3d.runtime import apply_local_defaults
-from avatar3d.atomic import atomic_folder, atomic_write
+from avatar3d.atomic import atomic_folder
 from avatar3d.tracking.tracker import Tracker
-from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray, latest_checkpoint,
-                                       run_folder, torch_threads_from_env, worker_config)
+from avatar3d.training.ray_fit import (WorkerContext, check_checkpoint_to_load, fit_with_ray, run_folder,
+                                       torch_threads_from_env, worker_config)
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +92,10 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
         log.warning("lr=0: the prior will not change (a control run)")
     output_dir = cfg.output_dir.rstrip("/") if remote else Path(cfg.output_dir).resolve()
     run_dir = f"{output_dir}/{cfg.run_name}" if remote else output_dir / cfg.run_name
-    check_checkpoint_to_load(output_dir, cfg.run_name, cfg.resume, cfg.scaling, (ENGINE_TAG,),
-                             restart="start a new run without resume")
-    resuming = latest_checkpoint(output_dir, cfg.run_name) is not None
-    if resuming:
-        check_same_pairs(run_dir, info.card, cfg)
+    resuming = check_checkpoint_to_load(output_dir, cfg.run_name, cfg.resume, cfg.scaling, (ENGINE_TAG,),
+                                        restart="start a new run without resume") is not None
+    record = pairs_record(info.card)
+    recorded = check_same_pairs(run_dir, record, cfg) if resuming else False
     tracker = Tracker(cfg.tracking, output_dir, cfg.run_name, stage="prior", resume=True).check()
     if not remote:
         writable_dir(cfg.output_dir, "output_dir")  # the raw value: an empty one is refused, not resolved to .
@@ -108,8 +106,8 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
     with run_folder(run_dir, remote, cfg) as local_tmp, tracker:
         tracker.log_config({"train": to_dict(cfg),
                             "pairs": {k: v for k, v in info.card.items() if k != "gan_config"}})
-        if not resuming:
-            _record_pairs(run_dir, remote, info.card)
+        if not recorded:  # a new run, or one from before the record (checked on its prior folder above)
+            _record_pairs(run_dir, remote, record)
         t0 = time.time()
         # The workers get the typed config itself plus what the driver derived from the pairs.
         context = WorkerContext(rows_per_worker=rows_per_worker, tracking_uri=tracker.uri or "",
@@ -133,38 +131,45 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
                                 metrics=metrics, mlflow_run_id=tracker.run_id, registered_version=version)
 
 
-def check_same_pairs(run_dir: Path | str, card: dict, cfg: TrainPriorConfig) -> None:
+def pairs_record(card: dict) -> dict:
+    """What a run records about the pairs it starts on: their card (less the GAN config) and, for a local
+    generator snapshot, a hash of its bytes (a retrained generator can be written to the same path)."""
+    record = {k: v for k, v in card.items() if k != "gan_config"}
+    snapshot = card.get("snapshot", "")
+    if snapshot and not is_remote(snapshot) and Path(snapshot).is_file():
+        record["snapshot_sha256"] = hashlib.sha256(Path(snapshot).read_bytes()).hexdigest()
+    return record
+
+
+def check_same_pairs(run_dir: Path | str, record: dict, cfg: TrainPriorConfig) -> bool:
     """Refuse to resume a run on pairs whose rows mean something else than the ones it started on (another
     generator, encoder or seed): the prior would go on learning a new embedding space from the old one's
-    weights, silently. A run from before the record existed is checked on what its prior folder names."""
-    fs, root = resolve_filesystem(str(run_dir))
-    first = _read_json(fs, f"{root}/{PAIRS_RECORD}")
+    weights, silently. A run from before the record existed is checked on what its prior folder names.
+    -> whether the run had a record."""
+    folder = RemoteFolder(str(run_dir))  # a local folder or an object-store prefix alike
+    first = folder.read_json(PAIRS_RECORD)
+    had_record = first is not None
     if first is None:
-        meta = _read_json(fs, f"{root}/{PRIOR_DIR}/{PRIOR_JSON}") or {}
+        meta = folder.read_json(f"{PRIOR_DIR}/{PRIOR_JSON}") or {}
         first = {k: v for k, v in (("image_encoder", meta.get("image_encoder")),
                                    ("snapshot", meta.get("trained", {}).get("generator_snapshot"))) if v is not None}
-    changed = [k for k in PAIRS_MEANING if k in first and first[k] != card.get(k)]
+    keys = [*PAIRS_MEANING, "snapshot_sha256"]
+    if record.get("image_encoder") != TINY:
+        keys.remove("encoder_seed")  # only the tiny random encoder is made from its seed
+    changed = [k for k in keys if k in first and k in record and first[k] != record[k]]
     if changed:
         k = changed[0]
-        raise ConfigError(f"pairs: run_name={cfg.run_name} resumes a prior trained on other pairs ({k} "
-                          f"{first.get(k)!r}, these have {card.get(k)!r}); pass another run_name to train afresh "
-                          "on these pairs, or the pairs the run started on")
+        what = "the generator snapshot's bytes" if k == "snapshot_sha256" else f"{k} {first[k]!r}, these have {record[k]!r}"
+        raise ConfigError(f"pairs: run_name={cfg.run_name} resumes a prior trained on other pairs ({what}); pass "
+                          "another run_name to train afresh on these pairs, or the pairs the run started on")
+    return had_record
 
 
-def _read_json(fs: pafs.FileSystem, path: str) -> dict | None:
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
-
-
-def _record_pairs(run_dir: Path | str, remote: bool, card: dict) -> None:
-    record = json.dumps({k: v for k, v in card.items() if k != "gan_config"}, indent=2)
+def _record_pairs(run_dir: Path | str, remote: bool, record: dict) -> None:
     if remote:
-        fs, root = resolve_filesystem(str(run_dir))
-        put_object(fs, f"{root}/{PAIRS_RECORD}", record.encode())
+        RemoteFolder(str(run_dir)).write_json(record, PAIRS_RECORD)
     else:
-        atomic_write(Path(run_dir) / PAIRS_RECORD, record)
+        write_atomic_json(record, Path(run_dir) / PAIRS_RECORD)
 
 
 def _assemble_prior(result, cfg: TrainPriorConfig, encoder, snapshot: str, card: dict, folder: Path) -> Path | None:

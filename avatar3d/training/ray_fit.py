@@ -139,10 +139,11 @@ def storage_path(output_dir: str | Path) -> str:
 
 
 def check_checkpoint_to_load(output_dir: str | Path, run_name: str, resume: str, scaling, tags: tuple[str, ...],
-                             restart: str) -> None:
+                             restart: str) -> str | None:
     """Refuse, on the driver, a checkpoint the workers could not load: Ray's latest one of ``run_name``
     (restored when a run name runs again; its folders are named by time), else the ``resume`` folder. Local
-    or on an object store alike: only file names are listed, no weights are read."""
+    or on an object store alike: only file names are listed, no weights are read. -> the name of the latest
+    checkpoint of ``run_name`` (the run resumes from it), or None."""
     run_storage = f"{storage_path(output_dir)}/{run_name}"
     fs, root = resolve_filesystem(run_storage)
     latest = latest_checkpoint(output_dir, run_name)
@@ -153,6 +154,7 @@ def check_checkpoint_to_load(output_dir: str | Path, run_name: str, resume: str,
     elif resume:
         check_resume_engines(_file_names(*resolve_filesystem(resume)), resume, tags, scaling.strategy,
                              scaling.num_workers, field="resume", restart=restart)
+    return latest
 
 
 def latest_checkpoint(output_dir: str | Path, run_name: str) -> str | None:

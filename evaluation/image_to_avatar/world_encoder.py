@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from avatar3d.datagen.procedural import PAINTER_ID  # noqa: E402
 from avatar3d.evaluation.truth import HELDOUT_SEED, _blur, heldout_identities, render_truth  # noqa: E402
+from avatar3d.prior.encoder import ENCODER_CARD  # noqa: E402
 
 # The world of jobs/configs/generate_procedural.yaml (one or two styles per shading family).
 STYLES = ["pixar", "anime", "clay_figurine", "bronze_statue"]
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
         "render_s": round(render_s, 1), "total_s": round(time.perf_counter() - t0, 1),
         "command": "python evaluation/image_to_avatar/world_encoder.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    (out / "world_encoder.json").write_text(json.dumps(card, indent=1) + "\n")
+    (out / ENCODER_CARD).write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({"retrieval_untrained": before, "retrieval": after}, indent=1))
     return 0
 

@@ -54,7 +54,8 @@ def test_the_rule_decides_on_both_primary_measures_beyond_two_spreads(c2f, fine,
     gap = decision["gaps"]["truth_view_back"]
     assert gap["spread"] == pytest.approx(spread)
     assert gap["gap_in_spreads"] == pytest.approx((sum(back) - sum(v[0] for v in fine)) / 3 / spread)
-    assert ablation.decide(rows[:1] + rows[3:], "default", 8.0)["verdict"].startswith("not enough seeds")
+    assert ablation.decide(rows[:1] + rows[3:], "default", 8.0)["verdict"] == "waits for every mode's seeds 0, 1, 2"
+    assert ablation.decide(rows[:2] + rows[3:5], "default", 8.0)["verdict"].startswith("waits")  # 2 of 3 seeds
     # the same runs scored again at a longer budget are decided apart, never pooled with the shorter one
     longer = [_row("coarse_to_fine", s, 0.5, 0.03, kimg=16.0) for s in range(3)]
     longer += [_row("fine", s, 0.5, 0.03, kimg=16.0) for s in range(3)]
@@ -116,11 +117,18 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
     assert row2["kimg"] == pytest.approx(0.024) and row2["training_run"] == row["training_run"]
     assert [p[0] for p in row2["curves"]["truth_view_back"]] == pytest.approx([0.008, 0.016, 0.024])
     assert row2["metrics"] != row["metrics"]  # another generator was scored
+    # a shorter budget than the run has reached cannot be scored: one line, exit 2, nothing written
+    (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").rename(out / "kept.json")
+    capsys.readouterr()
+    assert ablation.main(argv) == 2
+    assert "already at 0.024 kimg and cannot be scored at a shorter budget" in capsys.readouterr().err
+    assert not (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").exists()
+    (out / "kept.json").rename(out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json")
 
     assert ablation.main(["--out", str(out), "--aggregate"]) == 0
     table = (out / "ablation.md").read_text()
     assert "| default | 0.016 | coarse_to_fine | 0 |" in table and "| default | 0.024 | coarse_to_fine | 0 |" in table
-    assert table.count("not enough seeds") == 2  # one decision per budget
+    assert table.count("waits for every mode's seeds") == 2  # one per budget, and no verdict from one seed
     assert (out / "curves.png").stat().st_size > 0 and (out / "front_back.png").stat().st_size > 0
     import mlflow
 
@@ -135,6 +143,8 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys):
     assert ablation.main(["--out", str(tmp_path), "--modes", "fine,sharp"]) == 2
     assert ablation.main(["--out", str(tmp_path), "--seeds", "0,x"]) == 2
+    assert ablation.main(["--out", str(tmp_path), "--kimg", "8.0000001"]) == 2
     assert ablation.main(["--out", str(tmp_path / "empty"), "--aggregate"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "sharp" in err[0] and "--seeds" in err[1] and "run the ablation first" in err[2]
+    assert len(err) == 4 and "sharp" in err[0] and "--seeds" in err[1] and "--kimg" in err[2]
+    assert "run the ablation first" in err[3]

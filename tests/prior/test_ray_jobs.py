@@ -126,3 +126,24 @@ def test_a_run_from_before_the_pairs_record_is_checked_on_its_prior_folder(tmp_p
     with pytest.raises(ConfigError, match=r"run_name=old resumes a prior trained on other pairs \(image_encoder "
                                           r"'tiny', these have '/enc'\)"):
         check_same_pairs(tmp_path, {"image_encoder": "/enc", "snapshot": "/g.safetensors"}, cfg)
+
+
+def test_a_generator_retrained_into_the_same_file_is_other_pairs(tmp_path):
+    """The chain writes every generator to the same path: the record keeps a hash of the snapshot's bytes."""
+    from avatar3d.config import ConfigError
+    from avatar3d.prior.config import TrainPriorConfig
+    from avatar3d.prior.job import PAIRS_RECORD, check_same_pairs, pairs_record
+
+    snapshot = tmp_path / "G.safetensors"
+    snapshot.write_bytes(b"first generator")
+    card = {"snapshot": str(snapshot), "image_encoder": "/enc", "encoder_seed": 0, "seed": 0, "gan_config": {}}
+    first = pairs_record(card)
+    assert "gan_config" not in first and len(first["snapshot_sha256"]) == 64
+    (tmp_path / PAIRS_RECORD).write_text(json.dumps(first))
+    cfg = TrainPriorConfig(run_name="r")
+    assert check_same_pairs(tmp_path, pairs_record(card), cfg) is True  # same bytes: resumes
+    # the encoder seed makes only the tiny encoder: another one with a folder encoder is the same pairs
+    assert check_same_pairs(tmp_path, pairs_record({**card, "encoder_seed": 7}), cfg) is True
+    snapshot.write_bytes(b"retrained generator")
+    with pytest.raises(ConfigError, match="resumes a prior trained on other pairs \\(the generator snapshot's bytes\\)"):
+        check_same_pairs(tmp_path, pairs_record(card), cfg)

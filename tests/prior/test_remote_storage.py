@@ -70,6 +70,7 @@ def test_train_prior_reads_pairs_from_a_bucket_and_keeps_its_run_there(ray_with_
 
     keys = s3_bucket.keys(out.split("/", 3)[3])  # relative to the prefix
     assert "remote/config.yaml" in keys and "remote/prior/avatar3d_prior.json" in keys
+    assert "remote/pairs.json" in keys  # the pairs the run started on, for a resume to be checked against
     assert any(k.startswith("ray/remote/checkpoint_") for k in keys)  # Ray Train's storage
     assert not list(tmp_path.glob("s3:*"))
     # The uploaded prior folder is the pipeline's own layout: it loads back from a local copy of the objects.
