@@ -16,9 +16,12 @@ procedural painter (docs/method.md section 9), not by Stable Diffusion.
 4. ``--aggregate``: every run's JSON -> mean and spread per mode, the rule's
    decision, curves, ``ablation.md`` / ``ablation.json`` / ``curves.png`` /
    ``front_back.png`` (every run's grid, labelled), and
-   one MLflow run per training run in ``<out>/mlflow.db`` (experiment
+   one MLflow run per training run and budget in ``<out>/mlflow.db`` (experiment
    ``avatar3d-ablation-discriminator``, tags ``ablation``, ``level``,
-   ``d_mode``, ``seed``: filter and Compare in ``mlflow ui``).
+   ``d_mode``, ``seed``, ``kimg``: filter and Compare in ``mlflow ui``).
+
+A longer ``--kimg`` resumes each training run (same run name) and scores it
+beside the shorter budget; budgets are decided apart (RULE_ROUND2.md).
 
 Runs of one process are sequential; several processes (e.g. one per mode)
 can share ``--out``: each run writes its own folder and JSON.
@@ -50,6 +53,7 @@ LEVELS = {
                    back_flip_rate=0.2),
 }
 DATA_SEED = 2  # RULE.md: used by no shipped asset
+SEEDS = (0, 1, 2)  # RULE.md: the training seeds of every cell; a decision waits for all of them
 PRIMARY = (("truth_view_back", +1), ("truth_kid_inception_back", -1))  # RULE.md: B (higher better), K (lower)
 SECONDARY = ("truth_view_front", "truth_view_side", "truth_kid_inception_front", "truth_kid_inception_side",
              "truth_kid_back", "truth_sil_agreement", "truth_sil_varying")
@@ -124,24 +128,33 @@ def front_back_grid(G, n: int = 8) -> "object":
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
+class BudgetError(ValueError):
+    """A run cannot be scored at the budget asked for."""
+
+
 def train_and_score(args, mode: str, seed: int, data: Path, world, extractor) -> dict:
     from PIL import Image
 
-    from avatar3d.gan.snapshot import load_snapshot
+    from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
     from avatar3d.tracking.tracker import default_tracking_uri
     from avatar3d.training.job import run_train_gan
 
     cfg = train_config(args, mode, seed, data)
     t0 = time.time()
     trained = run_train_gan(cfg)
-    train_s = time.time() - t0
+    train_s = time.time() - t0  # a run resumed to a longer budget: the extension only
+    kimg = float(read_snapshot_metadata(trained.snapshot)["info"]["kimg"])
+    # Training stops within one batch past the budget; more is a run that had gone further (--kimg 8 after 16).
+    if not args.kimg - 1e-9 <= kimg < args.kimg + args.batch / 1000 - 1e-9:
+        raise BudgetError(f"--kimg {args.kimg:g}: run {cfg.run_name} is already at {kimg:g} kimg and cannot be "
+                          "scored at a shorter budget; pass --kimg of at least that")
     G = load_snapshot(trained.snapshot).generator
     t1 = time.time()
     truth = world.evaluate(G, num_avatars=args.num_avatars, seed=0, extractor=extractor)
     name = result_name(args.level, mode, seed, args.kimg)
     Image.fromarray(front_back_grid(G)).save(Path(args.out) / "results" / f"{name}-front-back.png")
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.output_dir)
-    return {"level": args.level, "d_mode": mode, "seed": seed, "kimg": trained.kimg, "train_s": round(train_s, 1),
+    return {"level": args.level, "d_mode": mode, "seed": seed, "kimg": kimg, "train_s": round(train_s, 1),
             "eval_s": round(time.time() - t1, 1), "metrics": truth.metrics(), "counts": truth.counts,
             "protocol": truth.protocol, "curves": curves(tracking_uri, trained.mlflow_run_id),
             "training_run": {"tracking_uri": tracking_uri, "run_id": trained.mlflow_run_id},
@@ -176,8 +189,8 @@ def decide(rows: list[dict], level: str, kimg: float, a: str = "coarse_to_fine",
     """RULE.md's decision for ``a`` vs ``b`` at ``level`` and budget ``kimg`` -> verdict and both gaps in units
     of the spread."""
     by = {m: [r for r in rows if r["level"] == level and budget(r) == kimg and r["d_mode"] == m] for m in (a, b)}
-    if min(len(v) for v in by.values()) < 2:
-        return {"level": level, "kimg": kimg, "verdict": "not enough seeds (need >= 2 per mode)",
+    if any(sorted(r["seed"] for r in v) != list(SEEDS) for v in by.values()):  # no verdict from a partial set
+        return {"level": level, "kimg": kimg, "verdict": f"waits for every mode's seeds {', '.join(map(str, SEEDS))}",
                 "seeds": {m: len(v) for m, v in by.items()}}
     gaps = {}
     for key, sign in PRIMARY:
@@ -198,7 +211,7 @@ def cost_when_right(rows: list[dict], kimg: float, a: str = "coarse_to_fine", b:
     """RULE.md's cost check at level ``none`` and budget ``kimg``: any group where ``a`` is worse than ``b`` by
     more than 2 spreads."""
     by = {m: [r for r in rows if r["level"] == "none" and budget(r) == kimg and r["d_mode"] == m] for m in (a, b)}
-    if min(len(v) for v in by.values()) < 2:
+    if any(sorted(r["seed"] for r in v) != list(SEEDS) for v in by.values()):
         return None
     worse = []
     for group in ("front", "side", "back"):
@@ -386,6 +399,10 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"--seeds={args.seeds!r}: pass comma-separated integers, e.g. 0,1,2", file=sys.stderr)
         return 2
+    if not args.kimg > 0 or float(f"{args.kimg:g}") != args.kimg:  # the budget names the result files
+        print(f"--kimg={args.kimg!r}: pass a positive budget of at most 6 significant digits, e.g. 8 or 16",
+              file=sys.stderr)
+        return 2
     (out / "results").mkdir(parents=True, exist_ok=True)
 
     from avatar3d.evaluation.features import get_extractor
@@ -405,7 +422,11 @@ def main(argv=None) -> int:
             if target.exists():
                 print(f"{target.name}: done before, kept")
                 continue
-            row = train_and_score(args, mode, seed, data, world, extractor)
+            try:
+                row = train_and_score(args, mode, seed, data, world, extractor)
+            except BudgetError as err:
+                print(err, file=sys.stderr)
+                return 2
             target.write_text(json.dumps(row, indent=2))
             m = row["metrics"]
             print(f"{args.level} {mode} seed {seed}: view back {m['truth_view_back']:.2f}, KID-Inception back "
