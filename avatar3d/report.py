@@ -38,9 +38,9 @@ from avatar3d.evaluation import viewer
 from avatar3d.evaluation.mesh import MESH_FORMATS, glb_bytes
 from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
 from avatar3d.gan.config import GANConfig
-from avatar3d.prior.encoder import ENCODER_CARD
 from avatar3d.gan.samples import image_grid, sample_grids
 from avatar3d.gan.snapshot import load_snapshot
+from avatar3d.prior.encoder import ENCODER_CARD, TINY
 from avatar3d.prompts import sample_prompts
 from avatar3d.scene.pose_bins import VIEW_GROUPS
 from avatar3d.training.job import FINAL_SNAPSHOT
@@ -458,7 +458,7 @@ def _image_encoder(record: Path) -> str:
     name = json.loads(record.read_text()).get("image_encoder")
     if not name:
         return ""
-    if name == "tiny":
+    if name == TINY:
         return ("the tiny preset's random two-layer CLIP tower (random weights): the prior conditions on a random "
                 "projection of the pixels")
     card = Path(name).expanduser() / ENCODER_CARD
