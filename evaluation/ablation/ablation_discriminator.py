@@ -407,8 +407,10 @@ def main(argv=None) -> int:
 
     from avatar3d.evaluation.features import get_extractor
     from avatar3d.evaluation.truth import TruthWorld
+    from avatar3d.logs import setup_logging
     from avatar3d.runtime import set_torch_threads
 
+    setup_logging()  # an entry point: the stages' progress lines (generation, training) reach stderr
     set_torch_threads()
     data = world_dataset(out, args.level, args.images, args.size)
     resolution = train_config(args, modes[0], seeds[0], data).model.build().output_resolution
