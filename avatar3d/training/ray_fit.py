@@ -146,7 +146,9 @@ def check_checkpoint_to_load(output_dir: str | Path, run_name: str, resume: str,
     checkpoint of ``run_name`` (the run resumes from it), or None."""
     run_storage = f"{storage_path(output_dir)}/{run_name}"
     fs, root = resolve_filesystem(run_storage)
-    latest = latest_checkpoint(output_dir, run_name)
+    folders = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                     if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+    latest = folders[-1] if folders else None
     if latest:
         check_resume_engines(_file_names(fs, f"{root}/{latest}"), f"{run_storage}/{latest}", tags,
                              scaling.strategy, scaling.num_workers, field=f"run_name={run_name} (its last checkpoint)",
@@ -155,14 +157,6 @@ def check_checkpoint_to_load(output_dir: str | Path, run_name: str, resume: str,
         check_resume_engines(_file_names(*resolve_filesystem(resume)), resume, tags, scaling.strategy,
                              scaling.num_workers, field="resume", restart=restart)
     return latest
-
-
-def latest_checkpoint(output_dir: str | Path, run_name: str) -> str | None:
-    """The name of Ray's latest checkpoint folder of ``run_name`` (the one a re-run restores), or None."""
-    fs, root = resolve_filesystem(f"{storage_path(output_dir)}/{run_name}")
-    folders = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-                     if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-    return folders[-1] if folders else None
 
 
 def _file_names(fs: pafs.FileSystem, folder: str) -> set[str]:
