@@ -372,6 +372,10 @@ def _truth(ev: Path, rep: Path) -> str:
          "images": f"{c['sil_avatars']} avatars x 3 views, matched among {c['sil_identities']} truth identities"},
         {"measure": "silhouette agreement where identities differ", "value": _num(v['sil_varying']),
          "control": f"mean-silhouette baseline {_num(v['sil_varying_baseline'])}{varying_ceiling}", "images": "same"},
+        *([{"measure": "front outline fit to the matched identity (IoU, front view)",
+            "value": _num(v['sil_front_match']),
+            "control": (f"truth identities {_num(v['sil_front_match_ceiling'])}" if "sil_front_match_ceiling" in v
+                        else ""), "images": "same avatars, front view"}] if "sil_front_match" in v else []),
         *[{"measure": f"view consistency, {g}", "value": _num(v[f'view_{g}'], ".2f"), "control": "chance 0.33",
            "images": f"{c['view_per_group']} renders"} for g in ("front", "side", "back")],
         *[{"measure": f"KID, {g} (vs truth renders, Inception features)", "value": _num(v[f'kid_inception_{g}'], ".3g"),
@@ -403,7 +407,11 @@ def _truth(ev: Path, rep: Path) -> str:
             "Silhouette agreement: each generated avatar is matched to the held-out truth identity whose "
             "front silhouette it overlaps most, then compared with that identity at the side and back cameras; "
             "the baseline answers the mean truth silhouette for everyone, and truth identities outside the world, "
-            "scored the same way, show what a generator that paints this world exactly would get. Protocol: "
+            "scored the same way, show what a generator that paints this world exactly would get. "
+            + ("The front outline fit is what the match rests on: an avatar whose front fits its nearest identity "
+               "less closely than a world identity's does predicts that identity's side and back no better than "
+               "the mean silhouette. " if "sil_front_match" in v else "")
+            + "Protocol: "
             f"{html.escape(json.dumps(data.get('protocol', {})))}</p>")
 
 

@@ -378,6 +378,11 @@ def test_truth_metrics_show_the_ceiling_fid_and_the_classifiers_janus_share(tmp_
     assert re.search(r"FID, back \(vs truth renders, Inception features\)</td><td>209\.4</td>.*?48 fakes vs 48 truth",
                      html_text)
     assert "0.92 on the same blurred" in html_text and "still calls 0.71 of held-out Janus backs" in html_text
+    assert "front outline fit" not in html_text  # a truth.json from before the figure existed
+    values.update(sil_front_match=0.879, sil_front_match_ceiling=0.953)
+    (tmp_path / "truth.json").write_text(json.dumps({"values": values, "counts": counts, "protocol": {}}))
+    assert re.search(r"front outline fit to the matched identity \(IoU, front view\)</td><td>0\.879</td>"
+                     r"<td>truth identities 0\.953</td>", _truth(tmp_path, tmp_path))
 
 
 def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path):

@@ -23,7 +23,10 @@ are; these measures use that truth and so exist only for such datasets:
   where knowing the identity's 3D shape is what counts. Above both, the
   *ceiling*: other truth identities (never in the world) scored exactly as a
   generator's avatars are, i.e. what a generator that paints this world
-  perfectly would get (``sil_ceiling``, ``sil_varying_ceiling``).
+  perfectly would get (``sil_ceiling``, ``sil_varying_ceiling``). What the match rests on is given too:
+  the mean front-view IoU of each avatar with its matched identity (``sil_front_match``), beside the
+  strangers' (``sil_front_match_ceiling``): an avatar whose front outline fits no identity as closely as a
+  world identity's does is matched to a stranger, and its side and back fare no better than the mean's.
 * **KID per view group** against clean truth renders of held-out identities
   at the same cameras (not against the misaligned training images), on the
   view classifier's 64-d features (cheap, for curves) or on any FID extractor;
@@ -369,9 +372,12 @@ class TruthMetrics:
         v, c = self.values, self.counts
         ceiling = (f", truth identities scored as if generated {v['sil_ceiling']:.3f}" if "sil_ceiling" in v else "")
         varying_ceiling = (f", truth {v['sil_varying_ceiling']:.3f}" if "sil_varying_ceiling" in v else "")
+        front = (f"; front outline fit to the matched identity {v['sil_front_match']:.3f}"
+                 + (f", truth {v['sil_front_match_ceiling']:.3f}" if "sil_front_match_ceiling" in v else "")
+                 if "sil_front_match" in v else "")
         return (f"silhouette agreement {v['sil_agreement']:.3f} (mean-silhouette baseline "
                 f"{v['sil_baseline']:.3f}{ceiling}; where identities differ {v['sil_varying']:.3f} vs baseline "
-                f"{v['sil_varying_baseline']:.3f}{varying_ceiling}; {c['sil_avatars']} avatars x "
+                f"{v['sil_varying_baseline']:.3f}{varying_ceiling}{front}; {c['sil_avatars']} avatars x "
                 f"{len(HELDOUT_CAMERAS)} held-out views vs {c['sil_identities']} truth identities) | view consistency "
                 f"front {v['view_front']:.2f} side {v['view_side']:.2f} back {v['view_back']:.2f} "
                 f"({c['view_per_group']} renders per group; classifier accuracy {v['classifier_accuracy']:.2f} sharp, "
@@ -459,6 +465,14 @@ class TruthWorld:
             scores.append(iou(gen_masks[name] & region, self.masks[name][match] & region))
         return float(np.mean(scores)), match
 
+    def front_match(self, gen_masks: dict[str, np.ndarray]) -> float:
+        """Mean front-view IoU of each avatar with the identity it is matched to (what the match rests on).
+
+        An avatar whose front outline fits no identity closely cannot predict that identity's side and back
+        better than the mean silhouette does; the world's strangers show how closely an avatar of this world fits.
+        """
+        return float(iou(gen_masks["front"][:, None], self.masks["front"][None]).max(axis=1).mean())
+
     def mean_silhouette_baseline(self, varying: bool = False) -> float:
         """The same IoU for a predictor that answers the mean truth silhouette at each camera for everyone."""
         scores = []
@@ -489,12 +503,14 @@ class TruthWorld:
         varying, _ = self.silhouette_agreement(gen_masks, varying=True)
         values = {"sil_agreement": agreement, "sil_baseline": self.mean_silhouette_baseline(),
                   "sil_varying": varying, "sil_varying_baseline": self.mean_silhouette_baseline(varying=True),
+                  "sil_front_match": self.front_match(gen_masks),
                   "classifier_accuracy": self.classifier.accuracy,
                   "classifier_accuracy_blurred": self.classifier.accuracy_blurred,
                   "classifier_janus_as_back": self.classifier.janus_as_back}
         if self.strangers:
             values["sil_ceiling"] = self.silhouette_agreement(self.strangers)[0]
             values["sil_varying_ceiling"] = self.silhouette_agreement(self.strangers, varying=True)[0]
+            values["sil_front_match_ceiling"] = self.front_match(self.strangers)
         per_group = len(next(iter(self.kid_yaws.values())))
         fake_feats, truth_feats = [], []
         for group, yaws in self.kid_yaws.items():

@@ -45,7 +45,8 @@ WORLD_IDENTITIES, WORLD_PER_GROUP = 16, 12
 WORLD_STRANGERS = 8
 VALUE_KEYS = {"sil_agreement", "sil_baseline", "sil_varying", "sil_varying_baseline", "sil_ceiling",
               "sil_varying_ceiling", "view_front", "view_side", "view_back", "view_mean", "kid_front", "kid_side",
-              "kid_back", "classifier_accuracy", "classifier_accuracy_blurred", "classifier_janus_as_back"}
+              "kid_back", "classifier_accuracy", "classifier_accuracy_blurred", "classifier_janus_as_back",
+              "sil_front_match", "sil_front_match_ceiling"}
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +218,7 @@ def test_world_shapes(world):
 def test_silhouette_agreement_extremes_and_baseline(world):
     score, match = world.silhouette_agreement(world.masks)
     assert score == 1.0 and world.silhouette_agreement(world.masks, varying=True)[0] == 1.0
+    assert world.front_match(world.masks) == 1.0
     front = world.masks["front"].reshape(WORLD_IDENTITIES, -1)
     if len(np.unique(front, axis=0)) == WORLD_IDENTITIES:  # distinct front silhouettes: each avatar finds itself
         assert np.array_equal(match, np.arange(WORLD_IDENTITIES))
@@ -248,6 +250,12 @@ def test_silhouette_agreement_extremes_and_baseline(world):
     assert noise_score < stranger_score < 1.0
     stranger_varying, _ = world.silhouette_agreement(strangers, varying=True)
     assert varying_baseline < stranger_varying < 1.0
+    # What the match rests on: a stranger's front outline fits its nearest identity closely, noise does not;
+    # and the fit is the IoU of the match the agreement used.
+    assert world.front_match(noise) < 0.5 < world.front_match(strangers) < 1.0
+    _, stranger_match = world.silhouette_agreement(strangers)
+    assert world.front_match(strangers) == pytest.approx(np.mean(
+        iou(strangers["front"], world.masks["front"][stranger_match])))
 
 
 def test_view_consistency_of_truth_renders_and_of_janus_backs(world, group_renders):
@@ -300,6 +308,8 @@ def test_evaluate_a_micro_generator(world, micro_metrics, group_renders, classif
     assert m.values["sil_ceiling"] == world.silhouette_agreement(world.strangers)[0]
     assert m.values["sil_varying_ceiling"] == world.silhouette_agreement(world.strangers, varying=True)[0]
     assert m.values["sil_agreement"] < m.values["sil_ceiling"]
+    assert m.values["sil_front_match_ceiling"] == world.front_match(world.strangers)
+    assert 0.0 <= m.values["sil_front_match"] < m.values["sil_front_match_ceiling"]
     assert all(0.0 <= m.values[f"view_{g}"] <= 1.0 for g in GROUP_YAWS)
     assert m.values["view_mean"] == pytest.approx(np.mean([m.values[f"view_{g}"] for g in GROUP_YAWS]))
     assert m.counts == {"sil_avatars": 4, "sil_identities": WORLD_IDENTITIES, "view_per_group": WORLD_PER_GROUP,
@@ -360,7 +370,9 @@ def test_metrics_summary_and_json(micro_metrics):
     for text in (f"4 avatars x 3 held-out views vs {WORLD_IDENTITIES} truth identities",
                  f"({WORLD_PER_GROUP} renders per group", f"blurred, on {m.counts['classifier_test']} truth renders",
                  f"({WORLD_PER_GROUP} fakes vs {WORLD_PER_GROUP} truth per group", "view-classifier-64d",
-                 f"silhouette agreement {m.values['sil_agreement']:.3f}"):
+                 f"silhouette agreement {m.values['sil_agreement']:.3f}",
+                 f"front outline fit to the matched identity {m.values['sil_front_match']:.3f}, truth "
+                 f"{m.values['sil_front_match_ceiling']:.3f}"):
         assert text in line, (text, line)
     data = json.loads(m.to_json())
     assert data["values"] == m.values and data["counts"] == m.counts and data["painted_by"] == PAINTER_ID
