@@ -63,6 +63,34 @@ def _mlflow_globals_restored():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+def _process_wide_settings() -> dict:
+    """Settings of the process that library code must leave as it found them (it sets Ray Data options on its
+    own datasets' contexts and quiets transformers only while it loads): read once a test has imported them."""
+    state = {}
+    context = sys.modules.get("ray.data.context")
+    if context is not None:
+        ctx = context.DataContext.get_current()
+        state["ray.data enable_progress_bars"] = ctx.enable_progress_bars
+        state["ray.data preserve_order"] = ctx.execution_options.preserve_order
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        state["transformers progress bars"] = hf_logging.is_progress_bar_enabled()
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _process_wide_settings_untouched():
+    before = _process_wide_settings()
+    yield
+    after = _process_wide_settings()
+    if "ray.data preserve_order" in after and "ray.data preserve_order" not in before:  # Ray Data imported here
+        fresh = sys.modules["ray.data.context"].DataContext()
+        before.update({"ray.data enable_progress_bars": fresh.enable_progress_bars,
+                       "ray.data preserve_order": fresh.execution_options.preserve_order})
+    changed = {k: (before[k], after[k]) for k in before.keys() & after.keys() if before[k] != after[k]}
+    assert not changed, f"the code under test changed process-wide settings (before, after): {changed}"
+
+
 @pytest.fixture(scope="session")
 def head_dataset(tmp_path_factory):
     """A tiny Parquet dataset of canonical-head renders in the generator's schema (see tests/training/fixtures.py)."""

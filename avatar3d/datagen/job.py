@@ -345,8 +345,6 @@ def build_dataset(cfg: GenerateConfig, specs, shards: dict | None = None):
     the model ids) makes the actors write the shards (:class:`ShardPainter`) and return only their names.
     """
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = cfg.ray_progress_bars
     kinds = cfg.pipeline.controlnet_kinds
     procedural = cfg.pipeline.preset == "procedural"
     names = (["id", "seed", "index", "style", "attributes", "view", "yaw", "pitch", "camera"] if procedural
@@ -363,6 +361,7 @@ def build_dataset(cfg: GenerateConfig, specs, shards: dict | None = None):
         block_rows = cfg.rows_per_file
     blocks = [columns.slice(i, block_rows) for i in range(0, columns.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
+    ds.context.enable_progress_bars = cfg.ray_progress_bars  # this plan's own context, not the process's
     pool = ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors)
     if procedural:  # paints from the camera itself: no guidance images to render
         painter, painter_kwargs = ProceduralPainter, {"options": cfg.procedural, "resolution": cfg.resolution}

@@ -12,10 +12,12 @@ with a real embedding.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -60,10 +62,10 @@ class ImageEncoder:
         return torch.nn.functional.normalize(emb, dim=-1).cpu()
 
     def save_pretrained(self, folder: str | Path) -> None:
-        quiet_transformers()
         folder = Path(folder)
-        self.model.save_pretrained(folder)
-        self.processor.save_pretrained(folder)
+        with quiet_transformers():
+            self.model.save_pretrained(folder)
+            self.processor.save_pretrained(folder)
 
 
 def tiny_encoder(seed: int = 0, image_size: int = 32, dim: int = 32) -> ImageEncoder:
@@ -93,11 +95,11 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
         return tiny_encoder(seed)
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection  # local: see tiny_encoder
 
-    quiet_transformers()
     path = os.path.expanduser(name_or_path)
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(path)
-        processor = CLIPImageProcessor.from_pretrained(path)
+        with quiet_transformers():
+            model = CLIPVisionModelWithProjection.from_pretrained(path)
+            processor = CLIPImageProcessor.from_pretrained(path)
     except (OSError, ValueError):
         # Turn transformers' multi-paragraph cache-miss error into one line.
         check_model_available(name_or_path, "image_encoder")
@@ -108,11 +110,19 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
                         name=name_or_path)
 
 
-def quiet_transformers() -> None:
-    """No per-file progress bars when saving / loading (they clutter CLI output and Ray logs)."""
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No per-file progress bars while saving / loading (they clutter CLI output and Ray logs); the process's
+    own setting is restored afterwards (a consumer's bars are its own business)."""
     from transformers.utils import logging  # local: see tiny_encoder
 
+    was_enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 # -- input images -------------------------------------------------------------------------

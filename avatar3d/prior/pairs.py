@@ -188,10 +188,10 @@ def _write_with_ray(cfg: BuildPairsConfig, folder: str, fs: pafs.FileSystem | No
     import ray  # Ray only for the Ray Data driver (the prior package's rule): use_ray=False runs without it
 
     init_local_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False
     # About one batch per block: an actor returns a block only when it is done with it.
     blocks = max(1, -(-cfg.num_pairs // cfg.batch_size))
     ds = ray.data.range(cfg.num_pairs, override_num_blocks=blocks)
+    ds.context.enable_progress_bars = False  # this dataset's context (the steps after share it), not the process's
     ds = ds.map_batches(
         PairBuilder,
         fn_constructor_kwargs={"snapshot": str(Path(cfg.snapshot).resolve()), "image_encoder": cfg.image_encoder,

@@ -68,14 +68,15 @@ class ImageToAvatarPipeline:
     @classmethod
     def from_pretrained(cls, folder: str | Path, generator: str | Path | None = None,
                         device: str | torch.device = "cpu") -> "ImageToAvatarPipeline":
-        quiet_transformers()
         folder = Path(folder)
         meta = read_prior_meta(folder)
         prior = PriorTransformer.from_pretrained(folder / "prior").to(device)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         enc = folder / "image_encoder"
-        encoder = ImageEncoder(model=CLIPVisionModelWithProjection.from_pretrained(enc).to(device).eval()
-                               .requires_grad_(False), processor=CLIPImageProcessor.from_pretrained(enc),
+        with quiet_transformers():
+            model = CLIPVisionModelWithProjection.from_pretrained(enc)
+            processor = CLIPImageProcessor.from_pretrained(enc)
+        encoder = ImageEncoder(model=model.to(device).eval().requires_grad_(False), processor=processor,
                                name=meta.get("image_encoder", str(enc)))
         G = load_snapshot(generator or folder / GENERATOR_FILE, device).generator
         if G.w_dim != prior.config.embedding_dim:

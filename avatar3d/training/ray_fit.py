@@ -22,7 +22,8 @@ import ray.train
 import ray.train.torch
 import pyarrow.fs as pafs
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from avatar3d.config import dump_config, from_dict, to_dict
@@ -96,18 +97,27 @@ def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options=ingest_options()),
     )
     return trainer.fit()
+
+
+def ingest_options() -> ExecutionOptions:
+    """Ray Train's default ingest options with the order preserved, so that each worker's shard sees the same
+    rows in the same order on every run (Train replaces a dataset's execution options with these)."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def training_dataset(files: Sequence[str | Path], columns: list[str], filesystem=None,
                      transform: RowTransform | None = None):
     """The Ray dataset the workers' shards come from: the Parquet ``columns`` in file and row order, passed
     through ``transform`` (a ``map_batches`` of CPU tasks) when given. Ray must be started."""
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
-    data_ctx.enable_progress_bars = False  # the loops print their own progress
     dataset = ray.data.read_parquet([str(f) for f in files], columns=columns, filesystem=filesystem)
+    # This dataset's own context (a copy taken at the read; the steps after share it), not the process's.
+    dataset.context.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
+    dataset.context.enable_progress_bars = False  # the loops print their own progress
     if transform is not None:
         dataset = dataset.map_batches(transform.fn, batch_size=transform.batch_size, batch_format="numpy",
                                       num_cpus=transform.num_cpus)

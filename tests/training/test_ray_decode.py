@@ -8,7 +8,7 @@ import ray
 
 from avatar3d.datagen.dataset import TRAIN_COLUMNS, open_dataset, read_table
 from avatar3d.training.data import decode_images
-from avatar3d.training.ray_fit import RowTransform, training_dataset
+from avatar3d.training.ray_fit import RowTransform, ingest_options, training_dataset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,6 +23,10 @@ def test_rows_arrive_decoded_in_file_order(head_dataset):
     # batch_size 3 across files of 8 rows: the tasks' batches straddle files and blocks.
     decode = RowTransform(functools.partial(decode_images, resolution=16), batch_size=3)
     ds = training_dataset(dataset.files, ["image_png", "camera"], dataset.filesystem, decode)
+    # Its options live in its own context (the process's is left alone: tests/conftest.py checks that), and the
+    # ingest options Train replaces them with keep the order too.
+    assert ds.context.execution_options.preserve_order and not ds.context.enable_progress_bars
+    assert ingest_options().preserve_order
     batches = list(ds.iter_batches(batch_size=4, batch_format="numpy", drop_last=True))
     assert all(set(b) == {"image", "camera"} for b in batches)  # no PNG bytes reach the workers
     images = np.concatenate([b["image"] for b in batches])
@@ -32,3 +36,4 @@ def test_rows_arrive_decoded_in_file_order(head_dataset):
     expected = decode_images({k: rows[k] for k in ("image_png", "camera")}, 16)
     assert np.array_equal(images, expected["image"])
     assert np.array_equal(cameras, expected["camera"])
+
