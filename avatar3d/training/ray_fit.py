@@ -77,16 +77,22 @@ def torch_threads_from_env() -> int | None:
 
 def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any], scaling, run_name: str,
                  output_dir: Path, max_failures: int, files: Sequence[str | Path], columns: list[str],
-                 filesystem=None, transform: RowTransform | None = None):
+                 filesystem=None, transform: RowTransform | None = None, materialize: bool = False):
     """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files`` (on ``filesystem``,
     a pyarrow filesystem, for remote storage), their ``columns`` passed through ``transform`` when given
-    (the workers' shards then hold its output columns); -> Ray's Result."""
+    (the workers' shards then hold its output columns); -> Ray's Result.
+
+    ``materialize``: read the dataset once into Ray's object store before training (Ray Data's advice for a
+    dataset that fits there and is iterated for many epochs): each epoch then streams the stored blocks
+    instead of listing and reading the files again."""
     # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read (and transform) tasks.
     needed = int(scaling.num_workers * scaling.cpus_per_worker + 0.999) + 2
     if transform is not None:
         needed += int(transform.num_cpus + 0.999)
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
     dataset = training_dataset(files, columns, filesystem, transform)
+    if materialize:
+        dataset = dataset.materialize()
     trainer = TorchTrainer(
         train_func,
         train_loop_config=train_config,

@@ -37,3 +37,15 @@ def test_rows_arrive_decoded_in_file_order(head_dataset):
     assert np.array_equal(images, expected["image"])
     assert np.array_equal(cameras, expected["camera"])
 
+
+def test_a_materialized_dataset_gives_the_same_rows_in_the_same_order(head_dataset):
+    """What ``fit_with_ray(materialize=True)`` hands Train (the prior's pairs): read once into the object store,
+    iterated per epoch from there, row for row what the lazy dataset gives, and with its options kept."""
+    dataset = open_dataset(head_dataset, columns=TRAIN_COLUMNS, field="data.path")
+    lazy = training_dataset(dataset.files, ["camera"], dataset.filesystem)
+    stored = training_dataset(dataset.files, ["camera"], dataset.filesystem).materialize()
+    assert stored.context.execution_options.preserve_order and not stored.context.enable_progress_bars
+    rows = [np.stack([c for b in ds.iter_batches(batch_size=5, batch_format="numpy") for c in b["camera"]])
+            for ds in (lazy, stored, stored)]  # the stored one twice: two epochs
+    assert len(rows[0]) == dataset.num_rows
+    assert all(np.array_equal(rows[0], r) for r in rows[1:])
