@@ -482,6 +482,13 @@ class TruthWorld:
             scores.append(iou((mean & region)[None], self.masks[name] & region).mean())
         return float(np.mean(scores))
 
+    @staticmethod
+    def generator_masks(G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8) -> dict[str, np.ndarray]:
+        """The silhouettes the agreement scores: ``num_avatars`` latents (seeded) at the front and held-out cameras."""
+        z = torch.randn(num_avatars, G.z_dim, generator=torch.Generator().manual_seed(seed))
+        return {name: generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, batch_size, z=z)[1]
+                for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items()}
+
     def evaluate(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8,
                  extractor=None) -> TruthMetrics:
         """All truth metrics of generator ``G`` (its EMA copy in training).
@@ -493,12 +500,7 @@ class TruthWorld:
         if int(G.cfg.output_resolution) != self.size:
             raise ValueError(f"the truth world was built at {self.size} px, the generator renders "
                              f"{G.cfg.output_resolution} px: build it at the generator's resolution")
-        gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(num_avatars, G.z_dim, generator=gen)
-        gen_masks = {}
-        for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
-            _, gen_masks[name] = generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, batch_size,
-                                                 z=z)
+        gen_masks = self.generator_masks(G, num_avatars, seed, batch_size)
         agreement, _ = self.silhouette_agreement(gen_masks)
         varying, _ = self.silhouette_agreement(gen_masks, varying=True)
         values = {"sil_agreement": agreement, "sil_baseline": self.mean_silhouette_baseline(),
