@@ -64,8 +64,8 @@ def _mlflow_globals_restored():
 
 
 def _process_wide_settings() -> dict:
-    """Settings of the process that library code must leave as it found them (it sets Ray Data options on its
-    own datasets' contexts and quiets transformers only while it loads): read once a test has imported them."""
+    """Settings of the process that library code must leave as it found them (Ray Data options go on its own
+    datasets' contexts; only the CLI and Ray actors quiet the hub's bars): read once a test has imported them."""
     state = {}
     context = sys.modules.get("ray.data.context")
     if context is not None:
@@ -75,6 +75,9 @@ def _process_wide_settings() -> dict:
     hf_logging = sys.modules.get("transformers.utils.logging")
     if hf_logging is not None:
         state["transformers progress bars"] = hf_logging.is_progress_bar_enabled()
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        state["huggingface_hub progress bars disabled"] = hub.are_progress_bars_disabled()
     return state
 
 

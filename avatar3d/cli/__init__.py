@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     # the one-line promise of a late refusal; our tracker logs the run instead. Read by MLflow at import,
     # so set before any stage imports it; a user's own value wins.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
+    # Likewise the hub's per-file bars ("Loading weights", "Writing model shards"), which transformers follows;
+    # read at import, inherited by the Ray workers of a local run; a user's own value wins.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

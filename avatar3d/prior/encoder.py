@@ -12,12 +12,10 @@ with a real embedding.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -63,9 +61,8 @@ class ImageEncoder:
 
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
-        with quiet_transformers():
-            self.model.save_pretrained(folder)
-            self.processor.save_pretrained(folder)
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
 
 
 def tiny_encoder(seed: int = 0, image_size: int = 32, dim: int = 32) -> ImageEncoder:
@@ -97,9 +94,8 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
 
     path = os.path.expanduser(name_or_path)
     try:
-        with quiet_transformers():
-            model = CLIPVisionModelWithProjection.from_pretrained(path)
-            processor = CLIPImageProcessor.from_pretrained(path)
+        model = CLIPVisionModelWithProjection.from_pretrained(path)
+        processor = CLIPImageProcessor.from_pretrained(path)
     except (OSError, ValueError):
         # Turn transformers' multi-paragraph cache-miss error into one line.
         check_model_available(name_or_path, "image_encoder")
@@ -108,21 +104,6 @@ def load_image_encoder(name_or_path: str, seed: int = 0, device: str | torch.dev
                                     "openai/clip-vit-large-patch14 or a folder saved from it") from None
     return ImageEncoder(model=model.to(device).eval().requires_grad_(False), processor=processor,
                         name=name_or_path)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No per-file progress bars while saving / loading (they clutter CLI output and Ray logs); the process's
-    own setting is restored afterwards (a consumer's bars are its own business)."""
-    from transformers.utils import logging  # local: see tiny_encoder
-
-    was_enabled = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            logging.enable_progress_bar()
 
 
 # -- input images -------------------------------------------------------------------------

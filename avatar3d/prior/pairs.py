@@ -62,13 +62,21 @@ def row_seed(seed: int, index: int) -> int:
 
 
 class PairBuilder:
-    """Ray Data actor (or plain callable): row indices -> (w, embedding, front PNG) rows."""
+    """Ray Data actor (or plain callable): row indices -> (w, embedding, front PNG) rows.
 
-    def __init__(self, snapshot: str, image_encoder: str, encoder_seed: int, truncation_psi: float, seed: int):
-        # Ray sets OMP_NUM_THREADS to the actor's CPUs; torch should follow it.
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
+    ``actor``: it runs in a Ray actor, a process of its own, whose torch threads follow the CPUs Ray gave it
+    (``OMP_NUM_THREADS``) and whose transformers loads print no bars; in the caller's process it changes neither.
+    """
+
+    def __init__(self, snapshot: str, image_encoder: str, encoder_seed: int, truncation_psi: float, seed: int,
+                 actor: bool = False):
+        if actor:
+            from transformers.utils import logging as hf_logging  # local: see encoder.tiny_encoder
+
+            hf_logging.disable_progress_bar()
+            threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+            if threads > 0:
+                torch.set_num_threads(threads)
         device = default_device()
         self.G = load_snapshot(snapshot, device).generator
         self.encoder = load_image_encoder(image_encoder, seed=encoder_seed, device=device)
@@ -196,7 +204,7 @@ def _write_with_ray(cfg: BuildPairsConfig, folder: str, fs: pafs.FileSystem | No
         PairBuilder,
         fn_constructor_kwargs={"snapshot": str(Path(cfg.snapshot).resolve()), "image_encoder": cfg.image_encoder,
                                "encoder_seed": cfg.encoder_seed, "truncation_psi": cfg.truncation_psi,
-                               "seed": cfg.seed},
+                               "seed": cfg.seed, "actor": True},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,

@@ -29,7 +29,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from avatar3d.gan.snapshot import load_snapshot
-from avatar3d.prior.encoder import ImageEncoder, as_rgb, check_image, quiet_transformers
+from avatar3d.prior.encoder import ImageEncoder, as_rgb, check_image
 from avatar3d.prior.model import sample_w, sampling_scheduler
 from avatar3d.prior.views import render_w
 from avatar3d.safeio import check_format
@@ -73,9 +73,8 @@ class ImageToAvatarPipeline:
         prior = PriorTransformer.from_pretrained(folder / "prior").to(device)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         enc = folder / "image_encoder"
-        with quiet_transformers():
-            model = CLIPVisionModelWithProjection.from_pretrained(enc)
-            processor = CLIPImageProcessor.from_pretrained(enc)
+        model = CLIPVisionModelWithProjection.from_pretrained(enc)
+        processor = CLIPImageProcessor.from_pretrained(enc)
         encoder = ImageEncoder(model=model.to(device).eval().requires_grad_(False), processor=processor,
                                name=meta.get("image_encoder", str(enc)))
         G = load_snapshot(generator or folder / GENERATOR_FILE, device).generator

@@ -206,11 +206,8 @@ def main(argv=None) -> int:
     after = retrieval(model, processor, test_views)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from avatar3d.prior.encoder import quiet_transformers
-
-    with quiet_transformers():
-        model.eval().save_pretrained(out)
-        processor.save_pretrained(out)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
     card = {
         "what": "a CLIP-architecture vision tower trained in the procedural world (not CLIP; it has seen only "
                 "truth renders of the procedural painter)",
