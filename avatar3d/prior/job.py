@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 PRIOR_DIR = "prior"
 PAIRS_RECORD = "pairs.json"  # in the run folder: the card of the pairs the run started on
-# Pairs up to this size are read once into Ray's object store (the paper's 100k pairs of 512 + 768 floats: 0.5 GB)
-MATERIALIZE_PAIRS_BYTES = 1 << 30
 # What a pairs row means (its generator, its encoder, its seeds): a run resumes only on pairs that agree on these
 # with the ones it started on (more rows of the same seed are the same rows, and may be added).
 PAIRS_MEANING = ("snapshot", "image_encoder", "encoder_seed", "seed", "truncation_psi")
@@ -116,10 +114,10 @@ def run_train_prior(cfg: TrainPriorConfig) -> PriorTrainResult:
                                 run_id=tracker.run_id or "", torch_threads=torch_threads_from_env())
         train_config = worker_config(cfg, context, pairs={"w_dim": info.w_dim, "embed_dim": info.embed_dim,
                                                           "w_mean": w_mean.tolist(), "w_std": w_std.tolist()})
-        # Pairs are small beside the many epochs they are seen for: read once into the object store.
+        # Pairs are small beside the many epochs they are seen for: read once into the object store if they fit.
         result = fit_with_ray(train_func, train_config, cfg.scaling, cfg.run_name, output_dir, cfg.max_failures,
                               info.files, columns=["w", "embedding"], filesystem=info.filesystem,
-                              materialize=pairs_bytes(info) <= MATERIALIZE_PAIRS_BYTES)
+                              nbytes=pairs_bytes(info))
         tracker.log_metrics({"train_wall_s": time.time() - t0})
         # On an object store the prior folder is assembled in a local temporary (for MLflow) and uploaded.
         prior_dir = _assemble_prior(result, cfg, encoder, snapshot, info.card,

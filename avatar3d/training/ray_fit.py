@@ -77,21 +77,21 @@ def torch_threads_from_env() -> int | None:
 
 def fit_with_ray(train_func: Callable[[dict], None], train_config: dict[str, Any], scaling, run_name: str,
                  output_dir: Path, max_failures: int, files: Sequence[str | Path], columns: list[str],
-                 filesystem=None, transform: RowTransform | None = None, materialize: bool = False):
+                 filesystem=None, transform: RowTransform | None = None, nbytes: int | None = None):
     """Run ``train_func`` on ``scaling.num_workers`` workers over the Parquet ``files`` (on ``filesystem``,
     a pyarrow filesystem, for remote storage), their ``columns`` passed through ``transform`` when given
     (the workers' shards then hold its output columns); -> Ray's Result.
 
-    ``materialize``: read the dataset once into Ray's object store before training (Ray Data's advice for a
-    dataset that fits there and is iterated for many epochs): each epoch then streams the stored blocks
-    instead of listing and reading the files again."""
+    ``nbytes``: the dataset's size in memory, when known. One that fits in a quarter of Ray's object store is
+    read into it once before training (Ray Data's advice for a dataset iterated for many epochs): each epoch
+    then streams the stored blocks instead of listing and reading the files again."""
     # An embedded local Ray needs CPUs beyond the workers' for Ray Data's read (and transform) tasks.
     needed = int(scaling.num_workers * scaling.cpus_per_worker + 0.999) + 2
     if transform is not None:
         needed += int(transform.num_cpus + 0.999)
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed))
     dataset = training_dataset(files, columns, filesystem, transform)
-    if materialize:
+    if nbytes is not None and nbytes <= ray.cluster_resources().get("object_store_memory", 0) / 4:
         dataset = dataset.materialize()
     trainer = TorchTrainer(
         train_func,
@@ -120,10 +120,13 @@ def training_dataset(files: Sequence[str | Path], columns: list[str], filesystem
                      transform: RowTransform | None = None):
     """The Ray dataset the workers' shards come from: the Parquet ``columns`` in file and row order, passed
     through ``transform`` (a ``map_batches`` of CPU tasks) when given. Ray must be started."""
-    dataset = ray.data.read_parquet([str(f) for f in files], columns=columns, filesystem=filesystem)
-    # This dataset's own context (a copy taken at the read; the steps after share it), not the process's.
-    dataset.context.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
-    dataset.context.enable_progress_bars = False  # the loops print their own progress
+    # The dataset's own context, not the process's: current only while the read plans (its metadata fetch
+    # reads it then) and copied into the dataset, whose later steps share the copy.
+    ctx = ray.data.DataContext.get_current().copy()
+    ctx.execution_options.preserve_order = True  # a resume skips exactly the batches already seen
+    ctx.enable_progress_bars = False  # the loops print their own progress
+    with ray.data.DataContext.current(ctx):
+        dataset = ray.data.read_parquet([str(f) for f in files], columns=columns, filesystem=filesystem)
     if transform is not None:
         dataset = dataset.map_batches(transform.fn, batch_size=transform.batch_size, batch_format="numpy",
                                       num_cpus=transform.num_cpus)
