@@ -25,8 +25,9 @@ are; these measures use that truth and so exist only for such datasets:
   generator's avatars are, i.e. what a generator that paints this world
   perfectly would get (``sil_ceiling``, ``sil_varying_ceiling``). What the match rests on is given too:
   the mean front-view IoU of each avatar with its matched identity (``sil_front_match``), beside the
-  strangers' (``sil_front_match_ceiling``): an avatar whose front outline fits no identity as closely as a
-  world identity's does is matched to a stranger, and its side and back fare no better than the mean's.
+  ceiling identities' (``sil_front_match_ceiling``). An avatar whose front outline fits its nearest identity
+  much less closely than theirs do is matched to an identity whose shape it does not share; in this world
+  its side and back then score at or below the mean silhouette's (evaluation/gan/README.md).
 * **KID per view group** against clean truth renders of held-out identities
   at the same cameras (not against the misaligned training images), on the
   view classifier's 64-d features (cheap, for curves) or on any FID extractor;
@@ -468,8 +469,8 @@ class TruthWorld:
     def front_match(self, gen_masks: dict[str, np.ndarray]) -> float:
         """Mean front-view IoU of each avatar with the identity it is matched to (what the match rests on).
 
-        An avatar whose front outline fits no identity closely cannot predict that identity's side and back
-        better than the mean silhouette does; the world's strangers show how closely an avatar of this world fits.
+        An avatar matched to an identity whose shape it does not share predicts that identity's side and back
+        poorly; the ceiling identities (``strangers``) show how closely an avatar painted like the world fits.
         """
         return float(iou(gen_masks["front"][:, None], self.masks["front"][None]).max(axis=1).mean())
 
@@ -482,9 +483,11 @@ class TruthWorld:
             scores.append(iou((mean & region)[None], self.masks[name] & region).mean())
         return float(np.mean(scores))
 
-    @staticmethod
-    def generator_masks(G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8) -> dict[str, np.ndarray]:
+    def generator_masks(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8) -> dict[str, np.ndarray]:
         """The silhouettes the agreement scores: ``num_avatars`` latents (seeded) at the front and held-out cameras."""
+        if int(G.cfg.output_resolution) != self.size:
+            raise ValueError(f"the truth world was built at {self.size} px, the generator renders "
+                             f"{G.cfg.output_resolution} px: build it at the generator's resolution")
         z = torch.randn(num_avatars, G.z_dim, generator=torch.Generator().manual_seed(seed))
         return {name: generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, batch_size, z=z)[1]
                 for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items()}
@@ -497,9 +500,6 @@ class TruthWorld:
         view group against the truth renders is also computed on its features (``kid_inception_<group>``):
         the comparable number, too slow on a CPU for every few ticks.
         """
-        if int(G.cfg.output_resolution) != self.size:
-            raise ValueError(f"the truth world was built at {self.size} px, the generator renders "
-                             f"{G.cfg.output_resolution} px: build it at the generator's resolution")
         gen_masks = self.generator_masks(G, num_avatars, seed, batch_size)
         agreement, _ = self.silhouette_agreement(gen_masks)
         varying, _ = self.silhouette_agreement(gen_masks, varying=True)

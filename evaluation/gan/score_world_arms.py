@@ -29,10 +29,10 @@ from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
 
 RESULTS = Path(__file__).parent / "results"
-SHOWN = ("sil_agreement", "sil_varying", "view_front", "view_side", "view_back", "kid_inception_front",
-         "kid_inception_side", "kid_inception_back", "fid_inception_all")
-CONTROLS = ("sil_baseline", "sil_ceiling", "sil_varying_baseline", "sil_varying_ceiling", "classifier_accuracy",
-            "classifier_accuracy_blurred", "classifier_janus_as_back")
+SHOWN = ("sil_agreement", "sil_varying", "sil_front_match", "view_front", "view_side", "view_back",
+         "kid_inception_front", "kid_inception_side", "kid_inception_back", "fid_inception_all")
+CONTROLS = ("sil_baseline", "sil_ceiling", "sil_varying_baseline", "sil_varying_ceiling", "sil_front_match_ceiling",
+            "classifier_accuracy", "classifier_accuracy_blurred", "classifier_janus_as_back")
 
 
 def main() -> int:

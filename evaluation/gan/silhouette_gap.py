@@ -10,7 +10,7 @@ For each snapshot, with the evaluation stage's truth world (``TruthOptions`` def
    and the resolution of the generator's opacity (the strangers' masks pooled to the neural rendering
    resolution and brought back with the same nearest upsampling as the generator's).
 
-    .venv/bin/python evaluation/gan/silhouette_gap.py --data outputs/world_s1 \\
+    .venv/bin/python evaluation/gan/silhouette_gap.py --data outputs/demo/dataset \\
         shipped=jobs/assets/gan_world/snapshot.safetensors
 
 Writes ``results/silhouette_gap.json`` and prints a Markdown table. CPU, about a minute per snapshot.
