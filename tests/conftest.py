@@ -17,6 +17,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# What the CLI sets for its own process before the hub is imported (avatar3d.cli.main); the tests call main()
+# in this process, where the hub is imported long before.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # Caches (FID reference statistics, view classifiers, downloaded models) go to a folder of this session, not the
 # checkout's .cache/; compiled extensions stay in the checkout's build cache (as the Makefile puts them).

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests import CONFIGS
 from avatar3d.cli import build_parser, main
@@ -221,3 +222,26 @@ def test_avatar3d_debug_shows_the_traceback_of_a_mistake(tmp_path):
     assert trace[-1] == f"avatar3d.config.ConfigError: {message} (20x the paper's dataset)"
     assert last.startswith(f"avatar3d prompts: error: {message}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_fresh_cli_process_prints_no_hub_progress_bars(tmp_path):
+    """The CLI quiets the hub's per-file bars for its own process (HF_HUB_DISABLE_PROGRESS_BARS, before any
+    import; the library itself leaves the setting alone): loading a prior's CLIP tower printed "Loading
+    weights" bars above a refusal's one line. A user's own value still wins."""
+    import os
+    import shutil
+
+    formats = Path(__file__).resolve().parent / "fixtures" / "formats"
+    shutil.copytree(formats / "prior", tmp_path / "prior")
+    (tmp_path / "garbage.safetensors").write_bytes(bytes(range(256)) * 8)
+    Image.new("RGB", (32, 32), (200, 80, 40)).save(tmp_path / "in.png")
+    argv = [sys.executable, "-m", "avatar3d", "image-to-avatar", str(tmp_path / "in.png"), "--out",
+            str(tmp_path / "out"), "--prior", str(tmp_path / "prior"),
+            "--generator", str(tmp_path / "garbage.safetensors")]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    quiet = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 2 and len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
+    assert "garbage.safetensors is not a readable safetensors file" in quiet.stderr
+    loud = subprocess.run(argv, env={**env, "HF_HUB_DISABLE_PROGRESS_BARS": "0"}, capture_output=True, text=True,
+                          timeout=300)
+    assert loud.returncode == 2 and "Loading weights" in loud.stderr
