@@ -409,8 +409,9 @@ def _truth(ev: Path, rep: Path) -> str:
             "the baseline answers the mean truth silhouette for everyone, and truth identities outside the world, "
             "scored the same way, show what a generator that paints this world exactly would get. "
             + ("The front outline fit is what the match rests on: an avatar whose front fits its nearest identity "
-               "less closely than a world identity's does predicts that identity's side and back no better than "
-               "the mean silhouette. " if "sil_front_match" in v else "")
+               "much less closely than those outside truth identities do is matched to an identity whose shape it "
+               "does not share, and that identity's side and back are then a poor guess for it. "
+               if "sil_front_match" in v else "")
             + "Protocol: "
             f"{html.escape(json.dumps(data.get('protocol', {})))}</p>")
 
