@@ -66,7 +66,7 @@ def set_torch_threads(n: int | None = None) -> int:
     import torch  # heavy: this module is on the CLI's --help path, which must not load torch
 
     if n is None:
-        n = int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads()
+        n = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or torch.get_num_threads()
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 

@@ -53,7 +53,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import torch
 
 from avatar3d.config import ConfigError, to_dict
 from avatar3d.datagen.config import GenerateConfig, PipelineConfig
@@ -78,7 +77,7 @@ from avatar3d.datagen.shards import (
 )
 from avatar3d.datagen.specs import sample_specs, specs_to_table
 from avatar3d.lock import folder_lock
-from avatar3d.runtime import init_local_ray
+from avatar3d.runtime import init_local_ray, set_torch_threads
 from avatar3d.scene.cameras import CameraSampler
 from avatar3d.scene.guidance import render_guidance
 from avatar3d.tracking.tracker import Tracker
@@ -149,9 +148,7 @@ class ControlNetPainter:
 
         # The actor is its own process: quiet diffusers' per-call bars here, and follow Ray's CPU share.
         diffusers_logging.disable_progress_bar()
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
+        set_torch_threads()
         self.cfg = pipeline
         self.pipe = build_pipeline(self.cfg)
         self.resolution = resolution

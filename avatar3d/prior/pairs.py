@@ -22,7 +22,6 @@ card is written last: a folder without its card reads as unfinished.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
 from avatar3d.atomic import atomic_folder, atomic_write
 from avatar3d.config import ConfigError, to_dict, writable_dir
@@ -42,7 +40,7 @@ from avatar3d.lock import folder_lock
 from avatar3d.prior.config import BuildPairsConfig
 from avatar3d.prior.encoder import load_image_encoder
 from avatar3d.prior.views import map_front, render_w, seeded_z
-from avatar3d.runtime import apply_local_defaults, default_device, init_local_ray
+from avatar3d.runtime import apply_local_defaults, default_device, init_local_ray, set_torch_threads
 from avatar3d.safeio import check_format
 from avatar3d.tracking.options import TrackingOptions
 
@@ -74,9 +72,7 @@ class PairBuilder:
             from transformers.utils import logging as hf_logging  # local: see encoder.tiny_encoder
 
             hf_logging.disable_progress_bar()
-            threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-            if threads > 0:
-                torch.set_num_threads(threads)
+            set_torch_threads()
         device = default_device()
         self.G = load_snapshot(snapshot, device).generator
         self.encoder = load_image_encoder(image_encoder, seed=encoder_seed, device=device)
