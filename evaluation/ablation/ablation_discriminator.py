@@ -185,11 +185,16 @@ def budget(row: dict) -> float:
     return float(row["budget"]["kimg"])
 
 
+def every_seed(by_mode: dict[str, list[dict]]) -> bool:
+    """Whether each mode's runs are exactly RULE.md's seeds (a decision waits for all of them)."""
+    return all(sorted(r["seed"] for r in runs) == list(SEEDS) for runs in by_mode.values())
+
+
 def decide(rows: list[dict], level: str, kimg: float, a: str = "coarse_to_fine", b: str = "fine") -> dict:
     """RULE.md's decision for ``a`` vs ``b`` at ``level`` and budget ``kimg`` -> verdict and both gaps in units
     of the spread."""
     by = {m: [r for r in rows if r["level"] == level and budget(r) == kimg and r["d_mode"] == m] for m in (a, b)}
-    if any(sorted(r["seed"] for r in v) != list(SEEDS) for v in by.values()):  # no verdict from a partial set
+    if not every_seed(by):  # no verdict from a partial set
         return {"level": level, "kimg": kimg, "verdict": f"waits for every mode's seeds {', '.join(map(str, SEEDS))}",
                 "seeds": {m: len(v) for m, v in by.items()}}
     gaps = {}
@@ -211,7 +216,7 @@ def cost_when_right(rows: list[dict], kimg: float, a: str = "coarse_to_fine", b:
     """RULE.md's cost check at level ``none`` and budget ``kimg``: any group where ``a`` is worse than ``b`` by
     more than 2 spreads."""
     by = {m: [r for r in rows if r["level"] == "none" and budget(r) == kimg and r["d_mode"] == m] for m in (a, b)}
-    if any(sorted(r["seed"] for r in v) != list(SEEDS) for v in by.values()):
+    if not every_seed(by):
         return None
     worse = []
     for group in ("front", "side", "back"):
