@@ -36,8 +36,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def per_camera(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, float]:
-    """IoU with the identity matched at the front, per held-out camera."""
-    match = iou(masks["front"][:, None], world.masks["front"][None]).argmax(axis=1)
+    """IoU with the identity the agreement matched at the front, per held-out camera."""
+    _, match = world.silhouette_agreement(masks)
     return {name: float(iou(masks[name], world.masks[name][match]).mean()) for name in HELDOUT_CAMERAS}
 
 
