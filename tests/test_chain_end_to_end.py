@@ -80,7 +80,7 @@ def test_each_stage_reads_what_the_one_before_wrote(chain):
     # train_prior -> image_to_avatar: an avatar of the input the chain wrote, two views as asked
     avatar = json.loads((out / "image_to_avatar" / "avatar.json").read_text())
     assert avatar["input"] == str(out / "image_to_avatar" / "input.png") and avatar["num_inference_steps"] == 2
-    assert avatar["prior"] == str(prior)
+    assert avatar["prior"] == str(prior) and avatar["generator"] == "the prior's own"
     assert len(list((out / "image_to_avatar").glob("view_yaw*.png"))) == 2 == len(avatar["yaws"])
     # generate's painter + train_prior -> text_to_avatar: the prompt painted by the world's painter at the dataset's
     # size, its attribute mapped, the avatar sampled by that prior

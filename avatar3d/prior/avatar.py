@@ -59,10 +59,15 @@ def run_image_to_avatar(cfg: ImageToAvatarConfig) -> AvatarResult:
                   sampler=cfg.sampler, yaws=yaws, pitches=cfg.pitch, turntable_frames=cfg.turntable_frames,
                   truncation_psi=cfg.truncation_psi)
 
-    # Files (the record names the prior that made the avatar).
-    result.meta["prior"] = cfg.prior
+    # Files (the record names the prior and the generator that made the avatar).
+    result.meta.update(made_by(cfg))
     files = write_avatar(result, out, pipe.generator, cfg.mesh_resolution, cfg.image, cfg.mesh_iso)
     return AvatarResult(output_dir=out, files=files, w=result.w[0].numpy())
+
+
+def made_by(cfg) -> dict:
+    """What made an avatar, for its record: the prior as given, and the generator override or the prior's own."""
+    return {"prior": cfg.prior, "generator": cfg.generator or "the prior's own"}
 
 
 def view_yaws(views: int) -> np.ndarray:

@@ -291,7 +291,7 @@ def run_text_to_avatar(cfg: TextToAvatarConfig, avatar_pipeline=None, diffusion_
     ``avatar_pipeline`` / ``diffusion_pipe``: already-loaded pipelines to reuse over many prompts
     (the measurement does); by default they are loaded from ``cfg``.
     """
-    from avatar3d.prior.avatar import load_pipeline, save_png, view_yaws, write_avatar
+    from avatar3d.prior.avatar import load_pipeline, made_by, save_png, view_yaws, write_avatar
 
     cfg.validate()
     refuse_existing(cfg.output_dir, cfg.overwrite)
@@ -319,7 +319,7 @@ def run_text_to_avatar(cfg: TextToAvatarConfig, avatar_pipeline=None, diffusion_
     result = pipe(painted.image, seed=cfg.seed, guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps,
                   sampler=cfg.sampler, yaws=view_yaws(cfg.views), pitches=cfg.pitch,
                   turntable_frames=cfg.turntable_frames, truncation_psi=cfg.truncation_psi)
-    result.meta["prior"] = cfg.prior
+    result.meta.update(made_by(cfg))
     files = write_avatar(result, out, pipe.generator, cfg.mesh_resolution, str(painted_path), cfg.mesh_iso)
     seconds["avatar"] = time.perf_counter() - t0
 

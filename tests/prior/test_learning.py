@@ -114,6 +114,7 @@ def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot,
     record = json.loads((out / "avatar.json").read_text())
     assert record["seed"] == 9 and record["guidance_scale"] == GUIDANCE and len(record["yaws"]) == 4
     assert record["prior"] == str(folder) and record["image_encoder"] == "tiny"  # what made the avatar
+    assert record["generator"] == "the prior's own"
     assert np.allclose(np.load(out / "w.npy"), a.w[0].numpy(), atol=1e-5)  # same seed, same avatar as in-process
     assert len(list(out.glob("view_yaw*.png"))) == 4
     gif = Image.open(out / "turntable.gif")
@@ -137,8 +138,10 @@ def test_pipeline_folder_round_trip_and_cli(pipe, heldout_pairs, micro_snapshot,
     assert rc == 2 and err.count("\n") == 1 and "already holds an avatar (avatar.json); pass --overwrite" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     rc = main(["image-to-avatar", str(tmp_path / "in.png"), "--out", str(out), "--prior", str(folder), "--seed", "3",
-               "--views", "4", "--turntable-frames", "0", "--mesh-resolution", "0", "--overwrite"])
-    assert rc == 0 and json.loads((out / "avatar.json").read_text())["seed"] == 3
+               "--views", "4", "--turntable-frames", "0", "--mesh-resolution", "0", "--overwrite",
+               "--generator", str(micro_snapshot)])
+    record = json.loads((out / "avatar.json").read_text())
+    assert rc == 0 and record["seed"] == 3 and record["generator"] == str(micro_snapshot)  # the override, recorded
 
 
 
