@@ -41,17 +41,17 @@ def exists(path: str) -> bool:
     return any((base / path).exists() for base in (REPO, REPO / "avatar3d"))
 
 
-def missing_paths(doc: Path) -> list[str]:
+def missing_paths(doc: Path, text: str) -> list[str]:
     rel = str(doc.relative_to(REPO))
-    return [p for p in quoted_paths(doc.read_text()) if not exists(p) and (rel, p) not in ELSEWHERE]
+    return [p for p in quoted_paths(text) if not exists(p) and (rel, p) not in ELSEWHERE]
 
 
 def test_every_path_the_docs_quote_exists():
-    docs = markdown_files()
-    assert len(docs) >= 15, f"only {len(docs)} markdown files found: has the layout changed?"
-    quoted = sum(len(quoted_paths(d.read_text())) for d in docs)
+    texts = {d: d.read_text() for d in markdown_files()}
+    assert len(texts) >= 15, f"only {len(texts)} markdown files found: has the layout changed?"
+    quoted = sum(len(quoted_paths(t)) for t in texts.values())
     assert quoted > 200, f"only {quoted} quoted paths found: has the pattern stopped matching?"
-    problems = [f"{d.relative_to(REPO)}: `{p}`" for d in docs for p in missing_paths(d)]
+    problems = [f"{d.relative_to(REPO)}: `{p}`" for d, t in texts.items() for p in missing_paths(d, t)]
     assert not problems, "the docs quote paths that do not exist (moved or removed?):\n  " + "\n  ".join(problems)
 
 
