@@ -36,7 +36,8 @@ from avatar3d.datagen.procedural import PAINTER_ID
 from avatar3d.datagen.shards import CARD_FILE
 from avatar3d.evaluation import viewer
 from avatar3d.evaluation.mesh import MESH_FORMATS, glb_bytes
-from avatar3d.evaluation.truth import generator_views, has_truth, heldout_identities, render_truth, truth_styles
+from avatar3d.evaluation.truth import (MATCH_CAMERA, generator_views, has_truth, heldout_identities, render_truth,
+                                      truth_styles)
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.samples import image_grid, sample_grids
 from avatar3d.gan.snapshot import load_snapshot
@@ -432,7 +433,7 @@ def _truth_vs_generated(out: Path, rep: Path, n: int = 6) -> str:
         truth.append(images)
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(0))
     for yaw in yaws.values():
-        images, _ = generator_views(G, [yaw] * n, [0.0] * n, z=z)
+        images, _ = generator_views(G, [yaw] * n, [0.0] * n, z=z, condition=MATCH_CAMERA)  # one avatar per column
         fake.append(images)
     image_grid(np.concatenate(truth), len(yaws), n).save(rep / "truth_views.png")
     image_grid(np.concatenate(fake), len(yaws), n).save(rep / "generated_views.png")

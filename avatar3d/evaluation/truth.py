@@ -274,13 +274,19 @@ def train_view_classifier(styles: list[str], num_train: int = TruthOptions.class
 
 @torch.no_grad()
 def generator_views(G, yaws, pitches, seed: int = 0, batch_size: int = 8, truncation_psi: float = 1.0,
-                    z: torch.Tensor | None = None):
+                    z: torch.Tensor | None = None, condition: tuple[float, float] | None = None):
     """Render one latent per camera (or the given ``z``, one row per camera) -> (images uint8, masks bool).
 
+    ``condition``: the (yaw, pitch) camera the mapping is conditioned on. ``None`` conditions each render
+    on its own camera, as EG3D's FID does (each render a sample of the distribution at that camera). A
+    fixed camera, e.g. ``MATCH_CAMERA``, keeps one ``z`` one avatar at every camera (docs/method.md
+    section 3, "for viewing"): with generator pose conditioning the mapping turns the same ``z`` into
+    another ``w`` at another conditioning camera, i.e. another avatar.
     The mask is the accumulated opacity > 0.5, upsampled (nearest) to the output resolution.
     """
     n = len(yaws)
     labels = camera_label(np.asarray(yaws, dtype=np.float64), np.asarray(pitches, dtype=np.float64))
+    conds = labels if condition is None else np.broadcast_to(camera_label(*condition), labels.shape)
     gen = torch.Generator().manual_seed(seed)
     zs = z if z is not None else torch.randn(n, G.z_dim, generator=gen)
     images, masks = [], []
@@ -288,7 +294,8 @@ def generator_views(G, yaws, pitches, seed: int = 0, batch_size: int = 8, trunca
         torch.manual_seed(seed)
         for i in range(0, n, batch_size):
             c = torch.tensor(labels[i:i + batch_size], dtype=torch.float32, device=device)
-            ws = G.mapping(zs[i:i + batch_size].to(device), c, truncation_psi=truncation_psi)
+            c_cond = torch.tensor(conds[i:i + batch_size], dtype=torch.float32, device=device)
+            ws = G.mapping(zs[i:i + batch_size].to(device), c_cond, truncation_psi=truncation_psi)
             image, mask = synthesis_with_masks(G, ws, c)
             images.append(image)
             masks.append(mask)
@@ -484,12 +491,14 @@ class TruthWorld:
         return float(np.mean(scores))
 
     def generator_masks(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8) -> dict[str, np.ndarray]:
-        """The silhouettes the agreement scores: ``num_avatars`` latents (seeded) at the front and held-out cameras."""
+        """The silhouettes the agreement scores: ``num_avatars`` latents (seeded) at the front and held-out cameras,
+        each mapped once with the front camera so that its silhouettes are one avatar's."""
         if int(G.cfg.output_resolution) != self.size:
             raise ValueError(f"the truth world was built at {self.size} px, the generator renders "
                              f"{G.cfg.output_resolution} px: build it at the generator's resolution")
         z = torch.randn(num_avatars, G.z_dim, generator=torch.Generator().manual_seed(seed))
-        return {name: generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, batch_size, z=z)[1]
+        return {name: generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, batch_size, z=z,
+                                      condition=MATCH_CAMERA)[1]
                 for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items()}
 
     def evaluate(self, G, num_avatars: int = 32, seed: int = 0, batch_size: int = 8,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from avatar3d.evaluation.truth import generator_views
+from avatar3d.evaluation.truth import MATCH_CAMERA, generator_views
 from avatar3d.gan.snapshot import load_snapshot
 
 YAWS = (0.0, 45.0, 90.0, 135.0, 180.0)
@@ -28,7 +28,8 @@ def main() -> None:
         name, path = arm.split("=", 1)
         G = load_snapshot(path).generator
         z = torch.randn(args.latents, G.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        rows = [np.concatenate(list(generator_views(G, [y] * args.latents, [0.0] * args.latents, z=z)[0]), axis=1)
+        rows = [np.concatenate(list(generator_views(G, [y] * args.latents, [0.0] * args.latents, z=z,
+                                                      condition=MATCH_CAMERA)[0]), axis=1)
                 for y in YAWS]
         grid = Image.fromarray(np.concatenate(rows, axis=0))
         canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")

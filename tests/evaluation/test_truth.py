@@ -516,3 +516,29 @@ def test_train_gan_refuses_truth_ticks_without_truth(head_dataset, procedural_da
         job.run_train_gan(_train_config(head_dataset, tmp_path / "b", "truth_ticks=0"))
     with pytest.raises(_Started):
         job.run_train_gan(_train_config(procedural_dataset, tmp_path / "c", "truth_ticks=2"))
+
+
+def test_generator_views_keep_one_avatar_across_cameras_when_conditioned_on_one():
+    """With a fixed conditioning camera every render of one z is one w (one avatar); conditioned on each
+    render's own camera (EG3D's FID habit) the same z maps to another w per camera. The silhouette agreement
+    compares one avatar's front with its own side and back, so its masks are mapped with the front camera."""
+    G = micro_generator()
+    z = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(5))
+    yaws, pitches = [90.0, -90.0, 180.0, 45.0], [0.0, 0.0, 0.0, 10.0]
+    c = torch.tensor(camera_label(np.asarray(yaws), np.asarray(pitches)), dtype=torch.float32)
+    front = torch.tensor(camera_label(*T.MATCH_CAMERA), dtype=torch.float32)[None].expand(4, 25)
+    torch.manual_seed(5)
+    expected, expected_masks = T.synthesis_with_masks(G, G.mapping(z, front), c)
+
+    fixed, fixed_masks = T.generator_views(G, yaws, pitches, seed=5, z=z, condition=T.MATCH_CAMERA)
+    own, _ = T.generator_views(G, yaws, pitches, seed=5, z=z)
+    assert np.array_equal(fixed, expected) and np.array_equal(fixed_masks, expected_masks)
+    assert np.abs(own.astype(int) - expected.astype(int)).mean() > 1.0  # another w: another picture
+
+
+def test_generator_masks_are_mapped_with_the_front_camera(world, monkeypatch):
+    seen = []
+    real = T.generator_views
+    monkeypatch.setattr(T, "generator_views", lambda *a, **k: seen.append(k.get("condition")) or real(*a, **k))
+    masks = world.generator_masks(micro_generator(), num_avatars=2, seed=1)
+    assert set(masks) == {"front", *T.HELDOUT_CAMERAS} and seen == [T.MATCH_CAMERA] * 4
