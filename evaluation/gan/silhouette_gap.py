@@ -8,7 +8,11 @@ For each snapshot, with the evaluation stage's truth world (``TruthOptions`` def
 3. size: mean silhouette area of the generator's avatars against the held-out identities';
 4. two explanations tested and ruled in or out: a size bias (the generator's masks dilated by one pixel)
    and the resolution of the generator's opacity (the strangers' masks pooled to the neural rendering
-   resolution and brought back with the same nearest upsampling as the generator's).
+   resolution and brought back with the same nearest upsampling as the generator's);
+5. diversity: how alike the avatars' front outlines are to each other (mean pairwise IoU) against the
+   strangers', and how many distinct held-out identities the avatars and the strangers are matched to.
+   Outlines more alike than the world's, matched to few identities, say the generator paints too few
+   shapes; outlines as varied as the world's but fitting it poorly say its shapes are off the world's.
 
     .venv/bin/python evaluation/gan/silhouette_gap.py --data outputs/demo/dataset \\
         shipped=jobs/assets/gan_world/snapshot.safetensors
@@ -56,6 +60,16 @@ def through_resolution(masks: dict[str, np.ndarray], neural: int) -> dict[str, n
     return out
 
 
+def diversity(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean pairwise front IoU among the avatars (lower = more varied) and distinct identities matched."""
+    front = masks["front"]
+    pairs = iou(front[:, None], front[None])
+    off_diagonal = pairs[~np.eye(len(front), dtype=bool)]
+    _, match = world.silhouette_agreement(masks)
+    return {"pairwise_front_iou": float(off_diagonal.mean()), "identities_matched": int(len(set(match.tolist()))),
+            "avatars": int(len(front))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arms", nargs="+", help="NAME=SNAPSHOT")
@@ -77,6 +91,7 @@ def main() -> int:
               "strangers_front_fit": world.front_match(world.strangers),
               "strangers_at_neural_resolution": world.silhouette_agreement(strangers_low)[0],
               "identity_area": {n: float(world.masks[n].sum(axis=(1, 2)).mean()) for n in world.masks},
+              "strangers_diversity": diversity(world, world.strangers),
               "arms": {}, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
     result["baseline_mean"] = float(np.mean(list(result["baseline"].values())))
     result["strangers_mean"] = world.silhouette_agreement(world.strangers)[0]
@@ -90,6 +105,7 @@ def main() -> int:
             "front_fit": world.front_match(masks),
             "area": {n: float(m.sum(axis=(1, 2)).mean()) for n, m in masks.items()},
             "agreement_dilated_1px": world.silhouette_agreement(grown)[0],
+            "diversity": diversity(world, masks),
         }
 
     out = Path(args.out)
@@ -108,6 +124,11 @@ def main() -> int:
           + f" | {result['strangers_mean']:.3f} | {result['strangers_front_fit']:.3f} | |")
     print(f"strangers through {neural} px opacity: {result['strangers_at_neural_resolution']:.3f}; "
           + "; ".join(f"{n} dilated 1 px: {a['agreement_dilated_1px']:.3f}" for n, a in result["arms"].items()))
+    d = result["strangers_diversity"]
+    print(f"diversity (front outlines: mean pairwise IoU, distinct identities matched of {len(world.identities)}): "
+          f"strangers {d['pairwise_front_iou']:.3f}, {d['identities_matched']} for {d['avatars']}; "
+          + "; ".join(f"{n} {a['diversity']['pairwise_front_iou']:.3f}, {a['diversity']['identities_matched']} for "
+                      f"{a['diversity']['avatars']}" for n, a in result["arms"].items()))
     print(f"wrote {out}")
     return 0
 
