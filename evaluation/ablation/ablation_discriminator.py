@@ -122,9 +122,11 @@ def front_back_grid(G, n: int = 8) -> "object":
     """A 2 x n grid: the same n avatars from the front (yaw 0) and from the back (yaw 180)."""
     import numpy as np
 
-    from avatar3d.evaluation.truth import generator_views
+    from avatar3d.evaluation.truth import MATCH_CAMERA, generator_views
 
-    rows = [generator_views(G, [yaw] * n, [0.0] * n, seed=0)[0] for yaw in (0.0, 180.0)]
+    # One w per avatar (mapped with the front camera); pictures made before this change mapped each
+    # camera's latent with that camera (evaluation/ablation/README.md, level none).
+    rows = [generator_views(G, [yaw] * n, [0.0] * n, seed=0, condition=MATCH_CAMERA)[0] for yaw in (0.0, 180.0)]
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
