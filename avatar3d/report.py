@@ -142,6 +142,8 @@ def _transfer_note(out: Path) -> str:
             text += (f". Control: the same {control.get('kimg', '?')}-kimg run with its camera labels shuffled "
                      f"within each batch reached {_truth_figures(control.get('values', {}))}; the shipped state, "
                      f"scored the same way{seed}, {_truth_figures(control.get('labels_values', {}))}")
+            if control.get("silhouettes"):  # how the record's silhouettes were rendered, if not as this run's
+                text += f" ({html.escape(control['silhouettes'])})"
     return text + "."
 
 

@@ -408,5 +408,11 @@ def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path)
             "0.811 (where identities differ 0.406) and view consistency front / side / back 0.25 / 0.50 / 0.12") in text
     assert ("scored the same way (truth seed 0), silhouette agreement 0.850 (where identities differ 0.425) and view "
             "consistency front / side / back 1.00") in text
+    assert "silhouettes rendered" not in text
+    record = json.loads(state.with_suffix(".json").read_text())
+    record["shuffled_label_control"]["silhouettes"] = "silhouettes rendered the old way"
+    state.with_suffix(".json").write_text(json.dumps(record))
+    assert "consistency front / side / back 1.00 / 0.50 / 0.83 (silhouettes rendered the old way)." in _transfer_note(
+        tmp_path / "out")
     (tmp_path / "out" / "gan" / "run" / "config.yaml").write_text("resume: null\n")
     assert _transfer_note(tmp_path / "out") == " The GAN was trained from scratch in this run."
