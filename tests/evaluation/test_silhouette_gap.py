@@ -12,7 +12,7 @@ gap = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gap)
 
 
-def _square(size, half):
+def _square(half):
     m = np.zeros((16, 16), dtype=bool)
     m[8 - half:8 + half, 8 - half:8 + half] = True
     return m
@@ -25,7 +25,7 @@ def _world(masks):
 
 def test_diversity_tells_one_shape_from_many():
     # Four identities of four sizes; every camera shows the same square (enough for the front match).
-    shapes = np.stack([_square(16, h) for h in (2, 3, 5, 7)])
+    shapes = np.stack([_square(h) for h in (2, 3, 5, 7)])
     world = _world({name: shapes for name in ("front", *HELDOUT_CAMERAS)})
     same = {name: np.stack([shapes[2]] * 4) for name in ("front", *HELDOUT_CAMERAS)}
     varied = {name: shapes[::-1].copy() for name in ("front", *HELDOUT_CAMERAS)}
