@@ -29,7 +29,7 @@ from avatar3d.datagen.dataset import read_table
 from avatar3d.datagen.config import GenerateConfig
 from avatar3d.datagen.job import run_generation
 from avatar3d.evaluation.stage import EvaluateConfig, run_evaluate
-from avatar3d.evaluation.truth import has_truth, heldout_identities, render_truth, truth_styles
+from avatar3d.evaluation.truth import has_truth, heldout_identities, render_truth, truth_specs
 from avatar3d.prior.avatar import run_image_to_avatar, view_yaws
 from avatar3d.prior.config import BuildPairsConfig, ImageToAvatarConfig, TrainPriorConfig
 from avatar3d.prior.job import run_train_prior
@@ -201,7 +201,7 @@ def write_input_image(dataset: Path, target: Path, avatar: ImageToAvatarConfig |
     front view of the generated dataset.
     """
     if has_truth(str(dataset)):
-        identity = heldout_identities(truth_styles(str(dataset)), 1)[0]
+        identity = heldout_identities(truth_specs(str(dataset)), 1)[0]
         size = int(read_table(dataset, columns=["width"]).column("width")[0].as_py())
         front, _ = render_truth([identity], [0.0], [0.0], size)
         target.parent.mkdir(parents=True, exist_ok=True)

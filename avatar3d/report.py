@@ -37,7 +37,7 @@ from avatar3d.datagen.shards import CARD_FILE
 from avatar3d.evaluation import viewer
 from avatar3d.evaluation.mesh import MESH_FORMATS, glb_bytes
 from avatar3d.evaluation.truth import (MATCH_CAMERA, generator_views, has_truth, heldout_identities, render_truth,
-                                      truth_styles)
+                                      truth_specs)
 from avatar3d.gan.config import GANConfig
 from avatar3d.gan.samples import image_grid, sample_grids
 from avatar3d.gan.snapshot import load_snapshot
@@ -427,7 +427,7 @@ def _truth_vs_generated(out: Path, rep: Path, n: int = 6) -> str:
         return ""
     G = load_snapshot(snapshot).generator
     size = int(G.cfg.output_resolution)
-    identities = heldout_identities(truth_styles(str(ds)), n)
+    identities = heldout_identities(truth_specs(str(ds)), n)
     yaws = {"front": 0.0, "side": 90.0, "back": 180.0}
     truth, fake = [], []
     for yaw in yaws.values():

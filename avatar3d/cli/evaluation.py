@@ -121,6 +121,8 @@ def _add_truth(sub, O) -> None:
     for name, flag in (("num_avatars", "--num-avatars"), ("num_identities", "--num-identities"),
                        ("per_group", "--per-group"), ("seed", "--seed")):
         p.add_argument(flag, type=int, default=default(O, name), help=option_help(O, name))
+    p.add_argument("--heldout-attributes", default=default(O, "heldout_attributes"),
+                   help=option_help(O, "heldout_attributes"))
     p.add_argument("--no-inception", action="store_true", help="skip KID and FID per view on Inception features "
                                                                 "(the slow part on a CPU)")
     p.add_argument("--cache-dir", default=None, help="cache folder for the view classifier "
@@ -137,7 +139,8 @@ def _run_truth(args) -> int:
 
     args.inception = not args.no_inception
     opts = _build(_options().TruthOptions, args, {"num_avatars": "num_avatars", "num_identities": "num_identities",
-                                                  "per_group": "per_group", "seed": "seed", "inception": "inception"})
+                                                  "per_group": "per_group", "seed": "seed", "inception": "inception",
+                                                  "heldout_attributes": "heldout_attributes"})
     if not has_truth(args.data, field="--data"):
         raise ConfigError(f"--data: {args.data} has no truth columns; pass a dataset made with "
                           "pipeline.preset=procedural")

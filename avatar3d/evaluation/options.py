@@ -20,6 +20,8 @@ EG3D_ISO_SIGMA = 10.0
 PARTS = ("fid", "truth", "walk", "turntable", "mesh")
 VIDEO_FORMATS = ("gif", "mp4")
 MESH_FORMATS = ("glb", "ply", "obj")
+# Named attributes of the truth metrics' held-out identities: the dataset's mix, or none named.
+HELDOUT_ATTRIBUTES = ("dataset", "none")
 
 
 @dataclass
@@ -51,6 +53,10 @@ class TruthOptions:
     classifier_train: int = field(default=1024, metadata={
         "min": 3, "help": "truth renders the view classifier trains on (trained once per key, then cached)"})
     classifier_steps: int = field(default=800, metadata={"min": 1, "help": "view classifier training steps"})
+    heldout_attributes: str = field(default="dataset", metadata={
+        "choices": list(HELDOUT_ATTRIBUTES),
+        "help": "named attributes of the held-out identities: the dataset's mix (dataset) or none named (none: "
+                "the painter's own draws, the discriminator ablation's frozen protocol)"})
     inception: bool = field(default=True, metadata={
         "help": "also KID per view group on Inception features (about 0.25 s per image on a CPU core); "
                 "training's truth_ticks never compute it"})

@@ -37,7 +37,9 @@ are; these measures use that truth and so exist only for such datasets:
 
 Held-out identities are drawn with :func:`avatar3d.datagen.procedural.identity_for`
 from a seed stream no dataset row uses (:data:`HELDOUT_SEED`), in the
-dataset's style mix, with no attributes named. Every figure is returned with
+dataset's style mix, each with the named attributes of a dataset row of its
+style (``TruthOptions.heldout_attributes``; ``none`` names none, as the
+discriminator ablation's frozen protocol does). Every figure is returned with
 the number of images behind it.
 """
 from __future__ import annotations
@@ -58,7 +60,7 @@ from avatar3d.atomic import atomic_path
 from avatar3d.datagen.dataset import open_dataset
 from avatar3d.datagen.procedural import PAINTER_ID, identity_for
 from avatar3d.evaluation.fid import _eval_mode, frechet_distance
-from avatar3d.evaluation.options import TruthOptions
+from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
 from avatar3d.gan.samples import to_uint8
 from avatar3d.scene.avatar import render_avatar
 from avatar3d.scene.cameras import camera_label
@@ -84,18 +86,41 @@ def has_truth(dataset: str, field: str = "data") -> bool:
 
 def truth_styles(dataset: str) -> list[str]:
     """The style of every row of a procedural dataset (ValueError when it has no truth)."""
-    ds = open_dataset(dataset, columns=("style", "truth_identity"), field="data", check_images=False)
-    table = ds.read(["style", "truth_identity"])
+    return [style for style, _ in truth_specs(dataset)]
+
+
+def truth_specs(dataset: str) -> list[tuple[str, dict[str, str]]]:
+    """(style, named attributes) of every row of a procedural dataset: what its prompts asked the painter
+    for (ValueError when it has no truth)."""
+    ds = open_dataset(dataset, columns=("style", "attributes", "truth_identity"), field="data", check_images=False)
+    table = ds.read(["style", "attributes", "truth_identity"])
     if table.column("truth_identity").null_count == table.num_rows:
         raise ValueError(f"data: {dataset} has no truth columns (it was not painted by {PAINTER_ID}); "
                          "truth metrics need a dataset made with pipeline.preset=procedural")
-    return [str(s) for s in table.column("style").to_pylist()]
+    return [(str(s), json.loads(a) if a else {})
+            for s, a in zip(table.column("style").to_pylist(), table.column("attributes").to_pylist())]
 
 
-def heldout_identities(styles: list[str], n: int, seed: int = HELDOUT_SEED):
-    """``n`` identities in the styles' mix (round-robin over the sorted distinct styles)."""
-    names = sorted(set(styles))
-    return [identity_for(seed, k, names[k % len(names)], {}) for k in range(n)]
+def heldout_identities(specs: list, n: int, seed: int = HELDOUT_SEED):
+    """``n`` new identities (``identity_for(seed, k, ...)``), round-robin over the sorted distinct styles.
+
+    ``specs``: styles (str), each identity's attributes then all drawn from the painter's own distribution;
+    or a dataset's ``(style, attributes)`` rows (:func:`truth_specs`), each identity then taking the named
+    attributes of a row of its style drawn at random, so that the identities follow the dataset's mix of
+    named attributes (its prompts name hats, glasses, ... more often than the painter draws them) while
+    everything the prompts leave open is drawn anew.
+    """
+    rows = [(s, {}) if isinstance(s, str) else (str(s[0]), dict(s[1])) for s in specs]
+    names = sorted({style for style, _ in rows})
+    by_style = {name: [attrs for style, attrs in rows if style == name] for name in names}
+    rng = np.random.default_rng([int(seed), 0xA77])
+    identities = []
+    for k in range(n):
+        style = names[k % len(names)]
+        pool = by_style[style]
+        attributes = pool[rng.integers(len(pool))] if any(pool) else {}
+        identities.append(identity_for(seed, k, style, attributes))
+    return identities
 
 
 # --------------------------------------------------------------------------- the view classifier
@@ -418,34 +443,42 @@ class TruthWorld:
     # camera name -> (A, S, S) silhouettes of other truth identities: what a generator that paints this
     # world exactly would score (the ceiling beside the identity-blind baseline)
     strangers: dict[str, np.ndarray] = field(default_factory=dict)
+    attributes: str = "none"  # the named attributes the identities were drawn with (build's ``attributes``)
 
     @classmethod
     def build(cls, dataset: str, size: int, num_identities: int = 64, kid_per_group: int = 64,
               cache_dir: str | Path | None = None, seed: int = 0,
               classifier: TrainedClassifier | None = None, num_strangers: int = 32,
               classifier_train: int = TruthOptions.classifier_train,
-              classifier_steps: int = TruthOptions.classifier_steps) -> "TruthWorld":
+              classifier_steps: int = TruthOptions.classifier_steps,
+              attributes: str = TruthOptions.heldout_attributes) -> "TruthWorld":
         """``classifier``: a view classifier already trained (default: train one on ``classifier_train`` renders
         for ``classifier_steps`` steps, or load it from ``cache_dir``). ``num_strangers``: truth identities
-        outside the world scored as if generated (the ceiling)."""
-        styles = truth_styles(dataset)
+        outside the world scored as if generated (the ceiling). ``attributes``: ``"dataset"`` draws the held-out,
+        stranger and KID identities with the dataset's mix of named attributes, ``"none"`` with none named
+        (the painter's own draws; before 2026-12-06 the only way, kept for protocols frozen with it)."""
+        if attributes not in HELDOUT_ATTRIBUTES:
+            raise ValueError(f"attributes={attributes!r}: pass one of {HELDOUT_ATTRIBUTES}")
+        specs = truth_specs(dataset)
+        styles = [style for style, _ in specs]
+        mix = specs if attributes == "dataset" else styles
         classifier = classifier or train_view_classifier(styles, num_train=classifier_train, steps=classifier_steps,
                                                          seed=seed, cache_dir=cache_dir)
-        idents = heldout_identities(styles, num_identities, seed=HELDOUT_SEED + 100 + seed)
-        strangers = heldout_identities(styles, num_strangers, seed=HELDOUT_SEED + 300 + seed)
+        idents = heldout_identities(mix, num_identities, seed=HELDOUT_SEED + 100 + seed)
+        strangers = heldout_identities(mix, num_strangers, seed=HELDOUT_SEED + 300 + seed)
         masks, stranger_masks = {}, {}
         for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
             _, masks[name] = render_truth(idents, [yaw] * len(idents), [pitch] * len(idents), size)
             _, stranger_masks[name] = render_truth(strangers, [yaw] * num_strangers, [pitch] * num_strangers, size)
         rng = np.random.default_rng([seed, 0x61D])
-        kid_idents = heldout_identities(styles, kid_per_group * len(GROUP_YAWS), seed=HELDOUT_SEED + 200 + seed)
+        kid_idents = heldout_identities(mix, kid_per_group * len(GROUP_YAWS), seed=HELDOUT_SEED + 200 + seed)
         kid_truth, kid_yaws = {}, {}
         for g_i, (group, (lo, hi)) in enumerate(GROUP_YAWS.items()):
             yaws = rng.uniform(lo, hi, kid_per_group) * rng.choice([-1.0, 1.0], kid_per_group)
             kid_yaws[group] = yaws
             chunk = kid_idents[g_i * kid_per_group:(g_i + 1) * kid_per_group]
             kid_truth[group], _ = render_truth(chunk, yaws, np.zeros(kid_per_group), size)
-        return cls(styles, size, classifier, idents, masks, kid_truth, kid_yaws, stranger_masks)
+        return cls(styles, size, classifier, idents, masks, kid_truth, kid_yaws, stranger_masks, attributes)
 
     @classmethod
     def from_options(cls, dataset: str, size: int, opts: TruthOptions,
@@ -453,7 +486,7 @@ class TruthWorld:
         """The world of a :class:`~avatar3d.evaluation.options.TruthOptions` (the stage's and training's)."""
         return cls.build(dataset, size, num_identities=opts.num_identities, kid_per_group=opts.per_group,
                          cache_dir=cache_dir, seed=opts.seed, classifier_train=opts.classifier_train,
-                         classifier_steps=opts.classifier_steps)
+                         classifier_steps=opts.classifier_steps, attributes=opts.heldout_attributes)
 
     # -- the measures --------------------------------------------------------------
     def varying_region(self, name: str) -> np.ndarray:
@@ -540,7 +573,8 @@ class TruthWorld:
                   "kid_per_group": per_group, "classifier_test": self.classifier.num_test,
                   "sil_strangers": len(next(iter(self.strangers.values()), ())),
                   "fid_all": per_group * len(self.kid_yaws) if extractor is not None else 0}
-        protocol = {"painter": PAINTER_ID, "heldout_seed": HELDOUT_SEED, "match_camera": MATCH_CAMERA,
+        protocol = {"painter": PAINTER_ID, "heldout_seed": HELDOUT_SEED, "heldout_attributes": self.attributes,
+                    "match_camera": MATCH_CAMERA,
                     "heldout_cameras": HELDOUT_CAMERAS, "group_yaws": GROUP_YAWS, "mask": "opacity > 0.5",
                     "kid_features": "view-classifier-64d", "seed": seed,
                     "kid_inception_features": getattr(extractor, "name", None)}

@@ -54,6 +54,9 @@ LEVELS = {
 }
 DATA_SEED = 2  # RULE.md: used by no shipped asset
 SEEDS = (0, 1, 2)  # RULE.md: the training seeds of every cell; a decision waits for all of them
+# The held-out identities of RULE.md's protocol: no attributes named (the painter's own draws), as when the rule
+# was frozen; the truth metrics' default later became the dataset's mix of named attributes.
+HELDOUT_ATTRIBUTES = "none"
 PRIMARY = (("truth_view_back", +1), ("truth_kid_inception_back", -1))  # RULE.md: B (higher better), K (lower)
 SECONDARY = ("truth_view_front", "truth_view_side", "truth_kid_inception_front", "truth_kid_inception_side",
              "truth_kid_back", "truth_sil_agreement", "truth_sil_varying")
@@ -93,7 +96,7 @@ def train_config(args, mode: str, seed: int, data: Path):
         f"kimg_per_tick={args.kimg_per_tick}", f"seed={seed}", "scaling.strategy=plain",
         f"truth_ticks={args.truth_ticks}", f"truth.per_group={args.curve_per_group}", "fid_ticks=0",
         f"truth.classifier_train={args.classifier_train}", f"truth.classifier_steps={args.classifier_steps}",
-        f"snapshot_ticks={args.snapshot_ticks}", "image_ticks=100000",
+        f"truth.heldout_attributes={HELDOUT_ATTRIBUTES}", f"snapshot_ticks={args.snapshot_ticks}", "image_ticks=100000",
         f"tracking.experiment={EXPERIMENT}", "tracking.register=false",
     ])
     overrides = {"white_back": True, "blur_fade_kimg": 1.0, "d_mode": mode}  # RULE.md; only d_mode varies
@@ -423,7 +426,8 @@ def main(argv=None) -> int:
     resolution = train_config(args, modes[0], seeds[0], data).model.build().output_resolution
     world = TruthWorld.build(str(data), int(resolution), num_identities=args.num_identities,
                              kid_per_group=args.per_group, cache_dir=out / "cache", seed=0,
-                             classifier_train=args.classifier_train, classifier_steps=args.classifier_steps)
+                             classifier_train=args.classifier_train, classifier_steps=args.classifier_steps,
+                             attributes=HELDOUT_ATTRIBUTES)
     extractor = get_extractor(args.extractor) if args.extractor else None
     for seed in seeds:
         for mode in modes:

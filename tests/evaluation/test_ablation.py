@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "evaluation" / "ablation" / "ablation_discriminator.py"
@@ -105,6 +106,11 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
     row = json.loads((out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").read_text())
     assert row["kimg"] == pytest.approx(0.016) and row["procedural"] == ablation.LEVELS["default"]
     assert row["counts"]["view_per_group"] == 6 and 0.0 <= row["metrics"]["truth_view_back"] <= 1.0
+    # RULE.md's frozen protocol: held-out identities with no attributes named, in the curves and the final scores
+    assert row["protocol"]["heldout_attributes"] == "none"
+    run_cfg = yaml.safe_load((out / "runs" / "coarse_to_fine" / "ablation-default-coarse_to_fine-s0" / "config.yaml")
+                             .read_text())
+    assert run_cfg["truth"]["heldout_attributes"] == "none"
     assert row["metrics"]["truth_kid_inception_back"] == row["metrics"]["truth_kid_inception_back"]  # not NaN
     assert [p[0] for p in row["curves"]["truth_view_back"]] == pytest.approx([0.008, 0.016])
     assert (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg-front-back.png").stat().st_size > 0

@@ -399,6 +399,51 @@ def test_has_truth_and_styles(procedural_dataset, head_dataset):
         truth_styles(str(head_dataset))
 
 
+
+def test_truth_specs_are_the_rows_styles_and_named_attributes(procedural_dataset):
+    from avatar3d.datagen.dataset import read_table
+
+    specs = T.truth_specs(procedural_dataset)
+    table = read_table(procedural_dataset, columns=["style", "attributes"])
+    assert [s for s, _ in specs] == truth_styles(procedural_dataset) == table.column("style").to_pylist()
+    assert [a for _, a in specs] == [json.loads(a) for a in table.column("attributes").to_pylist()]
+    assert any(specs[i][1] for i in range(len(specs)))  # the prompts name attributes
+
+
+def test_heldout_identities_follow_the_named_attributes_of_the_rows():
+    from avatar3d.datagen.procedural import identity_for
+
+    styles = ["pixar", "anime"]
+    # styles alone: every attribute is the painter's own draw, round-robin over the sorted styles
+    assert heldout_identities(styles, 6, seed=5) == [identity_for(5, k, ["anime", "pixar"][k % 2], {}) for k in range(6)]
+    # rows: each identity takes the named attributes of a row of its style; what they leave open is drawn anew
+    crowns = [("pixar", {"headwear": "wearing a golden crown"}), ("anime", {})]
+    ids = heldout_identities(crowns, 40, seed=5)
+    assert all(i.hat == "crown" for i in ids[1::2])  # pixar, second in sorted order
+    assert ids[0::2] == [identity_for(5, k, "anime", {}) for k in range(0, 40, 2)]
+    # the dataset's mix: half the rows name a crown, half name no headwear -> about half the identities wear one
+    mix = [("pixar", {"headwear": "wearing a golden crown"}), ("pixar", {"headwear": "no headwear"})] * 10
+    share = np.mean([i.hat == "crown" for i in heldout_identities(mix, 400, seed=7)])
+    painter = np.mean([i.hat == "crown" for i in heldout_identities(["pixar"], 400, seed=7)])
+    assert 0.4 < share < 0.6 and painter < 0.1, (share, painter)
+    # deterministic, and the first identities do not depend on how many are drawn
+    assert heldout_identities(mix, 10, seed=7) == heldout_identities(mix, 20, seed=7)[:10]
+
+
+def test_the_world_draws_its_identities_with_the_datasets_attributes_unless_told_not_to(
+        procedural_dataset, world, classifier, micro_metrics):
+    specs = T.truth_specs(procedural_dataset)
+    assert world.attributes == "dataset" and micro_metrics.protocol["heldout_attributes"] == "dataset"
+    assert world.identities == heldout_identities(specs, WORLD_IDENTITIES, seed=HELDOUT_SEED + 100)
+    plain = TruthWorld.build(procedural_dataset, size=32, num_identities=4, kid_per_group=3, classifier=classifier[0],
+                             num_strangers=2, attributes="none")
+    assert plain.attributes == "none"
+    assert plain.identities == heldout_identities(truth_styles(procedural_dataset), 4, seed=HELDOUT_SEED + 100)
+    assert plain.identities != world.identities[:4]
+    with pytest.raises(ValueError, match="attributes='some'.*dataset"):
+        TruthWorld.build(procedural_dataset, size=32, attributes="some", classifier=classifier[0])
+
+
 # ============================================================== the stage, the CLI, train-gan
 
 
@@ -474,6 +519,19 @@ def test_cli_truth_metrics_prints_and_writes(snapshot, procedural_dataset, tmp_p
     stdout = capsys.readouterr().out
     assert "silhouette agreement" in stdout and "2 avatars x 3 held-out views vs 3 truth identities" in stdout
     assert f"wrote {out}" in stdout
+    assert data["protocol"]["heldout_attributes"] == "dataset"
+
+
+def test_cli_truth_metrics_heldout_attributes_flag(snapshot, procedural_dataset, tmp_path, capsys, fake_training):
+    out = tmp_path / "truth.json"
+    argv = ["truth-metrics", "--model", str(snapshot), "--data", procedural_dataset, "--num-avatars", "2",
+            "--num-identities", "3", "--per-group", "2", "--cache-dir", str(tmp_path / "c"), "--no-inception"]
+    assert main(argv + ["--heldout-attributes", "none", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["protocol"]["heldout_attributes"] == "none"
+    capsys.readouterr()
+    assert main(argv + ["--heldout-attributes", "some"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--heldout-attributes" in err and "dataset, none" in err, err
 
 
 def test_cli_truth_metrics_refuses_a_dataset_without_truth(snapshot, head_dataset, capsys, fake_training):
