@@ -12,7 +12,11 @@ For each snapshot, with the evaluation stage's truth world (``TruthOptions`` def
 5. diversity: how alike the avatars' front outlines are to each other (mean pairwise IoU) against the
    strangers', and how many distinct held-out identities the avatars and the strangers are matched to.
    Outlines more alike than the world's, matched to few identities, say the generator paints too few
-   shapes; outlines as varied as the world's but fitting it poorly say its shapes are off the world's.
+   shapes; outlines as varied as the world's but fitting it poorly say its shapes are off the world's;
+6. the outline of the final image against the opacity's: the avatars' silhouettes taken from their 64 px
+   images (pixels darker than near-white on the white background) instead of the 32 px accumulated
+   opacity. If the super-resolution network drew the identity's outline and the density did not, the
+   image outline would agree better than the opacity's.
 
     .venv/bin/python evaluation/gan/silhouette_gap.py --data outputs/demo/dataset \\
         shipped=jobs/assets/gan_world/snapshot.safetensors
@@ -32,11 +36,12 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
 from avatar3d.evaluation.options import TruthOptions
-from avatar3d.evaluation.truth import HELDOUT_CAMERAS, TruthWorld, iou
+from avatar3d.evaluation.truth import HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, generator_views, iou
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
 
 RESULTS = Path(__file__).parent / "results"
+IMAGE_THRESHOLD = 225  # an image pixel is the avatar's when any channel is below this (white background)
 
 
 def per_camera(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, float]:
@@ -68,6 +73,19 @@ def diversity(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, floa
     _, match = world.silhouette_agreement(masks)
     return {"pairwise_front_iou": float(off_diagonal.mean()), "identities_matched": int(len(set(match.tolist()))),
             "avatars": int(len(front))}
+
+
+def image_outlines(G, num_avatars: int, seed: int, threshold: int = IMAGE_THRESHOLD):
+    """(silhouettes from the final images, from the opacity) of the avatars ``generator_masks`` renders: one ``z``
+    per avatar, mapped with the front camera, at the front and held-out cameras. Image silhouette: any channel
+    below ``threshold`` (the background is white)."""
+    z = torch.randn(num_avatars, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    images, opacity = {}, {}
+    for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
+        rgb, opacity[name] = generator_views(G, [yaw] * num_avatars, [pitch] * num_avatars, seed, z=z,
+                                             condition=MATCH_CAMERA)
+        images[name] = rgb.min(axis=-1) < threshold
+    return images, opacity
 
 
 def main() -> int:
@@ -107,6 +125,13 @@ def main() -> int:
             "agreement_dilated_1px": world.silhouette_agreement(grown)[0],
             "diversity": diversity(world, masks),
         }
+        # ... and the outline of its final image beside its opacity's (the same avatars).
+        from_image, opacity = image_outlines(G, opts.num_avatars, opts.seed)
+        result["arms"][name]["image_outline"] = {
+            "threshold": IMAGE_THRESHOLD, "agreement": world.silhouette_agreement(from_image)[0],
+            "front_fit": world.front_match(from_image),
+            "iou_with_opacity": float(np.mean([iou(from_image[n], opacity[n]).mean() for n in opacity])),
+        }
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +154,10 @@ def main() -> int:
           f"strangers {d['pairwise_front_iou']:.3f}, {d['identities_matched']} for {d['avatars']}; "
           + "; ".join(f"{n} {a['diversity']['pairwise_front_iou']:.3f}, {a['diversity']['identities_matched']} for "
                       f"{a['diversity']['avatars']}" for n, a in result["arms"].items()))
+    print("outline of the final image (any channel < %d) vs the opacity's: " % IMAGE_THRESHOLD
+          + "; ".join(f"{n} agreement {a['image_outline']['agreement']:.3f} (opacity {a['agreement']:.3f}), front fit "
+                      f"{a['image_outline']['front_fit']:.3f}, IoU with the opacity {a['image_outline']['iou_with_opacity']:.3f}"
+                      for n, a in result["arms"].items()))
     print(f"wrote {out}")
     return 0
 

@@ -1,8 +1,10 @@
-"""evaluation/gan/silhouette_gap.py's diversity step: pairwise outline IoU and distinct identities matched."""
+"""evaluation/gan/silhouette_gap.py: the diversity step (pairwise outline IoU, distinct identities matched) and
+the image outlines beside the opacity's."""
 import importlib.util
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avatar3d.evaluation.truth import HELDOUT_CAMERAS, TruthWorld
 
@@ -38,3 +40,22 @@ def test_diversity_tells_one_shape_from_many():
     areas = np.array([16, 36, 100, 196])
     expected = np.mean([min(a, b) / max(a, b) for i, a in enumerate(areas) for j, b in enumerate(areas) if i != j])
     assert np.isclose(many["pairwise_front_iou"], expected)
+
+
+def test_image_outlines_are_the_same_avatars_as_the_opacity_masks():
+    from avatar3d.evaluation.truth import MATCH_CAMERA, generator_views
+    from tests.evaluation.helpers import micro_generator
+
+    G = micro_generator()
+    images, opacity = gap.image_outlines(G, 3, seed=4)
+    assert set(images) == set(opacity) == {"front", *HELDOUT_CAMERAS}
+    size = int(G.cfg.output_resolution)
+    for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
+        z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(4))
+        rgb, masks = generator_views(G, [yaw] * 3, [pitch] * 3, 4, z=z, condition=MATCH_CAMERA)
+        assert images[name].shape == (3, size, size) and images[name].dtype == bool
+        assert np.array_equal(opacity[name], masks)  # the avatars generator_masks scores: z seeded, front-mapped
+        assert np.array_equal(images[name], rgb.min(axis=-1) < gap.IMAGE_THRESHOLD)
+    every, _ = gap.image_outlines(G, 2, seed=4, threshold=256)
+    none, _ = gap.image_outlines(G, 2, seed=4, threshold=0)
+    assert all(m.all() for m in every.values()) and not any(m.any() for m in none.values())
