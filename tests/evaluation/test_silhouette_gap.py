@@ -59,3 +59,15 @@ def test_image_outlines_are_the_same_avatars_as_the_opacity_masks():
     every, _ = gap.image_outlines(G, 2, seed=4, threshold=256)
     none, _ = gap.image_outlines(G, 2, seed=4, threshold=0)
     assert all(m.all() for m in every.values()) and not any(m.any() for m in none.values())
+
+
+def test_the_baseline_can_be_fit_out_of_sample():
+    shapes = np.stack([_square(h) for h in (2, 3, 5, 7)])
+    world = _world({name: shapes for name in ("front", *HELDOUT_CAMERAS)})
+    # in sample: the majority mask of the four squares is the half-width-5 square (covered by 2 of 4 identities)
+    expected = np.mean([16 / 100, 36 / 100, 1.0, 100 / 196])
+    assert all(np.isclose(v, expected) for v in gap.baseline_per_camera(world).values())
+    # fit on other masks (all the largest square): IoU of each identity with it
+    big = {name: np.stack([shapes[3]] * 3) for name in HELDOUT_CAMERAS}
+    assert all(np.isclose(v, np.mean([16 / 196, 36 / 196, 100 / 196, 1.0]))
+               for v in gap.baseline_per_camera(world, big).values())
