@@ -84,20 +84,26 @@ def has_truth(dataset: str, field: str = "data") -> bool:
     return ds.read(["truth_identity"]).column("truth_identity").null_count < ds.num_rows
 
 
+def _truth_table(dataset: str, columns: tuple[str, ...]):
+    """Columns of a procedural dataset (ValueError when it has no truth)."""
+    ds = open_dataset(dataset, columns=(*columns, "truth_identity"), field="data", check_images=False)
+    table = ds.read([*columns, "truth_identity"])
+    if table.column("truth_identity").null_count == table.num_rows:
+        raise ValueError(f"data: {dataset} has no truth columns (it was not painted by {PAINTER_ID}); "
+                         "truth metrics need a dataset made with pipeline.preset=procedural")
+    return table
+
+
 def truth_styles(dataset: str) -> list[str]:
     """The style of every row of a procedural dataset (ValueError when it has no truth)."""
-    return [style for style, _ in truth_specs(dataset)]
+    return [str(s) for s in _truth_table(dataset, ("style",)).column("style").to_pylist()]
 
 
 def truth_specs(dataset: str) -> list[tuple[str, dict[str, str]]]:
     """(style, named attributes) of every row of a procedural dataset: what its prompts asked the painter
     for (ValueError when it has no truth)."""
-    ds = open_dataset(dataset, columns=("style", "attributes", "truth_identity"), field="data", check_images=False)
-    table = ds.read(["style", "attributes", "truth_identity"])
-    if table.column("truth_identity").null_count == table.num_rows:
-        raise ValueError(f"data: {dataset} has no truth columns (it was not painted by {PAINTER_ID}); "
-                         "truth metrics need a dataset made with pipeline.preset=procedural")
-    return [(str(s), json.loads(a) if a else {})
+    table = _truth_table(dataset, ("style", "attributes"))
+    return [(str(s), (json.loads(a) if a else None) or {})
             for s, a in zip(table.column("style").to_pylist(), table.column("attributes").to_pylist())]
 
 
@@ -110,15 +116,21 @@ def heldout_identities(specs: list, n: int, seed: int = HELDOUT_SEED):
     named attributes (its prompts name hats, glasses, ... more often than the painter draws them) while
     everything the prompts leave open is drawn anew.
     """
-    rows = [(s, {}) if isinstance(s, str) else (str(s[0]), dict(s[1])) for s in specs]
-    names = sorted({style for style, _ in rows})
-    by_style = {name: [attrs for style, attrs in rows if style == name] for name in names}
+    by_style: dict[str, list[dict]] = {}
+    for spec in specs:
+        style, attributes = (spec, {}) if isinstance(spec, str) else (str(spec[0]), dict(spec[1] or {}))
+        by_style.setdefault(style, []).append(attributes)
+    names = sorted(by_style)
+    # A style whose rows name nothing draws no row (the plain-styles case); the draw depends on the rows, not on
+    # their order (shard names carry a time, and a resumed job may write them in another order).
+    pools = {name: sorted(rows, key=lambda a: json.dumps(a, sort_keys=True)) if any(rows) else None
+             for name, rows in by_style.items()}
     rng = np.random.default_rng([int(seed), 0xA77])
     identities = []
     for k in range(n):
         style = names[k % len(names)]
-        pool = by_style[style]
-        attributes = pool[rng.integers(len(pool))] if any(pool) else {}
+        pool = pools[style]
+        attributes = pool[rng.integers(len(pool))] if pool is not None else {}
         identities.append(identity_for(seed, k, style, attributes))
     return identities
 

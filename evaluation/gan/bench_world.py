@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from avatar3d.config import load_config
-from avatar3d.evaluation.options import TruthOptions
+from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
 from avatar3d.evaluation.stage import compute_truth
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.training.config import TrainGANConfig
@@ -42,11 +42,13 @@ def main() -> int:
     ap.add_argument("--out", default="outputs/bench_world", help="training runs go here")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes,
+                    help="named attributes of the held-out identities (none: as before 2026-12-06)")
     args = ap.parse_args()
 
     results = {"command": "python " + " ".join(sys.argv), "data": args.data, "kimg": args.kimg,
-               "transfer": args.transfer or None, "arms": {}}
-    truth_opts = TruthOptions()
+               "transfer": args.transfer or None, "heldout_attributes": args.heldout_attributes, "arms": {}}
+    truth_opts = TruthOptions(heldout_attributes=args.heldout_attributes)
     for arm in args.arms.split(","):
         overrides = [f"data.path={args.data}", f"output_dir={args.out}", f"run_name={arm}-{args.tag or 'run'}",
                      f"total_kimg={args.kimg}", "kimg_per_tick=0.2", "batch_size=8", "scaling.strategy=plain",

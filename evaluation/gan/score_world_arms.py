@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar3d.evaluation.features import get_extractor
-from avatar3d.evaluation.options import TruthOptions
+from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
 from avatar3d.evaluation.truth import TruthWorld
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-inception", action="store_true")
+    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes,
+                    help="named attributes of the held-out identities (none: as before 2026-12-06)")
     args = ap.parse_args()
     arms = {name: (path, load_snapshot(path)) for name, path in (a.split("=", 1) for a in args.arms)}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -51,7 +53,7 @@ def main() -> int:
     for seed in seeds:
         # What the stage's compute_truth does, with one world per seed shared by every arm (its renders,
         # classifier and truth features are the same for all of them).
-        world = TruthWorld.from_options(args.data, size, TruthOptions(seed=seed), cache_dir())
+        world = TruthWorld.from_options(args.data, size, TruthOptions(seed=seed, heldout_attributes=args.heldout_attributes), cache_dir())
         for name, (path, snap) in arms.items():
             t0 = time.time()
             result = world.evaluate(snap.generator, num_avatars=TruthOptions.num_avatars, seed=seed,
@@ -62,6 +64,7 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"arms{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({"command": " ".join(sys.argv), "painted_by": "avatar3d procedural painter",
+                               "heldout_attributes": args.heldout_attributes,
                                "rows": rows}, indent=2))
     print(table(rows))
     print(f"wrote {out}")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
-from avatar3d.evaluation.options import TruthOptions
+from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
 from avatar3d.evaluation.truth import HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, generator_views, iou
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
@@ -83,6 +83,8 @@ def image_outlines(G, num_avatars: int, seed: int, threshold: int = IMAGE_THRESH
     """(silhouettes from the final images, from the opacity) of the avatars ``generator_masks`` renders: one ``z``
     per avatar, mapped with the front camera, at the front and held-out cameras. Image silhouette: any channel
     below ``threshold`` (the background is white)."""
+    if not G.cfg.white_back:
+        raise ValueError("image outlines need a generator trained with white_back: true (its background is white)")
     z = torch.randn(num_avatars, G.z_dim, generator=torch.Generator().manual_seed(seed))
     images, opacity = {}, {}
     for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
@@ -97,9 +99,11 @@ def main() -> int:
     ap.add_argument("arms", nargs="+", help="NAME=SNAPSHOT")
     ap.add_argument("--data", required=True, help="a dataset of the procedural painter (its styles set the world)")
     ap.add_argument("--out", default=str(RESULTS / "silhouette_gap.json"))
+    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes,
+                    help="named attributes of the held-out identities (none: as before 2026-12-06)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    opts = TruthOptions()
+    opts = TruthOptions(heldout_attributes=args.heldout_attributes)
     snaps = {name: (path, load_snapshot(path).generator) for name, path in (a.split("=", 1) for a in args.arms)}
     G0 = next(iter(snaps.values()))[1]
     world = TruthWorld.from_options(args.data, int(G0.cfg.output_resolution), opts, cache_dir())
@@ -107,7 +111,8 @@ def main() -> int:
 
     # 1. The controls, once: the identity-blind mean and the strangers (also through the generator's resolution).
     strangers_low = through_resolution(world.strangers, neural)
-    result = {"data": args.data, "truth_seed": opts.seed, "num_identities": len(world.identities),
+    result = {"data": args.data, "truth_seed": opts.seed, "heldout_attributes": world.attributes,
+              "num_identities": len(world.identities),
               "num_strangers": len(world.strangers["front"]), "neural_rendering_resolution": neural,
               "baseline": baseline_per_camera(world), "strangers": per_camera(world, world.strangers),
               "strangers_front_fit": world.front_match(world.strangers),

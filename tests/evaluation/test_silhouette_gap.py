@@ -42,23 +42,29 @@ def test_diversity_tells_one_shape_from_many():
     assert np.isclose(many["pairwise_front_iou"], expected)
 
 
-def test_image_outlines_are_the_same_avatars_as_the_opacity_masks():
-    from avatar3d.evaluation.truth import MATCH_CAMERA, generator_views
-    from tests.evaluation.helpers import micro_generator
+def test_image_outlines_are_the_avatars_the_agreement_scores():
+    import pytest
 
-    G = micro_generator()
-    images, opacity = gap.image_outlines(G, 3, seed=4)
-    assert set(images) == set(opacity) == {"front", *HELDOUT_CAMERAS}
+    from avatar3d.gan.config import GANConfig
+    from avatar3d.gan.generator import TriPlaneGenerator
+    from tests.training.fixtures import MICRO_GAN
+
+    torch.manual_seed(0)
+    G = TriPlaneGenerator(GANConfig.tiny(**{**MICRO_GAN, "white_back": True})).eval().requires_grad_(False)
     size = int(G.cfg.output_resolution)
-    for name, (yaw, pitch) in {"front": MATCH_CAMERA, **HELDOUT_CAMERAS}.items():
-        z = torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(4))
-        rgb, masks = generator_views(G, [yaw] * 3, [pitch] * 3, 4, z=z, condition=MATCH_CAMERA)
+    images, opacity = gap.image_outlines(G, 3, seed=4)
+    world = TruthWorld(styles=[], size=size, classifier=None, identities=[], masks={}, kid_truth={}, kid_yaws={})
+    scored = world.generator_masks(G, 3, seed=4)
+    assert set(images) == set(opacity) == set(scored) == {"front", *HELDOUT_CAMERAS}
+    for name in scored:
+        assert np.array_equal(opacity[name], scored[name])  # the same avatars, the same silhouettes
         assert images[name].shape == (3, size, size) and images[name].dtype == bool
-        assert np.array_equal(opacity[name], masks)  # the avatars generator_masks scores: z seeded, front-mapped
-        assert np.array_equal(images[name], rgb.min(axis=-1) < gap.IMAGE_THRESHOLD)
     every, _ = gap.image_outlines(G, 2, seed=4, threshold=256)
     none, _ = gap.image_outlines(G, 2, seed=4, threshold=0)
     assert all(m.all() for m in every.values()) and not any(m.any() for m in none.values())
+    G.cfg = G.cfg.replace(white_back=False)
+    with pytest.raises(ValueError, match="white_back"):
+        gap.image_outlines(G, 2, seed=4)
 
 
 def test_the_baseline_can_be_fit_out_of_sample():

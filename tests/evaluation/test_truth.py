@@ -426,8 +426,11 @@ def test_heldout_identities_follow_the_named_attributes_of_the_rows():
     share = np.mean([i.hat == "crown" for i in heldout_identities(mix, 400, seed=7)])
     painter = np.mean([i.hat == "crown" for i in heldout_identities(["pixar"], 400, seed=7)])
     assert 0.4 < share < 0.6 and painter < 0.1, (share, painter)
-    # deterministic, and the first identities do not depend on how many are drawn
+    # deterministic, and the first identities do not depend on how many are drawn nor on the rows' order
     assert heldout_identities(mix, 10, seed=7) == heldout_identities(mix, 20, seed=7)[:10]
+    assert heldout_identities(mix, 10, seed=7) == heldout_identities(mix[::-1], 10, seed=7)
+    # a row without attributes (null in the column) names none
+    assert heldout_identities([("pixar", None)], 3, seed=7) == heldout_identities(["pixar"], 3, seed=7)
 
 
 def test_the_world_draws_its_identities_with_the_datasets_attributes_unless_told_not_to(
@@ -435,6 +438,13 @@ def test_the_world_draws_its_identities_with_the_datasets_attributes_unless_told
     specs = T.truth_specs(procedural_dataset)
     assert world.attributes == "dataset" and micro_metrics.protocol["heldout_attributes"] == "dataset"
     assert world.identities == heldout_identities(specs, WORLD_IDENTITIES, seed=HELDOUT_SEED + 100)
+    # the ceiling's strangers and the KID truth renders are drawn in the same mix
+    strangers = heldout_identities(specs, WORLD_STRANGERS, seed=HELDOUT_SEED + 300)
+    assert np.array_equal(world.strangers["front"], render_truth(strangers, [0.0] * WORLD_STRANGERS,
+                                                                 [0.0] * WORLD_STRANGERS, 32)[1])
+    kid_ids = heldout_identities(specs, WORLD_PER_GROUP, seed=HELDOUT_SEED + 200)  # the front group comes first
+    assert np.array_equal(world.kid_truth["front"], render_truth(kid_ids, world.kid_yaws["front"],
+                                                                 [0.0] * WORLD_PER_GROUP, 32)[0])
     plain = TruthWorld.build(procedural_dataset, size=32, num_identities=4, kid_per_group=3, classifier=classifier[0],
                              num_strangers=2, attributes="none")
     assert plain.attributes == "none"
@@ -442,6 +452,8 @@ def test_the_world_draws_its_identities_with_the_datasets_attributes_unless_told
     assert plain.identities != world.identities[:4]
     with pytest.raises(ValueError, match="attributes='some'.*dataset"):
         TruthWorld.build(procedural_dataset, size=32, attributes="some", classifier=classifier[0])
+    with pytest.raises(ConfigError, match="heldout_attributes: 'some' is not allowed; choose one of dataset, none"):
+        _evaluate_config("model.safetensors", procedural_dataset, "out", "truth.heldout_attributes=some")
 
 
 # ============================================================== the stage, the CLI, train-gan
