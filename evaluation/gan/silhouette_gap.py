@@ -17,7 +17,18 @@ For each snapshot, with the evaluation stage's truth world (``TruthOptions`` def
 6. the outline of the final image against the opacity's: the avatars' silhouettes taken from their 64 px
    images (pixels darker than near-white on the white background) instead of the 32 px accumulated
    opacity. If the super-resolution network drew the identity's outline and the density did not, the
-   image outline would agree better than the opacity's.
+   image outline would agree better than the opacity's;
+7. placement: the IoU at each held-out camera after the best shift of every silhouette by up to
+   ``MAX_SHIFT`` px (each avatar against its matched identity; the baseline's mean silhouette against each
+   identity; the strangers against theirs), and the mean signed shift. At a side camera a horizontal
+   shift is a move along the depth axis, which the front view the match rests on cannot see: if the
+   avatars' side outlines are right in shape but sit too far forward or back, their agreement recovers
+   under the shift (and the signed shifts at left and right are opposite); if the shape is off, it does
+   not recover more than the baseline's does under the same freedom;
+8. where: per held-out camera, the share of avatars whose silhouette covers a pixel its identity leaves
+   empty (excess, red) and leaves empty a pixel its identity covers (missing, blue), drawn over the
+   identities' mean outline, one row per snapshot and one for the baseline and the strangers
+   (``--out`` with ``.png``).
 
     .venv/bin/python evaluation/gan/silhouette_gap.py --data outputs/demo/dataset \\
         shipped=jobs/assets/gan_world/snapshot.safetensors
@@ -43,6 +54,7 @@ from avatar3d.runtime import cache_dir
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE_THRESHOLD = 225  # an image pixel is the avatar's when any channel is below this (white background)
+MAX_SHIFT = 4  # px at 64 px: the placement step's search, about a sixth of a head's width
 
 
 def per_camera(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, float]:
@@ -77,6 +89,81 @@ def diversity(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, floa
     _, match = world.silhouette_agreement(masks)
     return {"pairwise_front_iou": float(off_diagonal.mean()), "identities_matched": int(len(set(match.tolist()))),
             "avatars": int(len(front))}
+
+
+def shifted(masks: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, S, S) masks moved by ``dy`` rows and ``dx`` columns; what leaves the frame is lost, empty comes in."""
+    out = np.zeros_like(masks)
+    h, w = masks.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        masks[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def best_shift(masks: np.ndarray, targets: np.ndarray, max_shift: int = MAX_SHIFT) -> dict[str, float]:
+    """Each mask against its target after the shift (|dy|, |dx| <= ``max_shift``) that maximises their IoU ->
+    mean IoU unshifted and at the best shift, and the mean signed best shift (dx > 0: to the image's right)."""
+    shifts = [(dy, dx) for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)]
+    scores = np.stack([iou(shifted(masks, dy, dx), targets) for dy, dx in shifts])  # (shifts, N)
+    best = scores.argmax(axis=0)
+    moves = np.array(shifts)[best]
+    return {"iou": float(iou(masks, targets).mean()), "iou_shifted": float(scores.max(axis=0).mean()),
+            "dx": float(moves[:, 1].mean()), "dy": float(moves[:, 0].mean())}
+
+
+def placement(world: TruthWorld, masks: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Per held-out camera, :func:`best_shift` of ``masks`` (matched at the front, as the agreement matches) against
+    their identities; ``masks=None``: the baseline's mean silhouette against every identity."""
+    if masks is None:
+        return {name: best_shift(np.broadcast_to(world.masks[name].mean(axis=0) >= 0.5, world.masks[name].shape),
+                                 world.masks[name]) for name in HELDOUT_CAMERAS}
+    _, match = world.silhouette_agreement(masks)
+    return {name: best_shift(masks[name], world.masks[name][match]) for name in HELDOUT_CAMERAS}
+
+
+def where_lost(world: TruthWorld, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per held-out camera, (2, S, S): the share of avatars covering a pixel their matched identity leaves empty
+    (excess) and leaving empty one it covers (missing); ``masks=None``: the mean silhouette against every identity."""
+    out = {}
+    for name in HELDOUT_CAMERAS:
+        truth = world.masks[name]
+        if masks is None:
+            gen = np.broadcast_to(truth.mean(axis=0) >= 0.5, truth.shape)
+        else:
+            gen, truth = masks[name], truth[world.silhouette_agreement(masks)[1]]
+        out[name] = np.stack([(gen & ~truth).mean(axis=0), (~gen & truth).mean(axis=0)])
+    return out
+
+
+def where_picture(world: TruthWorld, rows: dict[str, dict[str, np.ndarray]], path: Path, scale: int = 3) -> None:
+    """:func:`where_lost` maps as one picture: a row per entry, a column per held-out camera; red = excess,
+    blue = missing (full colour: every avatar), grey = the identities' mean outline."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for maps in rows.values():
+        row = []
+        for name in HELDOUT_CAMERAS:
+            excess, missing = maps[name]
+            outline = world.masks[name].mean(axis=0) >= 0.5
+            rgb = np.full(excess.shape + (3,), 255.0)
+            rgb[outline] = 215.0
+            rgb[..., 1] *= 1 - np.maximum(excess, missing)  # red where excess, blue where missing
+            rgb[..., 2] *= 1 - excess
+            rgb[..., 0] *= 1 - missing
+            row.append(np.pad(rgb.astype(np.uint8), ((1, 1), (1, 1), (0, 0)), constant_values=128))
+        tiles.append(np.concatenate(row, axis=1))
+    grid = Image.fromarray(np.concatenate(tiles, axis=0)).resize(
+        (tiles[0].shape[1] * scale, len(tiles) * tiles[0].shape[0] * scale), Image.NEAREST)
+    label_w = 150
+    canvas = Image.new("RGB", (grid.width + label_w, grid.height + 14), "white")
+    canvas.paste(grid, (label_w, 14))
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(HELDOUT_CAMERAS):
+        draw.text((label_w + j * grid.width // len(HELDOUT_CAMERAS) + 4, 1), name, fill="black")
+    for i, label in enumerate(rows):
+        draw.text((2, 14 + i * grid.height // len(rows) + 4), label, fill="black")
+    canvas.save(path)
 
 
 def image_outlines(G, num_avatars: int, seed: int, threshold: int = IMAGE_THRESHOLD):
@@ -124,7 +211,10 @@ def main() -> int:
     # the baseline's mean silhouette is the held-out identities' own; fit on the strangers, it is out of sample
     result["baseline_fit_on_strangers"] = float(np.mean(list(baseline_per_camera(world, world.strangers).values())))
     result["strangers_mean"] = world.silhouette_agreement(world.strangers)[0]
+    result["placement"] = {"max_shift": MAX_SHIFT, "baseline": placement(world),
+                           "strangers": placement(world, world.strangers)}
 
+    where: dict[str, dict[str, np.ndarray]] = {}
     # 2. Each generator: per camera, the front fit, its areas, and its masks grown by one pixel.
     for name, (path, G) in snaps.items():
         masks = world.generator_masks(G, opts.num_avatars, seed=opts.seed)
@@ -135,7 +225,9 @@ def main() -> int:
             "area": {n: float(m.sum(axis=(1, 2)).mean()) for n, m in masks.items()},
             "agreement_dilated_1px": world.silhouette_agreement(grown)[0],
             "diversity": diversity(world, masks),
+            "placement": placement(world, masks),
         }
+        where[name] = where_lost(world, masks)
         # ... and the outline of its final image beside its opacity's (the same avatars).
         from_image, opacity = image_outlines(G, opts.num_avatars, opts.seed)
         result["arms"][name]["image_outline"] = {
@@ -146,6 +238,10 @@ def main() -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    where.update({"mean silhouette": where_lost(world), "strangers": where_lost(world, world.strangers)})
+    result["where"] = {n: {c: {"excess": float(m[c][0].sum()), "missing": float(m[c][1].sum())} for c in m}
+                       for n, m in where.items()}  # mean px per avatar
+    where_picture(world, where, out.with_suffix(".png"))
     out.write_text(json.dumps(result, indent=2))
     cams = list(HELDOUT_CAMERAS)
     print("| silhouettes of | " + " | ".join(cams) + " | mean | front fit | area vs identities |")
@@ -171,7 +267,19 @@ def main() -> int:
           + "; ".join(f"{n} agreement {a['image_outline']['agreement']:.3f} (opacity {a['agreement']:.3f}), front fit "
                       f"{a['image_outline']['front_fit']:.3f}, IoU with the opacity {a['image_outline']['iou_with_opacity']:.3f}"
                       for n, a in result["arms"].items()))
-    print(f"wrote {out}")
+    print(f"placement (IoU -> after the best shift of up to {MAX_SHIFT} px, mean signed dx in px):")
+    print("| silhouettes of | " + " | ".join(cams) + " |")
+    print("|---" * (len(cams) + 1) + "|")
+    rows = {**{n: a["placement"] for n, a in result["arms"].items()},
+            "mean silhouette (baseline)": result["placement"]["baseline"],
+            "strangers (ceiling)": result["placement"]["strangers"]}
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(f"{cells[c]['iou']:.3f} -> {cells[c]['iou_shifted']:.3f} ({cells[c]['dx']:+.1f})"
+                                          for c in cams) + " |")
+    print("where (mean px per avatar: excess / missing):")
+    for n, cells in result["where"].items():
+        print(f"  {n}: " + "; ".join(f"{c} {v['excess']:.0f} / {v['missing']:.0f}" for c, v in cells.items()))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 

@@ -77,3 +77,59 @@ def test_the_baseline_can_be_fit_out_of_sample():
     big = {name: np.stack([shapes[3]] * 3) for name in HELDOUT_CAMERAS}
     assert all(np.isclose(v, np.mean([16 / 196, 36 / 196, 100 / 196, 1.0]))
                for v in gap.baseline_per_camera(world, big).values())
+
+
+def test_shifted_moves_masks_without_wrapping():
+    m = np.zeros((1, 6, 6), dtype=bool)
+    m[0, 0, 5] = m[0, 2, 2] = True
+    right = gap.shifted(m, 0, 1)
+    assert right[0, 2, 3] and right.sum() == 1  # the pixel at the right edge left the frame, none came round
+    assert np.array_equal(gap.shifted(gap.shifted(m, 1, -2), -1, 2)[0, 2, 2], True)
+    assert np.array_equal(gap.shifted(m, 0, 0), m)
+
+
+def test_best_shift_finds_a_displaced_outline_and_its_direction():
+    target = np.stack([_square(3), _square(2)])
+    moved = gap.shifted(target, 0, 2)  # both outlines sit 2 px to the right of their identity's
+    cells = gap.best_shift(moved, target)
+    assert cells["iou_shifted"] == 1.0 and cells["dx"] == -2.0 and cells["dy"] == 0.0
+    assert np.isclose(cells["iou"], np.mean([24 / 48, 8 / 24]))  # 6x6 squares overlap 4x6 of 6x8; 4x4: 2x4 of 4x6
+    # a wrong shape does not recover: a 2-px square inside a 3-px one fits no better for any shift
+    wrong = gap.best_shift(np.stack([_square(2)]), np.stack([_square(3)]))
+    assert np.isclose(wrong["iou"], 16 / 36) and np.isclose(wrong["iou_shifted"], 16 / 36)
+    # the search stops at max_shift
+    far = gap.best_shift(gap.shifted(target, 0, 3), target, max_shift=2)
+    assert far["iou_shifted"] < 1.0 and far["dx"] == -2.0
+
+
+def test_placement_matches_at_the_front_and_scores_the_baseline_per_identity():
+    shapes = np.stack([_square(h) for h in (2, 3, 5, 7)])
+    world = _world({name: shapes for name in ("front", *HELDOUT_CAMERAS)})
+    # avatars right at the front, one pixel down at every held-out camera
+    avatars = {"front": shapes, **{name: gap.shifted(shapes, 1, 0) for name in HELDOUT_CAMERAS}}
+    cells = gap.placement(world, avatars)
+    assert set(cells) == set(HELDOUT_CAMERAS)
+    assert all(c["iou_shifted"] == 1.0 and c["dy"] == -1.0 and c["iou"] < 1.0 for c in cells.values())
+    base = gap.placement(world)
+    assert all(np.isclose(c["iou"], v) for c, v in zip(base.values(), gap.baseline_per_camera(world).values()))
+    assert all(c["iou_shifted"] >= c["iou"] for c in base.values())
+
+
+def test_where_lost_splits_excess_from_missing(tmp_path):
+    shapes = np.stack([_square(h) for h in (2, 3, 5, 7)])
+    world = _world({name: shapes for name in ("front", *HELDOUT_CAMERAS)})
+    # avatars exact at the front; at every held-out camera the 7-px square's avatar is the 5-px square
+    held = shapes.copy()
+    held[3] = shapes[2]
+    maps = gap.where_lost(world, {"front": shapes, **{name: held for name in HELDOUT_CAMERAS}})
+    for excess, missing in maps.values():
+        assert excess.sum() == 0  # nothing painted where the identity is empty
+        assert np.isclose(missing.sum(), (196 - 100) / 4)  # one avatar of four misses the ring between the squares
+        assert missing.max() == 0.25
+    base = gap.where_lost(world)  # the majority square (half-width 5) against each identity
+    for excess, missing in base.values():
+        assert np.isclose(excess.sum(), (100 - 16 + 100 - 36) / 4) and np.isclose(missing.sum(), 96 / 4)
+    gap.where_picture(world, {"avatars": maps, "mean silhouette": base}, tmp_path / "where.png", scale=2)
+    from PIL import Image
+    picture = Image.open(tmp_path / "where.png")
+    assert picture.width == 150 + 3 * 18 * 2 and picture.height == 14 + 2 * 18 * 2
