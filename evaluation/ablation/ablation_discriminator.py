@@ -274,6 +274,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
     keys = ("truth_view_back", "truth_view_front", "truth_kid_back", "truth_sil_varying")
     colours = {"fine": "tab:blue", "coarse": "tab:green", "coarse_to_fine": "tab:red"}
+    styles = dict(zip(LEVELS, ("-", "--", ":")))  # the misalignment level by line, the mode by colour
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     longest = {}  # a run scored at 8 and 16 kimg: its 16-kimg row carries the whole curve
     for r in rows:
@@ -285,7 +286,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             pts = r["curves"].get(key, [])
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours.get(r["d_mode"], "k"), alpha=0.8,
-                        marker=".", label=f"{r['d_mode']} s{r['seed']} ({r['level']})")
+                        linestyle=styles.get(r["level"], "-"), marker=".", label=f"{r['d_mode']} s{r['seed']} ({r['level']})")
         ax.set_title(key.removeprefix("truth_"), fontsize=9)
         ax.set_xlabel("kimg")
     axes[0].legend(fontsize=6)
