@@ -204,6 +204,7 @@ def main() -> int:
               "baseline": baseline_per_camera(world), "strangers": per_camera(world, world.strangers),
               "strangers_front_fit": world.front_match(world.strangers),
               "strangers_at_neural_resolution": world.silhouette_agreement(strangers_low)[0],
+              "strangers_at_neural_resolution_per_camera": per_camera(world, strangers_low),
               "identity_area": {n: float(world.masks[n].sum(axis=(1, 2)).mean()) for n in world.masks},
               "strangers_diversity": diversity(world, world.strangers),
               "arms": {}, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
@@ -256,7 +257,9 @@ def main() -> int:
           + f" | {result['strangers_mean']:.3f} | {result['strangers_front_fit']:.3f} | |")
     print(f"mean silhouette fit on the strangers instead of the held-out identities: "
           f"{result['baseline_fit_on_strangers']:.3f} (in sample {result['baseline_mean']:.3f})")
-    print(f"strangers through {neural} px opacity: {result['strangers_at_neural_resolution']:.3f}; "
+    low = result["strangers_at_neural_resolution_per_camera"]
+    print(f"strangers through {neural} px opacity: {result['strangers_at_neural_resolution']:.3f} ("
+          + ", ".join(f"{c} {v:.3f}" for c, v in low.items()) + "); "
           + "; ".join(f"{n} dilated 1 px: {a['agreement_dilated_1px']:.3f}" for n, a in result["arms"].items()))
     d = result["strangers_diversity"]
     print(f"diversity (front outlines: mean pairwise IoU, distinct identities matched of {len(world.identities)}): "
