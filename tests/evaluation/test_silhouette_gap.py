@@ -133,3 +133,21 @@ def test_where_lost_splits_excess_from_missing(tmp_path):
     from PIL import Image
     picture = Image.open(tmp_path / "where.png")
     assert picture.width == 150 + 3 * 18 * 2 and picture.height == 14 + 2 * 18 * 2
+
+
+def test_where_picture_paints_excess_red_and_missing_blue(tmp_path):
+    from PIL import Image
+
+    shapes = np.stack([_square(3)])
+    world = _world({name: shapes for name in ("front", *HELDOUT_CAMERAS)})
+    excess, missing = np.zeros((16, 16)), np.zeros((16, 16))
+    excess[0, 0] = 1.0  # every avatar covers the corner, outside the identities' outline
+    missing[8, 8] = 1.0  # every avatar leaves out the centre, inside it
+    maps = {name: np.stack([excess, missing]) for name in HELDOUT_CAMERAS}
+    gap.where_picture(world, {"row": maps}, tmp_path / "where.png", scale=1)
+    picture = np.asarray(Image.open(tmp_path / "where.png").convert("RGB"))
+    x0, y0 = 150 + 1, 14 + 1  # the first tile's pixel (0, 0), inside its 1-px frame
+    assert tuple(picture[y0, x0]) == (255, 0, 0)  # excess: red
+    assert tuple(picture[y0 + 8, x0 + 8]) == (0, 0, 215)  # missing, on the grey outline: blue
+    assert tuple(picture[y0 + 8, x0 + 7]) == (215, 215, 215)  # the outline, nothing lost: grey
+    assert tuple(picture[y0 + 15, x0 + 15]) == (255, 255, 255)  # outside, nothing lost: white
