@@ -23,8 +23,8 @@ For each snapshot, with the evaluation stage's truth world (``TruthOptions`` def
    identity; the strangers against theirs), and the mean signed shift. At a side camera a horizontal
    shift is a move along the depth axis, which the front view the match rests on cannot see: if the
    avatars' side outlines are right in shape but sit too far forward or back, their agreement recovers
-   under the shift (and the signed shifts at left and right are opposite); if the shape is off, it does
-   not recover more than the baseline's does under the same freedom;
+   under the shift (and the signed shifts at left and right are opposite); if the shape is off, the shift
+   recovers little of the gap to the baseline (whose own recovery under the same freedom is printed beside);
 8. where: per held-out camera, the share of avatars whose silhouette covers a pixel its identity leaves
    empty (excess, red) and leaves empty a pixel its identity covers (missing, blue), drawn over the
    identities' mean outline, one row per snapshot and one for the baseline and the strangers
@@ -54,7 +54,7 @@ from avatar3d.runtime import cache_dir
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE_THRESHOLD = 225  # an image pixel is the avatar's when any channel is below this (white background)
-MAX_SHIFT = 4  # px at 64 px: the placement step's search, about a sixth of a head's width
+MAX_SHIFT = 4  # px at 64 px: the placement step's search, about a tenth of a head's width
 
 
 def per_camera(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, float]:
@@ -103,9 +103,10 @@ def shifted(masks: np.ndarray, dy: int, dx: int) -> np.ndarray:
 def best_shift(masks: np.ndarray, targets: np.ndarray, max_shift: int = MAX_SHIFT) -> dict[str, float]:
     """Each mask against its target after the shift (|dy|, |dx| <= ``max_shift``) that maximises their IoU ->
     mean IoU unshifted and at the best shift, and the mean signed best shift (dx > 0: to the image's right)."""
-    shifts = [(dy, dx) for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)]
+    shifts = sorted(((dy, dx) for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)),
+                    key=lambda s: (abs(s[0]) + abs(s[1]), s))  # no shift first: ties go to the smallest move
     scores = np.stack([iou(shifted(masks, dy, dx), targets) for dy, dx in shifts])  # (shifts, N)
-    best = scores.argmax(axis=0)
+    best = scores.argmax(axis=0)  # the first of equal scores
     moves = np.array(shifts)[best]
     return {"iou": float(iou(masks, targets).mean()), "iou_shifted": float(scores.max(axis=0).mean()),
             "dx": float(moves[:, 1].mean()), "dy": float(moves[:, 0].mean())}
