@@ -57,17 +57,31 @@ IMAGE_THRESHOLD = 225  # an image pixel is the avatar's when any channel is belo
 MAX_SHIFT = 4  # px at 64 px: the placement step's search, about a tenth of a head's width
 
 
+def mean_silhouette(masks: np.ndarray) -> np.ndarray:
+    """The identity-blind prediction of the baseline: the pixels that at least half of ``masks`` cover."""
+    return masks.mean(axis=0) >= 0.5
+
+
+def scored_pairs(world: TruthWorld, masks: dict[str, np.ndarray] | None = None):
+    """Per held-out camera, (silhouettes, the truth masks they are scored against): each avatar against the
+    identity the agreement matched at the front; ``masks=None``: the mean silhouette against every identity."""
+    if masks is None:
+        return {name: (np.broadcast_to(mean_silhouette(world.masks[name]), world.masks[name].shape), world.masks[name])
+                for name in HELDOUT_CAMERAS}
+    _, match = world.silhouette_agreement(masks)
+    return {name: (masks[name], world.masks[name][match]) for name in HELDOUT_CAMERAS}
+
+
 def per_camera(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, float]:
     """IoU with the identity the agreement matched at the front, per held-out camera."""
-    _, match = world.silhouette_agreement(masks)
-    return {name: float(iou(masks[name], world.masks[name][match]).mean()) for name in HELDOUT_CAMERAS}
+    return {name: float(iou(gen, truth).mean()) for name, (gen, truth) in scored_pairs(world, masks).items()}
 
 
 def baseline_per_camera(world: TruthWorld, fit_on: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """The mean-silhouette baseline per held-out camera; ``fit_on``: take the mean silhouette of these masks
     (e.g. the strangers') instead of the held-out identities' own, i.e. fit out of sample."""
     fit_on = world.masks if fit_on is None else fit_on
-    return {name: float(iou((fit_on[name].mean(axis=0) >= 0.5)[None], world.masks[name]).mean())
+    return {name: float(iou(mean_silhouette(fit_on[name])[None], world.masks[name]).mean())
             for name in HELDOUT_CAMERAS}
 
 
@@ -115,25 +129,14 @@ def best_shift(masks: np.ndarray, targets: np.ndarray, max_shift: int = MAX_SHIF
 def placement(world: TruthWorld, masks: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
     """Per held-out camera, :func:`best_shift` of ``masks`` (matched at the front, as the agreement matches) against
     their identities; ``masks=None``: the baseline's mean silhouette against every identity."""
-    if masks is None:
-        return {name: best_shift(np.broadcast_to(world.masks[name].mean(axis=0) >= 0.5, world.masks[name].shape),
-                                 world.masks[name]) for name in HELDOUT_CAMERAS}
-    _, match = world.silhouette_agreement(masks)
-    return {name: best_shift(masks[name], world.masks[name][match]) for name in HELDOUT_CAMERAS}
+    return {name: best_shift(gen, truth) for name, (gen, truth) in scored_pairs(world, masks).items()}
 
 
 def where_lost(world: TruthWorld, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per held-out camera, (2, S, S): the share of avatars covering a pixel their matched identity leaves empty
     (excess) and leaving empty one it covers (missing); ``masks=None``: the mean silhouette against every identity."""
-    out = {}
-    for name in HELDOUT_CAMERAS:
-        truth = world.masks[name]
-        if masks is None:
-            gen = np.broadcast_to(truth.mean(axis=0) >= 0.5, truth.shape)
-        else:
-            gen, truth = masks[name], truth[world.silhouette_agreement(masks)[1]]
-        out[name] = np.stack([(gen & ~truth).mean(axis=0), (~gen & truth).mean(axis=0)])
-    return out
+    return {name: np.stack([(gen & ~truth).mean(axis=0), (~gen & truth).mean(axis=0)])
+            for name, (gen, truth) in scored_pairs(world, masks).items()}
 
 
 def where_picture(world: TruthWorld, rows: dict[str, dict[str, np.ndarray]], path: Path, scale: int = 3) -> None:
@@ -141,12 +144,12 @@ def where_picture(world: TruthWorld, rows: dict[str, dict[str, np.ndarray]], pat
     blue = missing (full colour: every avatar), grey = the identities' mean outline."""
     from PIL import Image, ImageDraw
 
+    outlines = {name: mean_silhouette(world.masks[name]) for name in HELDOUT_CAMERAS}
     tiles = []
     for maps in rows.values():
         row = []
-        for name in HELDOUT_CAMERAS:
+        for name, outline in outlines.items():
             excess, missing = maps[name]
-            outline = world.masks[name].mean(axis=0) >= 0.5
             rgb = np.full(excess.shape + (3,), 255.0)
             rgb[outline] = 215.0
             rgb[..., 1] *= 1 - np.maximum(excess, missing)  # red where excess, blue where missing
