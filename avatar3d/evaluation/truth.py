@@ -349,6 +349,11 @@ def synthesis_with_masks(G, ws: torch.Tensor, c: torch.Tensor) -> tuple[np.ndarr
     return to_uint8(out.image), mask.cpu().numpy()
 
 
+def mean_silhouette(masks: np.ndarray) -> np.ndarray:
+    """The mean-silhouette baseline's prediction from (K, S, S) masks: the pixels at least half of them cover."""
+    return masks.mean(axis=0) >= 0.5
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boolean masks over the last two axes (1 where both are empty)."""
     inter = np.logical_and(a, b).sum(axis=(-2, -1))
@@ -531,7 +536,7 @@ class TruthWorld:
         scores = []
         for name in HELDOUT_CAMERAS:
             region = self.varying_region(name) if varying else True
-            mean = self.masks[name].mean(axis=0) >= 0.5
+            mean = mean_silhouette(self.masks[name])
             scores.append(iou((mean & region)[None], self.masks[name] & region).mean())
         return float(np.mean(scores))
 

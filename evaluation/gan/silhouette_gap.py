@@ -48,18 +48,14 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
 from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
-from avatar3d.evaluation.truth import HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, generator_views, iou
+from avatar3d.evaluation.truth import (HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, generator_views, iou,
+                                       mean_silhouette)
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
 
 RESULTS = Path(__file__).parent / "results"
 IMAGE_THRESHOLD = 225  # an image pixel is the avatar's when any channel is below this (white background)
 MAX_SHIFT = 4  # px at 64 px: the placement step's search, about a tenth of a head's width
-
-
-def mean_silhouette(masks: np.ndarray) -> np.ndarray:
-    """The identity-blind prediction of the baseline: the pixels that at least half of ``masks`` cover."""
-    return masks.mean(axis=0) >= 0.5
 
 
 def scored_pairs(world: TruthWorld, masks: dict[str, np.ndarray] | None = None):
