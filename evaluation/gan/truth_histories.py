@@ -46,13 +46,13 @@ def from_store(path: Path, run_name: str | None) -> dict[float, dict[str, float]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{path.resolve()}")
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if f"truth_{KEYS[0]}" in r.data.metrics and run_name in (None, r.info.run_name)]
+    with_truth = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                  if f"truth_{KEYS[0]}" in r.data.metrics]
+    runs = [r for r in with_truth if run_name in (None, r.info.run_name)]
     if len(runs) != 1:
-        names = sorted(r.info.run_name for e in client.search_experiments()
-                       for r in client.search_runs([e.experiment_id]) if f"truth_{KEYS[0]}" in r.data.metrics)
         raise SourceError(f"{path}: {len(runs)} runs with truth metrics{f' named {run_name!r}' if run_name else ''} "
-                          f"(runs with them: {names}); pass SOURCE#run_name to pick one")
+                          f"(runs with them: {sorted(r.info.run_name for r in with_truth)}); "
+                          "pass SOURCE#run_name to pick one")
     out: dict[float, dict[str, float]] = {}
     for key in KEYS:
         for m in client.get_metric_history(runs[0].info.run_id, f"truth_{key}"):
