@@ -18,6 +18,7 @@ URIs (``s3://bucket/gan``): Ray uploads the checkpoints there, and the run's
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 import time
@@ -35,7 +36,7 @@ from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import decode_images
-from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE
+from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE, read_resume_state, resume_changes
 from avatar3d.training.ray_fit import (RowTransform, WorkerContext, check_checkpoint_to_load, fit_with_ray,
                                        run_folder, torch_threads_from_env, worker_config)
 from avatar3d.training.ray_worker import train_func
@@ -77,8 +78,13 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
                           "metrics need a dataset of the procedural painter (pipeline.preset=procedural), or pass truth_ticks=0")
     if cfg.transfer:
         read_snapshot_metadata(cfg.transfer)
-    if cfg.resume and not (Path(cfg.resume) / STATE_TREE).is_dir():
-        raise ConfigError(f"resume: {cfg.resume} is not a train-gan checkpoint folder (no {STATE_TREE}/ inside)")
+    if cfg.resume:
+        if not (Path(cfg.resume) / STATE_TREE).is_dir():
+            raise ConfigError(f"resume: {cfg.resume} is not a train-gan checkpoint folder (no {STATE_TREE}/ inside)")
+        try:  # the workers check again as they load; this says it before Ray starts
+            resume_changes(json.loads(read_resume_state(Path(cfg.resume))["gan_config"]), gan_cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     per_worker = cfg.batch_size // cfg.scaling.num_workers
     rows_per_worker = dataset.num_rows // cfg.scaling.num_workers
     if rows_per_worker < per_worker:

@@ -188,14 +188,40 @@ def save_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     save_tree(_rng_state(trainer), folder / f"rng_rank{rank}")
 
 
+# Loss weights and schedules a resumed run may change (EG3D resumes with new loss options too): none of them
+# shapes a tensor of the state or the optimisers' lazy-regularisation correction, so the state means the same.
+RESUMABLE_FIELDS = ("r1_gamma", "density_reg", "density_reg_p_dist", "blur_init_sigma", "blur_fade_kimg",
+                    "gpc_swap_prob", "gpc_fade_kimg", "ema_kimg", "ema_rampup")
+
+
+def resume_changes(saved: dict[str, Any], cfg: GANConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, new)} of the model options a resume changes; ValueError if the state cannot take them.
+
+    Only :data:`RESUMABLE_FIELDS` may differ, and a regulariser may not be switched on or off (that changes
+    the optimisers' lazy-regularisation lr and betas, which the Adam moments were accumulated under).
+    """
+    new = json.loads(json.dumps(cfg.to_dict()))
+    changed = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)}
+    fixed = [k for k in changed if k not in RESUMABLE_FIELDS]
+    if fixed:
+        raise ValueError(f"resume: the checkpoint was trained with a different model config ({', '.join(fixed)}); "
+                         "resume with the same model options (only loss weights and schedules may change: "
+                         f"{', '.join(RESUMABLE_FIELDS)}), or start a new run with transfer=<snapshot>")
+    for name in ("r1_gamma", "density_reg"):
+        if name in changed and (changed[name][0] > 0) != (changed[name][1] > 0):
+            raise ValueError(f"resume: {name} {changed[name][0]} -> {changed[name][1]} switches a regulariser "
+                             "on or off, which changes the optimisers' settings; keep it above 0 (or at 0), or "
+                             "start a new run with transfer=<snapshot>")
+    return changed
+
+
 def load_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     folder = Path(folder)
     state = read_resume_state(folder)
-    saved_cfg = json.loads(state["gan_config"])
-    if saved_cfg != json.loads(json.dumps(trainer.cfg.to_dict())):
-        changed = sorted(k for k in saved_cfg if saved_cfg.get(k) != trainer.cfg.to_dict().get(k))
-        raise ValueError(f"resume: the checkpoint was trained with a different model config ({', '.join(changed)}); "
-                         "resume with the same model options, or start a new run with transfer=<snapshot>")
+    changed = resume_changes(json.loads(state["gan_config"]), trainer.cfg)
+    if changed and rank == 0:
+        log.info("resume: continuing with changed loss settings: "
+                 + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     trainer.G_engine.load(folder, "G")
     trainer.D_engine.load(folder, "D")
     trainer.G_ema.load_state_dict(state["G_ema"])

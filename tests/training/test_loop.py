@@ -1,5 +1,6 @@
 """The training loop in one process (plain engines): snapshots, resume, failure modes."""
 import itertools
+import json
 import re
 import shutil
 import tempfile
@@ -15,7 +16,8 @@ from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.datagen.dataset import read_table
 from avatar3d.training.data import decode_batch
 from avatar3d.training.loop import (SNAPSHOT_FILE, STATE_TREE, LoopHooks, LoopOptions, NonFiniteLossError,
-                                    build_trainer, load_resume_state, training_loop)
+                                    build_trainer, load_resume_state, read_resume_state, resume_changes,
+                                    training_loop)
 
 from tests.training.fixtures import MICRO_GAN
 
@@ -135,12 +137,30 @@ def test_nan_loss_stops_before_checkpointing_and_keeps_the_last_good_one(rows, t
     assert trainer3.cur_nimg == 8
 
 
-def test_resume_refuses_a_different_model(rows, tmp_path):
+def test_resume_takes_new_loss_weights_and_refuses_the_rest(rows, tmp_path):
     ckpts = []
     _run(rows, 0.008, ckpts, keep_dir=tmp_path / "kept")
-    other = build_trainer(GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (16, 16), "r1_gamma": 3.0}), None, 0, 0, 1, "cpu")
-    with pytest.raises(ValueError, match=r"different model config \(r1_gamma\)"):
-        load_resume_state(other, ckpts[-1][1], 0)
+    state = ckpts[-1][1]
+    saved = json.loads(read_resume_state(state)["gan_config"])
+    assert resume_changes(saved, CFG) == {}
+    # A loss weight and a schedule may change: the state loads as it was, and the loss reads the new values.
+    new_cfg = CFG.replace(r1_gamma=3.0, blur_fade_kimg=0.5)
+    assert resume_changes(saved, new_cfg) == {"blur_fade_kimg": (CFG.blur_fade_kimg, 0.5), "r1_gamma": (1.0, 3.0)}
+    same, new = (build_trainer(c, None, 0, 0, 1, "cpu") for c in (CFG, new_cfg))
+    load_resume_state(same, state, 0)
+    load_resume_state(new, state, 0)
+    assert new.cur_nimg == same.cur_nimg == 8 and new.batch_idx == same.batch_idx
+    for (name, a), b in zip(new.G.state_dict().items(), same.G.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert new.loss.cfg.r1_gamma == 3.0 and same.loss.cfg.r1_gamma == 1.0
+    # Anything that shapes the state, or the optimisers' settings, is refused in one line naming it.
+    other = build_trainer(GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (8, 8), "r1_gamma": 3.0}), None, 0, 0, 1, "cpu")
+    with pytest.raises(ValueError, match=r"different model config \(sr_channels\); .*only loss weights"):
+        load_resume_state(other, state, 0)
+    with pytest.raises(ValueError, match=r"different model config \(lr_d\)"):
+        resume_changes(saved, CFG.replace(lr_d=0.001))
+    with pytest.raises(ValueError, match=r"r1_gamma 1.0 -> 0.0 switches a regulariser on or off"):
+        resume_changes(saved, CFG.replace(r1_gamma=0.0))
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         load_resume_state(other, tmp_path, 0)
 

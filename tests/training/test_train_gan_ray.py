@@ -177,6 +177,13 @@ def test_resume_dir_with_another_worker_count_is_refused_before_workers_start(tm
                                           r"new run with transfer=.*snapshot.safetensors$"):
         run_train_gan(cfg)
     assert not (tmp_path / "fewer").exists() and not (tmp_path / "ray").exists()  # nothing started
+    # So is a model option that the state cannot take (before, a traceback from inside the worker group).
+    cfg = _cfg(tmp_path, head_dataset, run_name="wider", resume=str(checkpoint), **RESUMABLE)
+    cfg.model.overrides = {**MICRO_GAN, "decoder_hidden": 2 * cfg.model.build().decoder_hidden}
+    with pytest.raises(ConfigError, match=r"^resume: the checkpoint was trained with a different model config "
+                                          r"\(decoder_hidden\); resume with the same model options"):
+        run_train_gan(cfg)
+    assert not (tmp_path / "wider").exists() and not (tmp_path / "ray").exists()
 
 
 def test_transfer_starts_from_the_snapshot_generator(tmp_path, head_dataset):
