@@ -28,7 +28,12 @@ For each snapshot, with the evaluation stage's truth world (``TruthOptions`` def
 8. where: per held-out camera, the share of avatars whose silhouette covers a pixel its identity leaves
    empty (excess, red) and leaves empty a pixel its identity covers (missing, blue), drawn over the
    identities' mean outline, one row per snapshot and one for the baseline and the strangers
-   (``--out`` with ``.png``).
+   (``--out`` with ``.png``);
+9. each outline on its own: per held-out camera, the IoU of every silhouette with the identity nearest to it
+   *at that camera* (not the one matched at the front), and with the identities' mean silhouette. If the
+   avatars' side outlines are world-like but belong to other identities than their fronts do, this recovers
+   the strangers' level and the loss is 3D consistency; if it stays low, the outlines are shapes no identity
+   has, and the loss is in what the generator paints at that camera at all.
 
     .venv/bin/python evaluation/gan/silhouette_gap.py --data outputs/demo/dataset \\
         shipped=jobs/assets/gan_world/snapshot.safetensors
@@ -128,6 +133,17 @@ def placement(world: TruthWorld, masks: dict[str, np.ndarray] | None = None) -> 
     return {name: best_shift(gen, truth) for name, (gen, truth) in scored_pairs(world, masks).items()}
 
 
+def own_nearest(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per held-out camera: each silhouette's IoU with the identity nearest to it at that camera, and with the
+    identities' mean silhouette (how world-like an outline is by itself, whoever's it is)."""
+    out = {}
+    for name in HELDOUT_CAMERAS:
+        pair = iou(masks[name][:, None], world.masks[name][None])  # (avatars, identities)
+        mean = np.broadcast_to(mean_silhouette(world.masks[name]), masks[name].shape)
+        out[name] = {"nearest": float(pair.max(axis=1).mean()), "mean_silhouette": float(iou(mean, masks[name]).mean())}
+    return out
+
+
 def where_lost(world: TruthWorld, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per held-out camera, (2, S, S): the share of avatars covering a pixel their matched identity leaves empty
     (excess) and leaving empty one it covers (missing); ``masks=None``: the mean silhouette against every identity."""
@@ -214,6 +230,7 @@ def main() -> int:
     result["strangers_mean"] = world.silhouette_agreement(world.strangers)[0]
     result["placement"] = {"max_shift": MAX_SHIFT, "baseline": placement(world),
                            "strangers": placement(world, world.strangers)}
+    result["strangers_own_nearest"] = own_nearest(world, world.strangers)
 
     where: dict[str, dict[str, np.ndarray]] = {}
     # 2. Each generator: per camera, the front fit, its areas, and its masks grown by one pixel.
@@ -227,6 +244,7 @@ def main() -> int:
             "agreement_dilated_1px": world.silhouette_agreement(grown)[0],
             "diversity": diversity(world, masks),
             "placement": placement(world, masks),
+            "own_nearest": own_nearest(world, masks),
         }
         where[name] = where_lost(world, masks)
         # ... and the outline of its final image beside its opacity's (the same avatars).
@@ -282,6 +300,12 @@ def main() -> int:
     print("where (mean px per avatar: excess / missing):")
     for n, cells in result["where"].items():
         print(f"  {n}: " + "; ".join(f"{c} {v['excess']:.0f} / {v['missing']:.0f}" for c, v in cells.items()))
+    print("each outline on its own (IoU with the nearest identity at that camera / with the mean silhouette):")
+    print("| silhouettes of | " + " | ".join(cams) + " |")
+    print("|---" * (len(cams) + 1) + "|")
+    for name, cells in {**{n: a["own_nearest"] for n, a in result["arms"].items()},
+                        "strangers (ceiling)": result["strangers_own_nearest"]}.items():
+        print(f"| {name} | " + " | ".join(f"{cells[c]['nearest']:.3f} / {cells[c]['mean_silhouette']:.3f}" for c in cams) + " |")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

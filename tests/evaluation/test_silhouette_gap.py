@@ -153,3 +153,23 @@ def test_where_picture_paints_excess_red_and_missing_blue(tmp_path):
     assert tuple(picture[y0 + 8, x0 + 8]) == (0, 0, 215)  # missing, on the grey outline: blue
     assert tuple(picture[y0 + 8, x0 + 7]) == (215, 215, 215)  # the outline, nothing lost: grey
     assert tuple(picture[y0 + 15, x0 + 15]) == (255, 255, 255)  # outside, nothing lost: white
+
+
+def test_own_nearest_tells_another_identitys_outline_from_no_identitys():
+    shapes = np.stack([_square(h) for h in (2, 3, 5, 7)])
+    world = _world({name: shapes for name in ("front", *HELDOUT_CAMERAS)})
+    # Right fronts; at the held-out cameras, each avatar shows *another* identity's outline (the order reversed):
+    # matched at the front they score low, each on its own is an identity's exact outline.
+    swapped = {"front": shapes, **{name: shapes[::-1].copy() for name in HELDOUT_CAMERAS}}
+    cells = gap.own_nearest(world, swapped)
+    assert set(cells) == set(HELDOUT_CAMERAS)
+    assert all(c["nearest"] == 1.0 for c in cells.values())
+    assert all(v < 0.6 for v in gap.per_camera(world, swapped).values())
+    # an outline no identity has (a 1-px-wide bar) fits none of them, whichever is nearest
+    bar = np.zeros((4, 16, 16), dtype=bool)
+    bar[:, :, 8] = True
+    odd = gap.own_nearest(world, {"front": shapes, **{name: bar for name in HELDOUT_CAMERAS}})
+    assert all(np.isclose(c["nearest"], 4 / (16 + 12)) for c in odd.values())  # best: the 2-px square (4 shared px)
+    # the mean-silhouette column is the IoU with the majority square (half-width 5)
+    assert all(np.isclose(c["mean_silhouette"], np.mean([16 / 100, 36 / 100, 1.0, 100 / 196]))
+               for c in cells.values())
