@@ -6,7 +6,7 @@ ones: the subcommands' flags and the chain take theirs from here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from avatar3d.config import INPUT, ConfigError, check_fits_in_memory, seed_field
 
@@ -60,6 +60,13 @@ class TruthOptions:
     inception: bool = field(default=True, metadata={
         "help": "also KID per view group on Inception features (about 0.25 s per image on a CPU core); "
                 "training's truth_ticks never compute it"})
+
+
+def add_heldout_attributes_argument(parser) -> None:
+    """``--heldout-attributes`` for the benchmark scripts, with :class:`TruthOptions`' choices, default and help."""
+    spec = next(f for f in fields(TruthOptions) if f.name == "heldout_attributes")
+    parser.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=spec.default,
+                        help=spec.metadata["help"])
 
 
 @dataclass

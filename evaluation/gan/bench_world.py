@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from avatar3d.config import load_config
-from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
+from avatar3d.evaluation.options import TruthOptions, add_heldout_attributes_argument
 from avatar3d.evaluation.stage import compute_truth
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.training.config import TrainGANConfig
@@ -42,8 +42,7 @@ def main() -> int:
     ap.add_argument("--out", default="outputs/bench_world", help="training runs go here")
     ap.add_argument("--tag", default="", help="suffix of the results file")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes,
-                    help="named attributes of the held-out identities (none: as before 2026-12-06)")
+    add_heldout_attributes_argument(ap)
     args = ap.parse_args()
 
     results = {"command": "python " + " ".join(sys.argv), "data": args.data, "kimg": args.kimg,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
+from avatar3d.evaluation.options import TruthOptions, add_heldout_attributes_argument
 from avatar3d.evaluation.truth import HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, iou, mean_silhouette
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
@@ -101,7 +101,7 @@ def main() -> int:
     ap.add_argument("--identities", type=int, default=8, help="the first N held-out identities")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes)
+    add_heldout_attributes_argument(ap)
     args = ap.parse_args()
     fit = args.fit.split(",")
     unknown = [k for k in fit if k not in CAMERAS]

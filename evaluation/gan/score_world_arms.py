@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from avatar3d.evaluation.features import get_extractor
-from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
+from avatar3d.evaluation.options import TruthOptions, add_heldout_attributes_argument
 from avatar3d.evaluation.truth import TruthWorld
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
@@ -42,8 +42,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-inception", action="store_true")
-    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes,
-                    help="named attributes of the held-out identities (none: as before 2026-12-06)")
+    add_heldout_attributes_argument(ap)
     args = ap.parse_args()
     arms = {name: (path, load_snapshot(path)) for name, path in (a.split("=", 1) for a in args.arms)}
     seeds = [int(s) for s in args.seeds.split(",")]

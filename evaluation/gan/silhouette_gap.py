@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
-from avatar3d.evaluation.options import HELDOUT_ATTRIBUTES, TruthOptions
+from avatar3d.evaluation.options import TruthOptions, add_heldout_attributes_argument
 from avatar3d.evaluation.truth import (HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, generator_views, iou,
                                        mean_silhouette)
 from avatar3d.gan.snapshot import load_snapshot
@@ -202,8 +202,7 @@ def main() -> int:
     ap.add_argument("arms", nargs="+", help="NAME=SNAPSHOT")
     ap.add_argument("--data", required=True, help="a dataset of the procedural painter (its styles set the world)")
     ap.add_argument("--out", default=str(RESULTS / "silhouette_gap.json"))
-    ap.add_argument("--heldout-attributes", choices=HELDOUT_ATTRIBUTES, default=TruthOptions.heldout_attributes,
-                    help="named attributes of the held-out identities (none: as before 2026-12-06)")
+    add_heldout_attributes_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     opts = TruthOptions(heldout_attributes=args.heldout_attributes)
