@@ -206,12 +206,12 @@ def resume_changes(saved: dict[str, Any], cfg: GANConfig) -> dict[str, tuple[Any
     if fixed:
         raise ValueError(f"resume: the checkpoint was trained with a different model config ({', '.join(fixed)}); "
                          "resume with the same model options (only loss weights and schedules may change: "
-                         f"{', '.join(RESUMABLE_FIELDS)}), or start a new run with transfer=<snapshot>")
+                         f"{', '.join(RESUMABLE_FIELDS)}); a different model is a new run")
     for name in ("r1_gamma", "density_reg"):
-        if name in changed and (changed[name][0] > 0) != (changed[name][1] > 0):
+        if name in changed and ((changed[name][0] or 0) > 0) != ((changed[name][1] or 0) > 0):
             raise ValueError(f"resume: {name} {changed[name][0]} -> {changed[name][1]} switches a regulariser "
-                             "on or off, which changes the optimisers' settings; keep it above 0 (or at 0), or "
-                             "start a new run with transfer=<snapshot>")
+                             "on or off, which changes the optimisers' lazy-regularisation settings that the state "
+                             "was trained under; keep it above 0 (or at 0)")
     return changed
 
 

@@ -150,17 +150,34 @@ def test_resume_takes_new_loss_weights_and_refuses_the_rest(rows, tmp_path):
     load_resume_state(same, state, 0)
     load_resume_state(new, state, 0)
     assert new.cur_nimg == same.cur_nimg == 8 and new.batch_idx == same.batch_idx
-    for (name, a), b in zip(new.G.state_dict().items(), same.G.state_dict().values()):
-        assert torch.equal(a, b), name
+    for net in ("G", "D", "G_ema"):
+        for (name, a), b in zip(getattr(new, net).state_dict().items(), getattr(same, net).state_dict().values()):
+            assert torch.equal(a, b), f"{net}.{name}"
     assert new.loss.cfg.r1_gamma == 3.0 and same.loss.cfg.r1_gamma == 1.0
+    # ... and trains on under the new weight: the R1 phase's penalty scales with gamma (same state, same batch;
+    # a trainer with gamma alone changed, as the blur schedule changes the images D sees)
+    gamma_only = build_trainer(CFG.replace(r1_gamma=3.0), None, 0, 0, 1, "cpu")
+    load_resume_state(gamma_only, state, 0)
+    batch = next(_batches(rows, 0))
+    penalties = []
+    for trainer in (same, gamma_only):
+        torch.manual_seed(0)
+        _, stats = trainer.loss.phase_loss("Dreg", batch.images, batch.cameras, torch.randn(4, CFG.z_dim),
+                                           batch.cameras, 1.0, trainer.cur_nimg)
+        penalties.append(stats["loss_D_r1"])
+    assert penalties[1] == pytest.approx(3.0 * penalties[0], rel=1e-4)
     # Anything that shapes the state, or the optimisers' settings, is refused in one line naming it.
     other = build_trainer(GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (8, 8), "r1_gamma": 3.0}), None, 0, 0, 1, "cpu")
     with pytest.raises(ValueError, match=r"different model config \(sr_channels\); .*only loss weights"):
         load_resume_state(other, state, 0)
     with pytest.raises(ValueError, match=r"different model config \(lr_d\)"):
         resume_changes(saved, CFG.replace(lr_d=0.001))
-    with pytest.raises(ValueError, match=r"r1_gamma 1.0 -> 0.0 switches a regulariser on or off"):
-        resume_changes(saved, CFG.replace(r1_gamma=0.0))
+    for off in ({"r1_gamma": 0.0}, {"density_reg": 0.0}):
+        with pytest.raises(ValueError, match=rf"{next(iter(off))} \S+ -> 0.0 switches a regulariser on or off"):
+            resume_changes(saved, CFG.replace(**off))
+    off_state = {**saved, "density_reg": 0.0}  # a state trained without it cannot have it switched on either
+    with pytest.raises(ValueError, match=r"density_reg 0.0 -> 0.25 switches a regulariser on or off"):
+        resume_changes(off_state, CFG)
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         load_resume_state(other, tmp_path, 0)
 

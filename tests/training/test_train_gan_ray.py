@@ -184,6 +184,11 @@ def test_resume_dir_with_another_worker_count_is_refused_before_workers_start(tm
                                           r"\(decoder_hidden\); resume with the same model options"):
         run_train_gan(cfg)
     assert not (tmp_path / "wider").exists() and not (tmp_path / "ray").exists()
+    # A loss weight passes the driver's check: the next check (batch vs rows) is the one that stops this run.
+    cfg = _cfg(tmp_path, head_dataset, run_name="gamma", resume=str(checkpoint), **{**RESUMABLE, "batch_size": 20})
+    cfg.model.overrides = {**MICRO_GAN, "r1_gamma": 3.0}
+    with pytest.raises(ConfigError, match=r"^batch_size: each of 2 worker"):
+        run_train_gan(cfg)
 
 
 def test_transfer_starts_from_the_snapshot_generator(tmp_path, head_dataset):
