@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from avatar3d.evaluation.options import TruthOptions, add_heldout_attributes_argument
-from avatar3d.evaluation.truth import HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, iou, mean_silhouette
+from avatar3d.evaluation.truth import (HELDOUT_CAMERAS, MATCH_CAMERA, TruthWorld, iou, mean_silhouette,
+                                       synthesis_with_masks)
 from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.runtime import cache_dir
 from avatar3d.scene.cameras import camera_label
@@ -57,9 +58,7 @@ def mean_w(G, samples: int = 256, seed: int = 0) -> torch.Tensor:
 def render_masks(G, ws: torch.Tensor, name: str) -> np.ndarray:
     """(N, S, S) bool at the output size: the truth metrics' silhouette of ``ws`` seen from camera ``name``."""
     with torch.no_grad():
-        out = G.synthesis(ws, _labels(name, len(ws)), noise_mode="const")
-        size = out.image.shape[-1]
-        return (F.interpolate(out.image_mask.float(), size=(size, size), mode="nearest")[:, 0] > 0.5).numpy()
+        return synthesis_with_masks(G, ws, _labels(name, len(ws)))[1]
 
 
 def fit_latents(G, targets: dict[str, np.ndarray], fit: list[str], steps: int, space: str = "w",

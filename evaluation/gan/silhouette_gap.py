@@ -139,7 +139,7 @@ def own_nearest(world: TruthWorld, masks: dict[str, np.ndarray]) -> dict[str, di
     out = {}
     for name in HELDOUT_CAMERAS:
         pair = iou(masks[name][:, None], world.masks[name][None])  # (avatars, identities)
-        mean = np.broadcast_to(mean_silhouette(world.masks[name]), masks[name].shape)
+        mean = mean_silhouette(world.masks[name])[None]
         out[name] = {"nearest": float(pair.max(axis=1).mean()), "mean_silhouette": float(iou(mean, masks[name]).mean())}
     return out
 
