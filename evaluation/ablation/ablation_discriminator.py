@@ -137,22 +137,30 @@ class BudgetError(ValueError):
     """A run cannot be scored at the budget asked for."""
 
 
+def check_budget(args, run: str, kimg: float, at_least: bool = True) -> None:
+    """Training stops within one batch past the budget; more is a run that had gone further (--kimg 8 after
+    16). ``at_least=False``: the run may still be short of the budget (it will be trained on to it)."""
+    if kimg >= args.kimg + args.batch / 1000 - 1e-9 or (at_least and kimg < args.kimg - 1e-9):
+        raise BudgetError(f"--kimg {args.kimg:g}: run {run} is already at {kimg:g} kimg and cannot be "
+                          "scored at a shorter budget; pass --kimg of at least that")
+
+
 def train_and_score(args, mode: str, seed: int, data: Path, world, extractor) -> dict:
     from PIL import Image
 
     from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
     from avatar3d.tracking.tracker import default_tracking_uri
-    from avatar3d.training.job import run_train_gan
+    from avatar3d.training.job import FINAL_SNAPSHOT, run_train_gan
 
     cfg = train_config(args, mode, seed, data)
+    final = Path(cfg.output_dir) / cfg.run_name / FINAL_SNAPSHOT
+    if final.exists():  # a run known to be past the budget is refused before Ray starts
+        check_budget(args, cfg.run_name, float(read_snapshot_metadata(final)["info"]["kimg"]), at_least=False)
     t0 = time.time()
     trained = run_train_gan(cfg)
     train_s = time.time() - t0  # a run resumed to a longer budget: the extension only
     kimg = float(read_snapshot_metadata(trained.snapshot)["info"]["kimg"])
-    # Training stops within one batch past the budget; more is a run that had gone further (--kimg 8 after 16).
-    if not args.kimg - 1e-9 <= kimg < args.kimg + args.batch / 1000 - 1e-9:
-        raise BudgetError(f"--kimg {args.kimg:g}: run {cfg.run_name} is already at {kimg:g} kimg and cannot be "
-                          "scored at a shorter budget; pass --kimg of at least that")
+    check_budget(args, cfg.run_name, kimg)
     G = load_snapshot(trained.snapshot).generator
     t1 = time.time()
     truth = world.evaluate(G, num_avatars=args.num_avatars, seed=0, extractor=extractor)

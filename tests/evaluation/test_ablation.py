@@ -94,7 +94,7 @@ def ray_of_the_runner():
         ray.shutdown()
 
 
-def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, capsys, ray_of_the_runner):
+def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, capsys, monkeypatch, ray_of_the_runner):
     """One micro run through the real code path (procedural data, Ray Train, truth metrics, Inception KID),
     then --aggregate: table, JSON, curves, one comparison run in MLflow."""
     out = tmp_path / "abl"
@@ -123,9 +123,15 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
     assert row2["kimg"] == pytest.approx(0.024) and row2["training_run"] == row["training_run"]
     assert [p[0] for p in row2["curves"]["truth_view_back"]] == pytest.approx([0.008, 0.016, 0.024])
     assert row2["metrics"] != row["metrics"]  # another generator was scored
-    # a shorter budget than the run has reached cannot be scored: one line, exit 2, nothing written
+    # a shorter budget than the run has reached cannot be scored: one line, exit 2, nothing written, and
+    # refused from the run's final snapshot before any training starts
     (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").rename(out / "kept.json")
     capsys.readouterr()
+
+    def no_training(cfg):
+        raise AssertionError("trained a run that is past the budget")
+
+    monkeypatch.setattr("avatar3d.training.job.run_train_gan", no_training)
     assert ablation.main(argv) == 2
     assert "already at 0.024 kimg and cannot be scored at a shorter budget" in capsys.readouterr().err
     assert not (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").exists()
