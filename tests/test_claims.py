@@ -90,6 +90,21 @@ def test_claims_are_numbered_once_and_partial_ones_say_what_is_missing():
     assert tuple(map(int, counts.groups())) == expected, f"update the counts line to {expected}"
 
 
+def test_every_section_names_readme_headings():
+    """A claims section is named by the README heading it covers (or several, comma-separated), so a renamed
+    or removed README section shows here instead of the doc quietly pointing at nothing."""
+    headings = [re.sub(r"^#+\s*", "", h) for h in re.findall(r"^#{2,3} .+$", (REPO / "README.md").read_text(), re.M)]
+    sections = re.findall(r"^## (.+)$", CLAIMS.read_text().partition(UNBACKED)[0], re.M)
+    assert len(sections) > 10, f"only {len(sections)} sections found in {CLAIMS}: has the format changed?"
+
+    def named(title):
+        return any(h.startswith(title) for h in headings)
+
+    missing = [t for t in sections if not t.startswith("Added with")
+               and not named(t) and not all(named(part) for part in t.split(", "))]
+    assert not missing, f"{CLAIMS.relative_to(REPO)} sections that name no README heading: {missing}"
+
+
 def test_the_readme_points_to_the_claims():
     assert "docs/claims.md" in (REPO / "README.md").read_text()
 
