@@ -1,0 +1,91 @@
+"""One generator whose weights average a run's checkpoint snapshots over a kimg window.
+
+Each checkpoint snapshot of a training run is its EMA generator at that kimg. Averaging the snapshots
+of a window [LO, HI] weight by weight (parameters averaged, buffers such as ``w_avg`` taken from the
+newest, as the EMA copies them) gives a generator that averages far more of training than the run's
+EMA did: a read-out with a longer horizon, made after the fact. It answers "would a longer EMA have
+helped?" without training again; score the result as any snapshot, e.g. with ``silhouette_gap.py``.
+A window whose snapshots sit in different basins averages to noise, which the scores show.
+
+    .venv/bin/python evaluation/gan/weight_average.py \\
+        --checkpoints outputs/world_s1_gan/mlartifacts/<run>/artifacts/checkpoints \\
+        --window 17-40 --out outputs/ema/avg17-40.safetensors
+
+Reads ``<checkpoints>/*/snapshot.safetensors`` (the training loop's checkpoint folders, ``kimg<K>``);
+writes one snapshot, its ``info`` naming the kimg averaged. CPU, seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata, save_snapshot
+
+SNAPSHOT_FILE = "snapshot.safetensors"
+
+
+def checkpoints(folder: Path) -> list[tuple[float, Path]]:
+    """(kimg, snapshot) of every checkpoint folder under ``folder``, oldest first."""
+    found = []
+    for path in folder.glob(f"*/{SNAPSHOT_FILE}"):
+        found.append((float(read_snapshot_metadata(path)["info"]["kimg"]), path))
+    return sorted(found)
+
+
+@torch.no_grad()
+def average(paths: list[Path]) -> torch.nn.Module:
+    """The generator of the newest snapshot with every parameter replaced by its mean over ``paths``."""
+    snaps = [load_snapshot(p).generator for p in paths]
+    G = snaps[-1]
+    for name, param in G.named_parameters():
+        param.copy_(torch.stack([dict(s.named_parameters())[name].double() for s in snaps]).mean(0).to(param.dtype))
+    return G
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    lo, sep, hi = text.partition("-")
+    try:
+        window = float(lo), float(hi)
+    except ValueError:
+        window = None
+    if not sep or window is None or window[0] > window[1]:
+        raise ValueError(f"--window={text!r}: pass LO-HI in kimg with LO <= HI, e.g. 17-40")
+    return window
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", required=True, help="a run's checkpoint folders (kimg<K>/snapshot.safetensors)")
+    ap.add_argument("--window", required=True, help="LO-HI: average the snapshots at LO <= kimg <= HI")
+    ap.add_argument("--out", required=True, help="the averaged snapshot (.safetensors)")
+    args = ap.parse_args(argv)
+    try:
+        lo, hi = parse_window(args.window)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    folder = Path(args.checkpoints)
+    found = checkpoints(folder) if folder.is_dir() else []
+    chosen = [(k, p) for k, p in found if lo - 1e-9 <= k <= hi + 1e-9]
+    if not chosen:
+        have = f"{found[0][0]:g}-{found[-1][0]:g} kimg" if found else "none"
+        print(f"--window={args.window}: no checkpoint snapshot of {folder} falls in it (they span {have}); "
+              "pass a window over the run's checkpoints", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.resolve() in {p.resolve() for _, p in found}:
+        print(f"--out={out}: that is one of the snapshots averaged; pass a new file", file=sys.stderr)
+        return 2
+    newest = chosen[-1][1]
+    meta = read_snapshot_metadata(newest)
+    info = {**meta["info"], "averaged_kimg": [k for k, _ in chosen], "averaged_from": str(folder)}
+    save_snapshot(out, average([p for _, p in chosen]), meta["gan_config"], info)
+    print(f"{out}: {len(chosen)} snapshots averaged, {chosen[0][0]:g}-{chosen[-1][0]:g} kimg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
