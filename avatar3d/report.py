@@ -139,9 +139,12 @@ def _transfer_note(out: Path) -> str:
         control = info.get("shuffled_label_control")
         if control:
             seed = f" (truth seed {control['truth_seed']})" if "truth_seed" in control else ""
-            text += (f". Control: the same {control.get('kimg', '?')}-kimg run with its camera labels shuffled "
-                     f"within each batch reached {_truth_figures(control.get('values', {}))}; the shipped state, "
-                     f"scored the same way{seed}, {_truth_figures(control.get('labels_values', {}))}")
+            # labels_are: what labels_values scored, when not the shipped state itself (e.g. the earlier state
+            # a longer-trained one continues, the control's equal in kimg)
+            text += (f". Control: a {control.get('kimg', '?')}-kimg run of the same command with its camera labels "
+                     f"shuffled within each batch reached {_truth_figures(control.get('values', {}))}; "
+                     f"{html.escape(control.get('labels_are', 'the shipped state'))}, scored the same way{seed}, "
+                     f"{_truth_figures(control.get('labels_values', {}))}")
             if control.get("silhouettes"):  # how the record's silhouettes were rendered, if not as this run's
                 text += f" ({html.escape(control['silhouettes'])})"
     return text + "."

@@ -404,15 +404,19 @@ def test_headline_gives_the_shipped_states_provenance_and_its_controls(tmp_path)
     assert "<b>The GAN was not trained from scratch here</b>: it continued from the training state" in text
     assert "trained 16.384 kimg" in text and "avatar3d train-gan X" in text
     assert "view consistency front / side / back 0.02 / 0.50 / 0.00 (scored by an older classifier)" in text
-    assert ("the same 16.4-kimg run with its camera labels shuffled within each batch reached silhouette agreement "
-            "0.811 (where identities differ 0.406) and view consistency front / side / back 0.25 / 0.50 / 0.12") in text
-    assert ("scored the same way (truth seed 0), silhouette agreement 0.850 (where identities differ 0.425) and view "
-            "consistency front / side / back 1.00") in text
+    assert ("a 16.4-kimg run of the same command with its camera labels shuffled within each batch reached silhouette "
+            "agreement 0.811 (where identities differ 0.406) and view consistency front / side / back 0.25 / 0.50 / "
+            "0.12") in text
+    assert ("; the shipped state, scored the same way (truth seed 0), silhouette agreement 0.850 (where identities "
+            "differ 0.425) and view consistency front / side / back 1.00") in text
     assert "silhouettes rendered" not in text
     record = json.loads(state.with_suffix(".json").read_text())
     record["shuffled_label_control"]["silhouettes"] = "silhouettes rendered the old way"
+    record["shuffled_label_control"]["labels_are"] = "the 16.4-kimg state this one continues"
     state.with_suffix(".json").write_text(json.dumps(record))
-    assert "consistency front / side / back 1.00 / 0.50 / 0.83 (silhouettes rendered the old way)." in _transfer_note(
-        tmp_path / "out")
+    text = _transfer_note(tmp_path / "out")
+    assert "consistency front / side / back 1.00 / 0.50 / 0.83 (silhouettes rendered the old way)." in text
+    assert "; the 16.4-kimg state this one continues, scored the same way (truth seed 0), silhouette" in text
+    assert "the shipped state, scored" not in text
     (tmp_path / "out" / "gan" / "run" / "config.yaml").write_text("resume: null\n")
     assert _transfer_note(tmp_path / "out") == " The GAN was trained from scratch in this run."
