@@ -8,6 +8,7 @@ import torch
 
 from avatar3d.chain import ChainConfig, run_chain, stage_configs
 from avatar3d.config import ConfigError, load_config
+from avatar3d.gan.config import GANConfig
 from avatar3d.report import write_report
 from tests import CONFIGS, REPO
 
@@ -103,7 +104,7 @@ def test_report_shows_dataset_and_gan_samples(tmp_path, head_dataset):
 
 def test_the_demo_paints_512_images_of_64_px_and_continues_the_shipped_state_for_1_2_kimg(tmp_path):
     """README: "the 512 images (64 px) are painted by the procedural painter"; "continuing the shipped
-    16.4-kimg state jobs/assets/gan_world/ for 1.2 kimg"."""
+    28.4-kimg state jobs/assets/gan_world/ for 1.2 kimg"."""
     from avatar3d.gan.snapshot import read_snapshot_metadata
     from avatar3d.safeio import load_tree
 
@@ -112,11 +113,16 @@ def test_the_demo_paints_512_images_of_64_px_and_continues_the_shipped_state_for
     assert stages.generate.pipeline.preset == "procedural"
     state = Path(stages.train.resume)
     assert state == REPO / "jobs" / "assets" / "gan_world"
-    # the counter training resumes from (loop_state) and the inference snapshot's record agree: 16.384 kimg
-    resumed_kimg = int(load_tree(state / "loop_state")["cur_nimg"]) / 1e3
+    # the counter training resumes from (loop_state) and the inference snapshot's record agree: 28.4 kimg
+    loop_state = load_tree(state / "loop_state")
+    resumed_kimg = int(loop_state["cur_nimg"]) / 1e3
     assert read_snapshot_metadata(state / "snapshot.safetensors")["info"]["kimg"] == resumed_kimg
-    assert round(resumed_kimg, 1) == 16.4
+    assert round(resumed_kimg, 1) == 28.4
     assert round(stages.train.total_kimg - resumed_kimg, 1) == 1.2
+    # the demo trains the state's own GAN config, its 5-kimg EMA included (the preset's 0.5 kimg would
+    # replace the state's averaged generator within the 1.2 kimg)
+    shipped = GANConfig.from_dict(json.loads(loop_state["gan_config"]))
+    assert stages.train.model.build() == shipped and (shipped.ema_kimg, shipped.ema_rampup) == (5.0, None)
 
 
 def test_the_demo_prior_conditions_on_the_shipped_world_encoder(tmp_path):
