@@ -40,6 +40,10 @@ def average(paths: list[Path]) -> torch.nn.Module:
     """The generator of the newest snapshot with every parameter replaced by its mean over ``paths``."""
     snaps = [load_snapshot(p).generator for p in paths]
     G = snaps[-1]
+    shapes = {n: p.shape for n, p in G.named_parameters()}
+    for path, other in zip(paths, snaps):
+        if {n: p.shape for n, p in other.named_parameters()} != shapes:
+            raise ValueError(f"{path} has another architecture than {paths[-1]}; average one run's checkpoints")
     for name, param in G.named_parameters():
         param.copy_(torch.stack([dict(s.named_parameters())[name].double() for s in snaps]).mean(0).to(param.dtype))
     return G
@@ -67,22 +71,27 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
+    out = Path(args.out)
+    if out.exists():  # nothing already written is replaced, a checkpoint least of all
+        print(f"--out={out} exists; pass a new file", file=sys.stderr)
+        return 2
     folder = Path(args.checkpoints)
-    found = checkpoints(folder) if folder.is_dir() else []
-    chosen = [(k, p) for k, p in found if lo - 1e-9 <= k <= hi + 1e-9]
+    try:
+        found = checkpoints(folder) if folder.is_dir() else []
+        chosen = [(k, p) for k, p in found if lo - 1e-9 <= k <= hi + 1e-9]
+        if chosen:
+            meta = read_snapshot_metadata(chosen[-1][1])
+            G = average([p for _, p in chosen])
+    except ValueError as err:  # a damaged snapshot, or snapshots of different architectures
+        print(f"--checkpoints={folder}: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     if not chosen:
         have = f"{found[0][0]:g}-{found[-1][0]:g} kimg" if found else "none"
         print(f"--window={args.window}: no checkpoint snapshot of {folder} falls in it (they span {have}); "
               "pass a window over the run's checkpoints", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    if out.resolve() in {p.resolve() for _, p in found}:
-        print(f"--out={out}: that is one of the snapshots averaged; pass a new file", file=sys.stderr)
-        return 2
-    newest = chosen[-1][1]
-    meta = read_snapshot_metadata(newest)
     info = {**meta["info"], "averaged_kimg": [k for k, _ in chosen], "averaged_from": str(folder)}
-    save_snapshot(out, average([p for _, p in chosen]), meta["gan_config"], info)
+    save_snapshot(out, G, meta["gan_config"], info)
     print(f"{out}: {len(chosen)} snapshots averaged, {chosen[0][0]:g}-{chosen[-1][0]:g} kimg")
     return 0
 

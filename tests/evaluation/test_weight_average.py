@@ -1,5 +1,6 @@
 """evaluation/gan/weight_average.py: the averaged snapshot's parameters are the window's mean, its buffers the
-newest snapshot's; a window outside the run or written over a checkpoint is one line and exit 2."""
+newest snapshot's; a window outside the run, an existing --out, a damaged snapshot or another architecture is one
+line and exit 2, with nothing written."""
 import importlib.util
 from pathlib import Path
 
@@ -49,12 +50,27 @@ def test_parameters_are_the_window_mean_and_buffers_the_newest(run, tmp_path, ca
 def test_bad_windows_are_one_line_and_exit_2(run, tmp_path, capsys):
     newest = run / "kimg0003.000" / "snapshot.safetensors"
     before = newest.read_bytes()
-    cases = [("5-9", "they span 1-3 kimg"), ("3-2", "LO <= HI"), ("x-2", "LO-HI")]
+    cases = [("5-9", "--window=5-9: no checkpoint snapshot"), ("3-2", "LO <= HI"), ("x-2", "LO-HI")]
     for window, says in cases:
         assert weight_average.main(["--checkpoints", str(run), "--window", window,
                                     "--out", str(tmp_path / "a.safetensors")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0]
     assert weight_average.main(["--checkpoints", str(run), "--window", "1-3", "--out", str(newest)]) == 2
-    assert "one of the snapshots averaged" in capsys.readouterr().err
+    assert "exists; pass a new file" in capsys.readouterr().err
     assert newest.read_bytes() == before and not (tmp_path / "a.safetensors").exists()
+
+
+def test_a_damaged_or_foreign_snapshot_is_one_line_and_exit_2(run, tmp_path, capsys):
+    # another architecture among the checkpoints cannot be averaged with the rest
+    cfg = GANConfig.tiny(**{**MICRO_GAN, "decoder_hidden": 16})
+    save_snapshot(run / "kimg0004.000" / "snapshot.safetensors", TriPlaneGenerator(cfg), cfg.to_dict(), {"kimg": 4.0})
+    assert weight_average.main(["--checkpoints", str(run), "--window", "3-4", "--out", str(tmp_path / "a.st")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"--checkpoints={run}: ") and "another architecture" in err[0]
+    # a cut-off file
+    (run / "kimg0004.000" / "snapshot.safetensors").write_bytes(b"not a snapshot")
+    assert weight_average.main(["--checkpoints", str(run), "--window", "1-2", "--out", str(tmp_path / "a.st")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "safetensors" in err[0]
+    assert not (tmp_path / "a.st").exists()
