@@ -179,7 +179,7 @@ def test_gan_resume_state_of_an_unknown_version_is_refused(tmp_path):
             f"{gan_loop.RESUME_FORMAT!r}; resume with the avatar3d release that wrote it")
 
 
-def test_resume_states_written_before_the_tag_are_version_1(tmp_path):
+def test_untagged_resume_states_read_as_version_1_and_the_shipped_state_is_tagged(tmp_path):
     # The shipped demo state (jobs/assets/gan_world) was untagged until 2026-12-06 (then continued to 28.4
     # kimg by today's loop); it now carries today's tags, and the untagged fixture stands for the old ones.
     assert json.loads((SHIPPED_STATE / gan_loop.STATE_TREE / TREE_STRUCTURE).read_text())["format"] == TREE_FORMAT
