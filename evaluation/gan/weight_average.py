@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata, save_snapshot
-
-SNAPSHOT_FILE = "snapshot.safetensors"
+from avatar3d.training.loop import SNAPSHOT_FILE  # a checkpoint folder's inference snapshot
 
 
 def checkpoints(folder: Path) -> list[tuple[float, Path]]:
@@ -39,14 +38,14 @@ def checkpoints(folder: Path) -> list[tuple[float, Path]]:
 def average(paths: list[Path]) -> torch.nn.Module:
     """The generator of the newest snapshot with every parameter replaced by its mean over ``paths``."""
     snaps = [load_snapshot(p).generator for p in paths]
-    G = snaps[-1]
-    shapes = {n: p.shape for n, p in G.named_parameters()}
-    for path, other in zip(paths, snaps):
-        if {n: p.shape for n, p in other.named_parameters()} != shapes:
+    params = [dict(s.named_parameters()) for s in snaps]
+    shapes = {n: p.shape for n, p in params[-1].items()}
+    for path, other in zip(paths, params):
+        if {n: p.shape for n, p in other.items()} != shapes:
             raise ValueError(f"{path} has another architecture than {paths[-1]}; average one run's checkpoints")
-    for name, param in G.named_parameters():
-        param.copy_(torch.stack([dict(s.named_parameters())[name].double() for s in snaps]).mean(0).to(param.dtype))
-    return G
+    for name, param in params[-1].items():
+        param.copy_(torch.stack([p[name].double() for p in params]).mean(0).to(param.dtype))
+    return snaps[-1]
 
 
 def parse_window(text: str) -> tuple[float, float]:
