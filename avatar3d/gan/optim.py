@@ -1,4 +1,5 @@
-"""Optimisers for G and D behind a three-call interface: ``backward``, ``step``, ``module``.
+"""Optimisers for G and D behind a small interface: ``backward``, ``step``, ``module`` (and for
+checkpoints ``save``, ``load``, ``set_lr``).
 
 :class:`PlainEngine` is plain PyTorch: Adam plus, when a process group is up,
 an all-reduce of the flattened gradients after backward (EG3D's way; DDP's
@@ -77,3 +78,8 @@ class PlainEngine:
         tree = load_tree(Path(folder) / tag)
         self.module.load_state_dict(tree["module"])
         self.optimizer.load_state_dict(tree["optimizer"])
+
+    def set_lr(self, lr: float) -> None:
+        """Learning rate of every parameter group (after :meth:`load`, which restores the saved one)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr

@@ -74,6 +74,11 @@ class DeepSpeedEngine:
         if path is None:
             raise FileNotFoundError(f"resume: no DeepSpeed checkpoint {tag!r} under {folder}")
 
+    def set_lr(self, lr: float) -> None:
+        """As a DeepSpeed lr scheduler does: every group of the (ZeRO-wrapped) optimiser."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
 
 def make_engine(module: torch.nn.Module, spec: OptimizerSpec, strategy: str, zero_stage: int = 0,
                 micro_batch: int = 1):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from avatar3d.gan.config import GANConfig
-from avatar3d.gan.step import GANTrainer
+from avatar3d.gan.step import GANTrainer, optimizer_specs
 from avatar3d.safeio import check_format, load_tree, save_tree
 from avatar3d.gan.snapshot import save_snapshot
 from avatar3d.training.data import TrainBatch
@@ -188,10 +188,11 @@ def save_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     save_tree(_rng_state(trainer), folder / f"rng_rank{rank}")
 
 
-# Loss weights and schedules a resumed run may change (EG3D resumes with new loss options too): none of them
-# shapes a tensor of the state or the optimisers' lazy-regularisation correction, so the state means the same.
+# Loss weights, schedules and learning rates a resumed run may change (EG3D resumes with new loss options too):
+# none of them shapes a tensor of the state or the optimisers' lazy-regularisation correction, so the state
+# means the same. A new lr is set on the optimisers after their saved state (which holds the old one) is loaded.
 RESUMABLE_FIELDS = ("r1_gamma", "density_reg", "density_reg_p_dist", "blur_init_sigma", "blur_fade_kimg",
-                    "gpc_swap_prob", "gpc_fade_kimg", "ema_kimg", "ema_rampup")
+                    "gpc_swap_prob", "gpc_fade_kimg", "ema_kimg", "ema_rampup", "lr_g", "lr_d")
 
 
 def resume_changes(saved: dict[str, Any], cfg: GANConfig) -> dict[str, tuple[Any, Any]]:
@@ -205,7 +206,7 @@ def resume_changes(saved: dict[str, Any], cfg: GANConfig) -> dict[str, tuple[Any
     fixed = [k for k in changed if k not in RESUMABLE_FIELDS]
     if fixed:
         raise ValueError(f"resume: the checkpoint was trained with a different model config ({', '.join(fixed)}); "
-                         "resume with the same model options (only loss weights and schedules may change: "
+                         "resume with the same model options (only loss weights, schedules and learning rates may change: "
                          f"{', '.join(RESUMABLE_FIELDS)}); a different model is a new run")
     for name in ("r1_gamma", "density_reg"):
         if name in changed and ((changed[name][0] or 0) > 0) != ((changed[name][1] or 0) > 0):
@@ -220,10 +221,13 @@ def load_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     state = read_resume_state(folder)
     changed = resume_changes(json.loads(state["gan_config"]), trainer.cfg)
     if changed and rank == 0:
-        log.info("resume: continuing with changed loss settings: "
+        log.info("resume: continuing with changed settings: "
                  + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     trainer.G_engine.load(folder, "G")
     trainer.D_engine.load(folder, "D")
+    # The loaded optimiser states carry the saved lr; the config's wins (corrected for lazy regularisation).
+    for engine, spec in zip((trainer.G_engine, trainer.D_engine), optimizer_specs(trainer.cfg)):
+        engine.set_lr(spec.corrected()[0])
     trainer.G_ema.load_state_dict(state["G_ema"])
     trainer.cur_nimg, trainer.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])
     res = trainer.cfg.neural_resolution_at(trainer.cur_nimg)

@@ -166,12 +166,31 @@ def test_resume_takes_new_loss_weights_and_refuses_the_rest(rows, tmp_path):
                                            batch.cameras, 1.0, trainer.cur_nimg)
         penalties.append(stats["loss_D_r1"])
     assert penalties[1] == pytest.approx(3.0 * penalties[0], rel=1e-4)
+    # A new learning rate replaces the one the loaded optimiser states carry (lazy-regularisation corrected),
+    # and the moments stay the saved ones.
+    slow_cfg = CFG.replace(lr_g=CFG.lr_g / 4, lr_d=0.0)
+    assert set(resume_changes(saved, slow_cfg)) == {"lr_g", "lr_d"}
+    slow = build_trainer(slow_cfg, None, 0, 0, 1, "cpu")
+    load_resume_state(slow, state, 0)
+    for engine, base in ((slow.G_engine, same.G_engine), (slow.D_engine, same.D_engine)):
+        lrs = {g["lr"] for g in engine.optimizer.param_groups}
+        base_lrs = {g["lr"] for g in base.optimizer.param_groups}
+        assert len(lrs) == len(base_lrs) == 1 and base_lrs.pop() > 0
+        for (pa, a), b in zip(engine.optimizer.state.items(), base.optimizer.state.values()):
+            assert torch.equal(a["exp_avg"], b["exp_avg"])
+    g_int = CFG.density_reg_interval
+    assert slow.G_engine.optimizer.param_groups[0]["lr"] == pytest.approx(CFG.lr_g / 4 * g_int / (g_int + 1))
+    assert slow.D_engine.optimizer.param_groups[0]["lr"] == 0.0
+    d_before = [p.detach().clone() for p in slow.D.parameters()]
+    batch = next(_batches(rows, 0))
+    slow.step(batch.images, batch.cameras)
+    assert all(torch.equal(a, b) for a, b in zip(d_before, slow.D.parameters())), "lr_d=0 must freeze D"
     # Anything that shapes the state, or the optimisers' settings, is refused in one line naming it.
     other = build_trainer(GANConfig.tiny(**{**MICRO_GAN, "sr_channels": (8, 8), "r1_gamma": 3.0}), None, 0, 0, 1, "cpu")
     with pytest.raises(ValueError, match=r"different model config \(sr_channels\); .*only loss weights"):
         load_resume_state(other, state, 0)
-    with pytest.raises(ValueError, match=r"different model config \(lr_d\)"):
-        resume_changes(saved, CFG.replace(lr_d=0.001))
+    with pytest.raises(ValueError, match=r"different model config \(betas\)"):
+        resume_changes(saved, CFG.replace(betas=(0.0, 0.9)))
     for off in ({"r1_gamma": 0.0}, {"density_reg": 0.0}):
         with pytest.raises(ValueError, match=rf"{next(iter(off))} \S+ -> 0.0 switches a regulariser on or off"):
             resume_changes(saved, CFG.replace(**off))
