@@ -134,32 +134,46 @@ def front_back_grid(G, n: int = 8) -> "object":
 
 
 class BudgetError(ValueError):
-    """A run cannot be scored at the budget asked for."""
+    """A run cannot be scored at the budget asked for (or its final snapshot cannot be read)."""
 
 
 def check_budget(args, run: str, kimg: float, at_least: bool = True) -> None:
     """Training stops within one batch past the budget; more is a run that had gone further (--kimg 8 after
     16). ``at_least=False``: the run may still be short of the budget (it will be trained on to it)."""
-    if kimg >= args.kimg + args.batch / 1000 - 1e-9 or (at_least and kimg < args.kimg - 1e-9):
+    if kimg >= args.kimg + args.batch / 1000 - 1e-9:
         raise BudgetError(f"--kimg {args.kimg:g}: run {run} is already at {kimg:g} kimg and cannot be "
                           "scored at a shorter budget; pass --kimg of at least that")
+    if at_least and kimg < args.kimg - 1e-9:
+        raise BudgetError(f"--kimg {args.kimg:g}: run {run} ended at {kimg:g} kimg, short of the budget; "
+                          "run the same command again to train it on")
+
+
+def snapshot_kimg(path: Path) -> float:
+    """The kimg a run's snapshot was written at; a damaged one is a BudgetError naming it."""
+    from avatar3d.gan.snapshot import read_snapshot_metadata
+
+    try:
+        return float(read_snapshot_metadata(path)["info"]["kimg"])
+    except (ValueError, KeyError) as exc:
+        raise BudgetError(f"{path}: cannot read the run's kimg ({exc}); move its run folder aside to train "
+                          "the run anew") from None
 
 
 def train_and_score(args, mode: str, seed: int, data: Path, world, extractor) -> dict:
     from PIL import Image
 
-    from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
+    from avatar3d.gan.snapshot import load_snapshot
     from avatar3d.tracking.tracker import default_tracking_uri
     from avatar3d.training.job import FINAL_SNAPSHOT, run_train_gan
 
     cfg = train_config(args, mode, seed, data)
     final = Path(cfg.output_dir) / cfg.run_name / FINAL_SNAPSHOT
     if final.exists():  # a run known to be past the budget is refused before Ray starts
-        check_budget(args, cfg.run_name, float(read_snapshot_metadata(final)["info"]["kimg"]), at_least=False)
+        check_budget(args, cfg.run_name, snapshot_kimg(final), at_least=False)
     t0 = time.time()
     trained = run_train_gan(cfg)
     train_s = time.time() - t0  # a run resumed to a longer budget: the extension only
-    kimg = float(read_snapshot_metadata(trained.snapshot)["info"]["kimg"])
+    kimg = snapshot_kimg(trained.snapshot)
     check_budget(args, cfg.run_name, kimg)
     G = load_snapshot(trained.snapshot).generator
     t1 = time.time()

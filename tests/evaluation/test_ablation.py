@@ -136,6 +136,16 @@ def test_the_runner_trains_scores_and_aggregates_on_a_tiny_budget(tmp_path, caps
     assert "already at 0.024 kimg and cannot be scored at a shorter budget" in capsys.readouterr().err
     assert not (out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json").exists()
     (out / "kept.json").rename(out / "results" / "ablation-default-coarse_to_fine-s0-0.016kimg.json")
+    # a damaged final snapshot: one line naming it, exit 2, no training, the snapshot left as it is
+    final = out / "runs" / "coarse_to_fine" / "ablation-default-coarse_to_fine-s0" / "network-snapshot-final.safetensors"
+    kept = final.read_bytes()
+    final.write_bytes(b"not a snapshot")
+    further = argv[:argv.index("--kimg")] + ["--kimg", "0.032"] + argv[argv.index("--kimg") + 2:]
+    assert ablation.main(further) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # the last line; lines before it are the world's progress
+    assert err[-1].startswith(f"{final}: cannot read the run's kimg") and "Traceback" not in "\n".join(err), err
+    assert final.read_bytes() == b"not a snapshot" and not list((out / "results").glob("*0.032kimg*"))
+    final.write_bytes(kept)
 
     assert ablation.main(["--out", str(out), "--aggregate"]) == 0
     table = (out / "ablation.md").read_text()
