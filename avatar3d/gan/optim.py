@@ -1,5 +1,6 @@
-"""Optimisers for G and D behind a small interface: ``backward``, ``step``, ``module`` (and for
-checkpoints ``save``, ``load``, ``set_lr``).
+"""Optimisers for G and D behind a three-call interface: ``backward``, ``step``, ``module`` (and
+``save`` / ``load`` for checkpoints: a loaded optimiser state keeps its moments and takes the engine's own
+learning rate, so a resumed run may change it).
 
 :class:`PlainEngine` is plain PyTorch: Adam plus, when a process group is up,
 an all-reduce of the flattened gradients after backward (EG3D's way; DDP's
@@ -50,6 +51,7 @@ class PlainEngine:
         self.module = module
         # The fused update: on CPU the default per-parameter loop cost ~2% of a small GAN's step.
         self.optimizer = spec.adam(module.parameters(), fused=True)
+        self.lr = spec.corrected()[0]
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -78,8 +80,10 @@ class PlainEngine:
         tree = load_tree(Path(folder) / tag)
         self.module.load_state_dict(tree["module"])
         self.optimizer.load_state_dict(tree["optimizer"])
+        set_lr(self.optimizer, self.lr)  # the saved state carries the rate it was saved with; this run's wins
 
-    def set_lr(self, lr: float) -> None:
-        """Learning rate of every parameter group (after :meth:`load`, which restores the saved one)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+
+def set_lr(optimizer, lr: float) -> None:
+    """``lr`` on every parameter group (as an lr scheduler does; ZeRO optimisers pass the groups through)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

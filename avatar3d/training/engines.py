@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from avatar3d.config import ConfigError
-from avatar3d.gan.optim import OptimizerSpec, PlainEngine
+from avatar3d.gan.optim import OptimizerSpec, PlainEngine, set_lr
 
 
 class DeepSpeedEngine:
@@ -47,6 +47,7 @@ class DeepSpeedEngine:
             raise ValueError(f"deepspeed.zero_stage: {zero_stage} is not supported for GAN training; pass 0, 1 or 2 "
                              "(stage 3 partitions the weights that the EMA copy and R1 read whole)")
         optimizer = spec.adam(module.parameters())
+        self.lr = spec.corrected()[0]
         config = {
             "train_micro_batch_size_per_gpu": micro_batch,
             "gradient_accumulation_steps": 1,
@@ -73,11 +74,7 @@ class DeepSpeedEngine:
                                               load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"resume: no DeepSpeed checkpoint {tag!r} under {folder}")
-
-    def set_lr(self, lr: float) -> None:
-        """As a DeepSpeed lr scheduler does: every group of the (ZeRO-wrapped) optimiser."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, self.lr)  # the saved state carries the rate it was saved with; this run's wins
 
 
 def make_engine(module: torch.nn.Module, spec: OptimizerSpec, strategy: str, zero_stage: int = 0,

@@ -23,10 +23,10 @@ def _data():
     return e @ rng.normal(size=(E_DIM, W_DIM)).astype(np.float32), e
 
 
-def _trainer():
+def _trainer(lr=1e-3):
     torch.manual_seed(0)
     prior = build_prior(W_DIM, E_DIM, PriorSize(num_attention_heads=2, attention_head_dim=8, num_layers=1))
-    return PriorTrainer(make_engine(prior, OptimizerSpec(lr=1e-3, betas=(0.9, 0.999)), "plain"),
+    return PriorTrainer(make_engine(prior, OptimizerSpec(lr=lr, betas=(0.9, 0.999)), "plain"),
                         train_scheduler("sample", 100), seed=0)
 
 
@@ -58,6 +58,18 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert resumed.step_count == 14
     for a, b in zip(straight.prior.state_dict().values(), resumed.prior.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_resume_at_a_lower_lr_keeps_the_moments_and_takes_the_new_rate(tmp_path):
+    """The prior's NaN message says "lower lr, then resume": the resumed optimiser runs at the new rate."""
+    _run(_trainer(), 6, keep=(6, tmp_path / "ckpt"))
+    same, lower = _trainer(), _trainer(lr=1e-4)
+    for trainer in (same, lower):
+        load_resume_state(trainer, tmp_path / "ckpt", rank=0)
+    assert [g["lr"] for g in lower.engine.optimizer.param_groups] == [1e-4]
+    assert [g["lr"] for g in same.engine.optimizer.param_groups] == [1e-3]
+    for a, b in zip(same.engine.optimizer.state.values(), lower.engine.optimizer.state.values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
 
 
 def test_resume_refuses_another_architecture(tmp_path):

@@ -1,4 +1,10 @@
-"""The driver's check that a checkpoint is loadable by the workers about to start (no worker, no DeepSpeed)."""
+"""The driver's check that a checkpoint is loadable by the workers about to start (no worker, no DeepSpeed),
+and the DeepSpeed engine's learning rate on resume (one process, in a subprocess of its own)."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -57,3 +63,55 @@ def test_a_run_name_that_ran_before_is_checked_by_its_latest_checkpoint(tmp_path
                                           r"workers.*, or pass another run_name to start afresh$"):
         check_checkpoint_to_load(tmp_path / "out", "run", "", _scaling("deepspeed", 1), ("G", "D"), "x")
     check_checkpoint_to_load(tmp_path / "out", "run", "", _scaling("deepspeed", 2), ("G", "D"), "x")
+
+
+# Saves a ZeRO-{stage} engine at one rate, loads it into an engine built at another: the rate is the new one
+# (lazy-regularisation corrected), the moments the saved ones; then a step at rate 0 changes nothing.
+_DEEPSPEED_RATE = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    dist.init_process_group("gloo")
+    from avatar3d.gan.optim import OptimizerSpec
+    from avatar3d.training.engines import DeepSpeedEngine
+    folder, stage = sys.argv[1], int(sys.argv[2])
+
+    def engine(lr):
+        torch.manual_seed(0)
+        return DeepSpeedEngine(torch.nn.Linear(4, 2), OptimizerSpec(lr, reg_interval=4), stage, 2)
+
+    def train(e):
+        e.backward(e.module(torch.randn(2, 4)).square().sum())
+        e.step()
+
+    first = engine(0.002)
+    train(first)
+    first.save(folder, "G")
+    moments = [s["exp_avg"].clone() for s in first.optimizer.state_dict()["base_optimizer_state"]["state"].values()] \\
+        if stage else [s["exp_avg"].clone() for s in first.optimizer.state.values()]
+    second = engine(0.0005)
+    second.load(folder, "G")
+    print("lrs", sorted({g["lr"] for g in second.optimizer.param_groups}))
+    loaded = [s["exp_avg"] for s in second.optimizer.state_dict()["base_optimizer_state"]["state"].values()] \\
+        if stage else [s["exp_avg"] for s in second.optimizer.state.values()]
+    print("moments", len(moments) > 0 and all(torch.equal(a, b) for a, b in zip(moments, loaded)))
+    frozen = engine(0.0)
+    frozen.load(folder, "G")
+    before = [p.detach().clone() for p in frozen.module.parameters()]
+    train(frozen)
+    print("frozen", all(torch.equal(a, b) for a, b in zip(before, frozen.module.parameters())))
+""")
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_a_deepspeed_engine_loads_its_state_at_this_runs_learning_rate(tmp_path, stage):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu"}
+    out = subprocess.run([sys.executable, "-c", _DEEPSPEED_RATE, str(tmp_path), str(stage)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.split(" ")[0] in
+                 ("lrs", "moments", "frozen"))
+    assert lines["lrs"] == f"[{0.0005 * 4 / 5!r}]", out.stdout
+    assert lines["moments"] == "True" and lines["frozen"] == "True", out.stdout
