@@ -154,8 +154,9 @@ def snapshot_kimg(path: Path) -> float:
 
     try:
         return float(read_snapshot_metadata(path)["info"]["kimg"])
-    except (ValueError, KeyError) as exc:
-        raise BudgetError(f"{path}: cannot read the run's kimg ({exc}); move its run folder aside to train "
+    except (ValueError, KeyError, TypeError) as exc:
+        why = "no kimg recorded" if isinstance(exc, (KeyError, TypeError)) else "not a readable generator snapshot"
+        raise BudgetError(f"{path}: cannot read the run's kimg ({why}); move its run folder aside to train "
                           "the run anew") from None
 
 

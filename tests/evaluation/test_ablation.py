@@ -84,6 +84,21 @@ def test_levels_are_the_ones_rule_md_froze():
                                               "back_janus_rate", "back_flip_rate")], level
 
 
+def test_the_budget_check_names_a_run_past_the_budget_and_one_short_of_it():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(kimg=8.0, batch=8)
+    ablation.check_budget(args, "r", 8.0)
+    ablation.check_budget(args, "r", 8.007)  # within one batch past the budget
+    ablation.check_budget(args, "r", 4.0, at_least=False)  # before training: it will be trained on
+    with pytest.raises(ablation.BudgetError, match=r"^--kimg 8: run r is already at 16 kimg and cannot be scored "
+                                                   r"at a shorter budget"):
+        ablation.check_budget(args, "r", 16.0, at_least=False)
+    with pytest.raises(ablation.BudgetError, match=r"^--kimg 8: run r ended at 4 kimg, short of the budget; run the "
+                                                   r"same command again"):
+        ablation.check_budget(args, "r", 4.0)
+
+
 @pytest.fixture
 def ray_of_the_runner():
     """The runner starts a local Ray (as its CLI does); stop it after the test, so the next module's Ray can start."""
