@@ -36,7 +36,7 @@ from avatar3d.runtime import apply_local_defaults
 from avatar3d.tracking.tracker import Tracker
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import decode_images
-from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE, read_resume_state, resume_changes
+from avatar3d.training.loop import SNAPSHOT_FILE, STATE_TREE, config_changes, read_resume_state, resume_changes
 from avatar3d.training.ray_fit import (RowTransform, WorkerContext, check_checkpoint_to_load, fit_with_ray,
                                        run_folder, torch_threads_from_env, worker_config)
 from avatar3d.training.ray_worker import train_func
@@ -77,7 +77,12 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         raise ConfigError(f"truth_ticks={cfg.truth_ticks}: data.path={cfg.data.path} has no truth columns; the truth "
                           "metrics need a dataset of the procedural painter (pipeline.preset=procedural), or pass truth_ticks=0")
     if cfg.transfer:
-        read_snapshot_metadata(cfg.transfer)
+        try:  # the workers check again as they load; this says it before Ray starts
+            config_changes(read_snapshot_metadata(cfg.transfer)["gan_config"], gan_cfg, "transfer")
+        except ValueError as e:
+            if not str(e).startswith("transfer:"):  # a damaged snapshot: read_snapshot_metadata's own line
+                raise
+            raise ConfigError(str(e)) from None
     if cfg.resume:
         if not (Path(cfg.resume) / STATE_TREE).is_dir():
             raise ConfigError(f"resume: {cfg.resume} is not a train-gan checkpoint folder (no {STATE_TREE}/ inside)")

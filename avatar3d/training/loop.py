@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from avatar3d.gan.config import GANConfig
-from avatar3d.gan.step import GANTrainer, optimizer_specs
+from avatar3d.gan.step import GANTrainer
 from avatar3d.safeio import check_format, load_tree, save_tree
 from avatar3d.gan.snapshot import save_snapshot
 from avatar3d.training.data import TrainBatch
@@ -190,24 +190,33 @@ def save_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
 
 # Loss weights, schedules and learning rates a resumed run may change (EG3D resumes with new loss options too):
 # none of them shapes a tensor of the state or the optimisers' lazy-regularisation correction, so the state
-# means the same. A new lr is set on the optimisers after their saved state (which holds the old one) is loaded.
+# means the same. The engines set their own learning rate over the one the loaded optimiser state holds.
 RESUMABLE_FIELDS = ("r1_gamma", "density_reg", "density_reg_p_dist", "blur_init_sigma", "blur_fade_kimg",
                     "gpc_swap_prob", "gpc_fade_kimg", "ema_kimg", "ema_rampup", "lr_g", "lr_d")
+
+
+def config_changes(saved: dict[str, Any], cfg: GANConfig, what: str = "resume") -> dict[str, tuple[Any, Any]]:
+    """{field: (saved, new)} of the model options that differ from ``saved`` (a stored GAN config); ValueError
+    naming the first words ``what`` ("resume", "transfer") if one outside :data:`RESUMABLE_FIELDS` differs."""
+    new = json.loads(json.dumps(cfg.to_dict()))
+    changed = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)}
+    fixed = [k for k in changed if k not in RESUMABLE_FIELDS]
+    if fixed:
+        source = "checkpoint" if what == "resume" else "snapshot"
+        raise ValueError(f"{what}: the {source} was trained with a different model config ({', '.join(fixed)}); "
+                         f"{what} with the same model options (only loss weights, schedules and learning rates may "
+                         f"change: {', '.join(RESUMABLE_FIELDS)}); a different model is a new run")
+    return changed
 
 
 def resume_changes(saved: dict[str, Any], cfg: GANConfig) -> dict[str, tuple[Any, Any]]:
     """{field: (saved, new)} of the model options a resume changes; ValueError if the state cannot take them.
 
     Only :data:`RESUMABLE_FIELDS` may differ, and a regulariser may not be switched on or off (that changes
-    the optimisers' lazy-regularisation lr and betas, which the Adam moments were accumulated under).
+    the optimisers' lazy-regularisation lr and betas, which the Adam moments were accumulated under). A
+    transfer (new optimisers) may switch them: :func:`config_changes` with ``what="transfer"``.
     """
-    new = json.loads(json.dumps(cfg.to_dict()))
-    changed = {k: (saved.get(k), new.get(k)) for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)}
-    fixed = [k for k in changed if k not in RESUMABLE_FIELDS]
-    if fixed:
-        raise ValueError(f"resume: the checkpoint was trained with a different model config ({', '.join(fixed)}); "
-                         "resume with the same model options (only loss weights, schedules and learning rates may change: "
-                         f"{', '.join(RESUMABLE_FIELDS)}); a different model is a new run")
+    changed = config_changes(saved, cfg)
     for name in ("r1_gamma", "density_reg"):
         if name in changed and ((changed[name][0] or 0) > 0) != ((changed[name][1] or 0) > 0):
             raise ValueError(f"resume: {name} {changed[name][0]} -> {changed[name][1]} switches a regulariser "
@@ -223,11 +232,8 @@ def load_resume_state(trainer: GANTrainer, folder: Path, rank: int) -> None:
     if changed and rank == 0:
         log.info("resume: continuing with changed settings: "
                  + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-    trainer.G_engine.load(folder, "G")
+    trainer.G_engine.load(folder, "G")  # the engines keep this run's learning rates over the saved ones
     trainer.D_engine.load(folder, "D")
-    # The loaded optimiser states carry the saved lr; the config's wins (corrected for lazy regularisation).
-    for engine, spec in zip((trainer.G_engine, trainer.D_engine), optimizer_specs(trainer.cfg)):
-        engine.set_lr(spec.corrected()[0])
     trainer.G_ema.load_state_dict(state["G_ema"])
     trainer.cur_nimg, trainer.batch_idx = int(state["cur_nimg"]), int(state["batch_idx"])
     res = trainer.cfg.neural_resolution_at(trainer.cur_nimg)

@@ -21,7 +21,7 @@ from avatar3d.evaluation.features import get_extractor
 from avatar3d.evaluation.fid import evaluate_fid
 from avatar3d.evaluation.options import FIDOptions, TruthOptions
 from avatar3d.evaluation.truth import TruthWorld
-from avatar3d.gan.config import GANConfig
+from avatar3d.gan.generator import TriPlaneGenerator
 from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
 from avatar3d.native import enable_training_ops
 from avatar3d.logs import setup_logging
@@ -29,7 +29,8 @@ from avatar3d.runtime import apply_local_defaults, cache_dir, set_torch_threads
 from avatar3d.training.config import TrainGANConfig
 from avatar3d.training.data import TrainBatch, decode_batch
 from avatar3d.training.engines import make_engine
-from avatar3d.training.loop import LoopHooks, LoopOptions, build_trainer, peek_batch_idx, training_loop
+from avatar3d.training.loop import (LoopHooks, LoopOptions, build_trainer, config_changes, peek_batch_idx,
+                                    training_loop)
 from avatar3d.training.ray_fit import ray_report, tracking_hooks, unpack_worker_config, worker_device
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ def train_func(config: dict[str, Any]) -> None:
 
     G = None
     if cfg.transfer:
-        meta = read_snapshot_metadata(cfg.transfer)
-        if GANConfig.from_dict(meta["gan_config"]) != gan_cfg:
-            raise ValueError("transfer: the snapshot's GAN config differs from model options; "
-                             "pass the same model preset/overrides as the snapshot")
-        G = load_snapshot(cfg.transfer).generator.train().requires_grad_(True)
+        # the generator's shape must be the snapshot's; D and the optimisers are new, loss options may change
+        config_changes(read_snapshot_metadata(cfg.transfer)["gan_config"], gan_cfg, "transfer")
+        G = TriPlaneGenerator(gan_cfg)  # this run's config (its loss options), the snapshot's weights
+        G.load_state_dict(load_snapshot(cfg.transfer).generator.state_dict())
+        G.train().requires_grad_(True)
     torch.manual_seed(cfg.seed)
     trainer = build_trainer(gan_cfg, engine_factory, cfg.seed, rank, world, device, G=G)
 

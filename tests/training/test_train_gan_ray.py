@@ -192,7 +192,8 @@ def test_resume_dir_with_another_worker_count_is_refused_before_workers_start(tm
 
 
 def test_transfer_starts_from_the_snapshot_generator(tmp_path, head_dataset):
-    """With lr_g=0 nothing moves G: the run's snapshot holds exactly the transferred weights."""
+    """With lr_g=0 nothing moves G: the run's snapshot holds exactly the transferred weights. The snapshot was
+    trained at another rate (a transfer may change loss options and rates, not the generator's shape)."""
     cfg = _cfg(tmp_path, head_dataset, run_name="transfer", total_kimg=0.008,
                transfer=str(tmp_path / "source.safetensors"), **{"scaling.num_workers": 1, "scaling.strategy": "plain", "tracking.register": False})
     cfg.model.overrides = {**MICRO_GAN, "lr_g": 0.0}
@@ -200,7 +201,7 @@ def test_transfer_starts_from_the_snapshot_generator(tmp_path, head_dataset):
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed + 1)  # not the weights the run itself would initialise
         source = TriPlaneGenerator(gan_cfg)
-    save_snapshot(cfg.transfer, source, gan_cfg.to_dict())
+    save_snapshot(cfg.transfer, source, gan_cfg.replace(lr_g=0.0025, r1_gamma=3.0).to_dict())
     result = run_train_gan(cfg)
     assert _kimg_history(result) == pytest.approx([0.008])
     trained = load_snapshot(result.snapshot).generator
@@ -220,3 +221,10 @@ def test_bad_options_fail_before_any_worker_starts(tmp_path, head_dataset):
         run_train_gan(_cfg(tmp_path, head_dataset, resume=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="snapshot not found"):
         run_train_gan(_cfg(tmp_path, head_dataset, transfer=str(tmp_path / "x.safetensors")))
+    # a snapshot of another generator shape: one line naming the option, before any worker starts
+    other = _cfg(tmp_path, head_dataset, transfer=str(tmp_path / "other.safetensors"))
+    other_gan = other.model.build().replace(decoder_hidden=8)
+    save_snapshot(other.transfer, TriPlaneGenerator(other_gan), other_gan.to_dict())
+    with pytest.raises(ConfigError, match=r"^transfer: the snapshot was trained with a different model config "
+                                          r"\(decoder_hidden\); transfer with the same model options"):
+        run_train_gan(other)
