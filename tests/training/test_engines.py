@@ -101,7 +101,7 @@ _DEEPSPEED_RATE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("stage", [0, 1])
+@pytest.mark.parametrize("stage", [1, pytest.param(0, marks=pytest.mark.slow)])  # 1: the ZeRO-wrapped optimiser
 def test_a_deepspeed_engine_loads_its_state_at_this_runs_learning_rate(tmp_path, stage):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
