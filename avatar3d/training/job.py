@@ -77,11 +77,10 @@ def run_train_gan(cfg: TrainGANConfig, after_tick: Callable[[int, int], None] | 
         raise ConfigError(f"truth_ticks={cfg.truth_ticks}: data.path={cfg.data.path} has no truth columns; the truth "
                           "metrics need a dataset of the procedural painter (pipeline.preset=procedural), or pass truth_ticks=0")
     if cfg.transfer:
+        saved = read_snapshot_metadata(cfg.transfer)["gan_config"]
         try:  # the workers check again as they load; this says it before Ray starts
-            config_changes(read_snapshot_metadata(cfg.transfer)["gan_config"], gan_cfg, "transfer")
+            config_changes(saved, gan_cfg, "transfer")
         except ValueError as e:
-            if not str(e).startswith("transfer:"):  # a damaged snapshot: read_snapshot_metadata's own line
-                raise
             raise ConfigError(str(e)) from None
     if cfg.resume:
         if not (Path(cfg.resume) / STATE_TREE).is_dir():

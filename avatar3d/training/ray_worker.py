@@ -21,8 +21,7 @@ from avatar3d.evaluation.features import get_extractor
 from avatar3d.evaluation.fid import evaluate_fid
 from avatar3d.evaluation.options import FIDOptions, TruthOptions
 from avatar3d.evaluation.truth import TruthWorld
-from avatar3d.gan.generator import TriPlaneGenerator
-from avatar3d.gan.snapshot import load_snapshot, read_snapshot_metadata
+from avatar3d.gan.snapshot import load_snapshot
 from avatar3d.native import enable_training_ops
 from avatar3d.logs import setup_logging
 from avatar3d.runtime import apply_local_defaults, cache_dir, set_torch_threads
@@ -60,10 +59,10 @@ def train_func(config: dict[str, Any]) -> None:
     G = None
     if cfg.transfer:
         # the generator's shape must be the snapshot's; D and the optimisers are new, loss options may change
-        config_changes(read_snapshot_metadata(cfg.transfer)["gan_config"], gan_cfg, "transfer")
-        G = TriPlaneGenerator(gan_cfg)  # this run's config (its loss options), the snapshot's weights
-        G.load_state_dict(load_snapshot(cfg.transfer).generator.state_dict())
-        G.train().requires_grad_(True)
+        # (the loss reads them from the trainer's config, never from G.cfg)
+        snapshot = load_snapshot(cfg.transfer)
+        config_changes(snapshot.gan_config, gan_cfg, "transfer")
+        G = snapshot.generator.train().requires_grad_(True)
     torch.manual_seed(cfg.seed)
     trainer = build_trainer(gan_cfg, engine_factory, cfg.seed, rank, world, device, G=G)
 

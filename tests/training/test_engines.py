@@ -1,7 +1,6 @@
 """The driver's check that a checkpoint is loadable by the workers about to start (no worker, no DeepSpeed),
 and the DeepSpeed engine's learning rate on resume (one process, in a subprocess of its own)."""
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import pytest
 
 from avatar3d.config import ConfigError
 from avatar3d.training.ray_fit import check_checkpoint_to_load
+from tests.cluster.fake_cluster import free_ports
 
 
 def _checkpoint(folder, strategy, workers, tags=("G", "D")):
@@ -82,17 +82,18 @@ _DEEPSPEED_RATE = textwrap.dedent("""
         e.backward(e.module(torch.randn(2, 4)).square().sum())
         e.step()
 
+    def moments(e):  # ZeRO keeps the torch optimiser's state under base_optimizer_state
+        state = e.optimizer.state_dict()["base_optimizer_state"]["state"] if stage else e.optimizer.state
+        return [s["exp_avg"].clone() for s in state.values()]
+
     first = engine(0.002)
     train(first)
     first.save(folder, "G")
-    moments = [s["exp_avg"].clone() for s in first.optimizer.state_dict()["base_optimizer_state"]["state"].values()] \\
-        if stage else [s["exp_avg"].clone() for s in first.optimizer.state.values()]
+    saved = moments(first)
     second = engine(0.0005)
     second.load(folder, "G")
     print("lrs", sorted({g["lr"] for g in second.optimizer.param_groups}))
-    loaded = [s["exp_avg"] for s in second.optimizer.state_dict()["base_optimizer_state"]["state"].values()] \\
-        if stage else [s["exp_avg"] for s in second.optimizer.state.values()]
-    print("moments", len(moments) > 0 and all(torch.equal(a, b) for a, b in zip(moments, loaded)))
+    print("moments", len(saved) > 0 and all(torch.equal(a, b) for a, b in zip(saved, moments(second))))
     frozen = engine(0.0)
     frozen.load(folder, "G")
     before = [p.detach().clone() for p in frozen.module.parameters()]
@@ -103,10 +104,7 @@ _DEEPSPEED_RATE = textwrap.dedent("""
 
 @pytest.mark.parametrize("stage", [1, pytest.param(0, marks=pytest.mark.slow)])  # 1: the ZeRO-wrapped optimiser
 def test_a_deepspeed_engine_loads_its_state_at_this_runs_learning_rate(tmp_path, stage):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_ports(1)[0]), "RANK": "0", "WORLD_SIZE": "1",
            "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu"}
     out = subprocess.run([sys.executable, "-c", _DEEPSPEED_RATE, str(tmp_path), str(stage)], env=env,
                          capture_output=True, text=True, timeout=300)
